@@ -1,0 +1,440 @@
+"""A procedural world of small shape scenes with language priors whose strength we choose.
+
+MBPO targets *modality imbalance*: a model answers from its language prior ("circles are red") instead of
+the image. To study that without a 7B model and a real benchmark, a tiny vision-language model is trained
+on this world, where the priors are planted on purpose:
+
+* colour prior: each kind of shape has a typical colour, which an object in the train split wears with
+  probability `p_color`;
+* co-occurrence prior: kinds come in partner pairs, and a scene holding one kind tends (`p_cooc`) to hold
+  its partner too, which is what POPE's adversarial negatives exploit;
+* popularity: kinds are drawn with a geometric skew (`kind_skew`), so some are more frequent than others,
+  which is what POPE's popular negatives exploit.
+
+A probe found that one object per image leaves no imbalance; several objects (3 by default) force the
+model to bind colour to shape, and that is where it starts leaning on the prior (about 1.0 accuracy in
+prior and 0.2 counter prior). Every record is one image with one question whose answer is exact, in the
+same schema that the real-data loaders produce, so rewards, metrics and the attack run on both alike.
+Record i of a split depends only on (seed, split, i), never on how many records are built.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+SPLITS = ("train", "eval_in_prior", "eval_counter_prior")
+FAMILIES = ("attribute", "existence", "count", "choice", "describe")
+POPE_TYPES = ("random", "popular", "adversarial")
+LETTERS = ("A", "B", "C", "D")
+NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")
+
+# Far apart in RGB and still bright against the dark background, so colour is never ambiguous.
+PALETTE: dict[str, tuple[int, int, int]] = {
+    "red": (220, 40, 40), "green": (40, 180, 60), "blue": (50, 90, 230), "yellow": (240, 220, 40),
+    "purple": (160, 60, 200), "orange": (250, 140, 20), "white": (240, 240, 240), "cyan": (40, 210, 220),
+}
+_SS = 4  # supersampling factor: shapes are drawn 4x larger and box-filtered, so 14 px shapes keep their outline
+
+
+@dataclass
+class WorldConfig:
+    """Everything that defines the world; the same config and seed always give the same records."""
+
+    image_size: int = 56
+    kinds: list[str] = field(default_factory=lambda: [
+        "circle", "square", "triangle", "cross", "ring", "diamond", "star", "bar"])
+    colors: list[str] = field(default_factory=lambda: ["red", "green", "blue", "yellow", "purple", "orange"])
+    n_objects: int = 3
+    min_objects: int | None = None  # scenes hold min..max objects (count questions); None means n_objects
+    max_objects: int | None = None
+    p_color: float = 0.9  # train: probability an object wears its kind's typical colour
+    p_cooc: float = 0.9  # probability a later object completes a present kind's partner pair
+    kind_skew: float = 0.8  # kind i is drawn with weight kind_skew**i: makes some kinds "popular"
+    noise: float = 0.08  # std of Gaussian pixel noise, pixel values in [0, 1]
+    clutter: int = 0  # grey distractor strokes under the objects; grey so no colour answer changes
+    background: tuple[int, int, int] = (24, 24, 24)
+    grid: int = 3  # objects sit in distinct cells of a grid x grid layout, so they never overlap
+    size_frac: tuple[float, float] = (0.7, 0.95)  # object side as a fraction of the cell side
+    palette: dict[str, tuple[int, int, int]] = field(default_factory=lambda: dict(PALETTE))
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        self.min_objects = self.n_objects if self.min_objects is None else self.min_objects
+        self.max_objects = self.n_objects if self.max_objects is None else self.max_objects
+        words = list(self.kinds) + list(self.colors)
+        if len(set(words)) != len(words) or not all(re.fullmatch(r"[a-z]+", w) for w in words):
+            raise ValueError(f"kinds and colors must be distinct lowercase single words, got {words}")
+        if unknown := [k for k in self.kinds if k not in SHAPES]:
+            raise ValueError(f"unknown kinds {unknown}; drawable kinds are {sorted(SHAPES)}")
+        if unknown := [c for c in self.colors if c not in self.palette]:
+            raise ValueError(f"colors {unknown} have no RGB value in palette")
+        if len(self.kinds) < 2 or len(self.colors) < 4:
+            raise ValueError("need at least 2 kinds (partners) and 4 colors (multiple choice A-D)")
+        if not 1 <= self.min_objects <= self.max_objects <= min(len(self.kinds), self.grid**2):
+            raise ValueError(f"need 1 <= min_objects <= max_objects <= min(len(kinds), grid**2), got "
+                             f"{self.min_objects}..{self.max_objects}")
+        if not (0 <= self.p_color <= 1 and 0 <= self.p_cooc <= 1 and self.kind_skew > 0 and self.seed >= 0):
+            raise ValueError("p_color and p_cooc must lie in [0, 1], kind_skew > 0 and seed >= 0")
+
+    def typical_color(self, kind: str) -> str:
+        """The colour the prior attaches to `kind`: colors[i % len(colors)] for kind i."""
+        return self.colors[self.kinds.index(kind) % len(self.colors)]
+
+    def partner(self, kind: str) -> str:
+        """The co-occurrence partner of `kind`: kinds pair up (0-1, 2-3, ...); an odd last kind pairs with kinds[0]."""
+        i = self.kinds.index(kind)
+        return self.kinds[i ^ 1] if (i ^ 1) < len(self.kinds) else self.kinds[0]
+
+
+@dataclass
+class SceneObject:
+    """One shape: what it is, its colour, its grid cell and its pixel box (x, y top-left, side `size`)."""
+
+    kind: str
+    color: str
+    cell: int
+    x: int
+    y: int
+    size: int
+
+    @property
+    def name(self) -> str:
+        """The object as words, e.g. "red circle" (the `objects` column and descriptions use it)."""
+        return f"{self.color} {self.kind}"
+
+
+@dataclass
+class Scene:
+    """The objects of one image in reading order (by cell), and the index of the object a question targets."""
+
+    objects: list[SceneObject]
+    query: int = 0
+
+    @property
+    def kinds(self) -> list[str]:
+        """Kinds present, in reading order (each kind at most once per scene, so questions name objects)."""
+        return [o.kind for o in self.objects]
+
+
+# ----------------------------------------------------------------------------------------------- sampling
+def _kind_step(cfg: WorldConfig, present: tuple[str, ...]) -> list[tuple[str, float]]:
+    """Distribution of the next kind given those present; sample_scene and kind_frequencies share it."""
+    missing = list(dict.fromkeys(cfg.partner(k) for k in present if cfg.partner(k) not in present))
+    absent = [(k, cfg.kind_skew ** i) for i, k in enumerate(cfg.kinds) if k not in present]
+    total = sum(w for _, w in absent)
+    p_pair = cfg.p_cooc if missing else 0.0
+    out = {k: (1 - p_pair) * w / total for k, w in absent}
+    for k in missing:
+        out[k] += p_pair / len(missing)
+    return list(out.items())
+
+
+@lru_cache(maxsize=32)
+def _frequencies(key: tuple) -> dict[str, float]:
+    cfg = WorldConfig(**dict(key))
+    states: dict[tuple[str, ...], float] = {(): 1.0}  # sorted kind sets -> probability
+    freq = dict.fromkeys(cfg.kinds, 0.0)
+    counts = range(cfg.min_objects, cfg.max_objects + 1)
+    for n in range(1, cfg.max_objects + 1):
+        nxt: dict[tuple[str, ...], float] = {}
+        for s, p in states.items():
+            for k, q in _kind_step(cfg, s):
+                t = tuple(sorted(s + (k,)))
+                nxt[t] = nxt.get(t, 0.0) + p * q
+        states = nxt
+        if n in counts:
+            for s, p in states.items():
+                for k in s:
+                    freq[k] += p / len(counts)
+    return freq
+
+
+def kind_frequencies(cfg: WorldConfig) -> dict[str, float]:
+    """Exact probability that each kind is in a scene, computed over kind sets (no sampling noise).
+
+    POPE's "popular" negatives are the most frequent absent objects. Partners co-occur, so a pair's two
+    frequencies are nearly equal; an exact computation keeps "most popular" well defined anyway.
+    """
+    key = tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in vars(cfg).items()
+                       if k in ("kinds", "colors", "n_objects", "min_objects", "max_objects", "p_cooc",
+                                "kind_skew")))
+    return dict(_frequencies(tuple((k, list(v) if isinstance(v, tuple) else v) for k, v in key)))
+
+
+def sample_scene(cfg: WorldConfig, rng: np.random.Generator, follow_prior: bool | None = None) -> Scene:
+    """Draw a scene: kinds with the popularity skew and co-occurrence prior, then cells, sizes, colours.
+
+    follow_prior None (train): every object wears its typical colour with probability p_color.
+    True / False (eval splits): the queried object does / does not; the others follow the train rule.
+    """
+    n = int(rng.integers(cfg.min_objects, cfg.max_objects + 1))
+    present: tuple[str, ...] = ()
+    for _ in range(n):
+        kinds, probs = zip(*_kind_step(cfg, present))
+        present += (kinds[rng.choice(len(kinds), p=np.array(probs) / sum(probs))],)
+    cells = sorted(int(c) for c in rng.choice(cfg.grid**2, n, replace=False))
+    order = rng.permutation(n)  # which kind goes to which cell
+    query = int(rng.integers(n))
+    edges = [round(j * cfg.image_size / cfg.grid) for j in range(cfg.grid + 1)]
+    objects = []
+    for j, cell in enumerate(cells):
+        kind = present[order[j]]
+        r, c = divmod(cell, cfg.grid)
+        side = min(edges[c + 1] - edges[c], edges[r + 1] - edges[r])
+        size = max(4, round(side * rng.uniform(*cfg.size_frac)))
+        x = edges[c] + int(rng.integers(0, side - size + 1))  # jitter inside the cell, never across it
+        y = edges[r] + int(rng.integers(0, side - size + 1))
+        typical = rng.random() < cfg.p_color if (j != query or follow_prior is None) else follow_prior
+        others = [col for col in cfg.colors if col != cfg.typical_color(kind)]
+        color = cfg.typical_color(kind) if typical else others[int(rng.integers(len(others)))]
+        objects.append(SceneObject(kind, color, cell, x, y, size))
+    return Scene(objects, query)
+
+
+# ---------------------------------------------------------------------------------------------- rendering
+def _star(x0: float, y0: float, s: float, points: int = 5, inner: float = 0.45) -> list[tuple[float, float]]:
+    cx, cy, r = x0 + s / 2, y0 + s / 2 + s * 0.04, s / 2
+    return [(cx + (r if i % 2 == 0 else r * inner) * math.cos(-math.pi / 2 + i * math.pi / points),
+             cy + (r if i % 2 == 0 else r * inner) * math.sin(-math.pi / 2 + i * math.pi / points))
+            for i in range(2 * points)]
+
+
+def _heart(d: ImageDraw.ImageDraw, x: float, y: float, s: float, f: tuple) -> None:
+    d.ellipse((x, y + s * 0.05, x + s * 0.55, y + s * 0.6), fill=f)
+    d.ellipse((x + s * 0.45, y + s * 0.05, x + s, y + s * 0.6), fill=f)
+    d.polygon([(x + s * 0.03, y + s * 0.45), (x + s * 0.97, y + s * 0.45), (x + s / 2, y + s)], fill=f)
+
+
+# Each drawer fills the square (x, y, x+s, y+s), in supersampled pixels, and never leaves it.
+SHAPES = {
+    "circle": lambda d, x, y, s, f: d.ellipse((x, y, x + s, y + s), fill=f),
+    "square": lambda d, x, y, s, f: d.rectangle((x + s * .08, y + s * .08, x + s * .92, y + s * .92), fill=f),
+    "triangle": lambda d, x, y, s, f: d.polygon([(x + s / 2, y), (x + s, y + s), (x, y + s)], fill=f),
+    "diamond": lambda d, x, y, s, f: d.polygon([(x + s / 2, y), (x + s, y + s / 2), (x + s / 2, y + s),
+                                                (x, y + s / 2)], fill=f),
+    "cross": lambda d, x, y, s, f: (d.rectangle((x, y + s * .33, x + s, y + s * .67), fill=f),
+                                    d.rectangle((x + s * .33, y, x + s * .67, y + s), fill=f)),
+    "ring": lambda d, x, y, s, f: d.ellipse((x, y, x + s, y + s), outline=f, width=max(1, round(s * .22))),
+    "star": lambda d, x, y, s, f: d.polygon(_star(x, y, s), fill=f),
+    "bar": lambda d, x, y, s, f: d.rectangle((x, y + s * .32, x + s, y + s * .68), fill=f),
+    "heart": _heart,
+}
+
+
+def render(scene: Scene, cfg: WorldConfig, rng: np.random.Generator) -> Image.Image:
+    """Draw the scene as an RGB image_size x image_size PIL image: clutter, then shapes, then pixel noise."""
+    big = cfg.image_size * _SS
+    img = Image.new("RGB", (big, big), tuple(cfg.background))
+    draw = ImageDraw.Draw(img)
+    for _ in range(cfg.clutter):  # under the objects, so shapes stay whole and answers stay exact
+        x, y = rng.uniform(0, big, 2)
+        ang, length, grey = rng.uniform(0, math.pi), rng.uniform(3, 8) * _SS, int(rng.uniform(70, 150))
+        draw.line((x, y, x + length * math.cos(ang), y + length * math.sin(ang)), fill=(grey,) * 3, width=_SS)
+    for o in scene.objects:
+        SHAPES[o.kind](draw, o.x * _SS, o.y * _SS, o.size * _SS - 1, cfg.palette[o.color])
+    img = img.resize((cfg.image_size, cfg.image_size), Image.Resampling.BOX)
+    if cfg.noise > 0:
+        arr = np.asarray(img, dtype=np.float32) / 255 + rng.normal(0, cfg.noise, (cfg.image_size,) * 2 + (3,))
+        img = Image.fromarray(np.round(np.clip(arr, 0, 1) * 255).astype(np.uint8))
+    return img
+
+
+# ---------------------------------------------------------------------------------------------- questions
+def _prior_says_present(cfg: WorldConfig, scene: Scene, kind: str) -> bool:
+    """What the co-occurrence prior predicts: `kind` is there iff some other present kind has it as partner."""
+    return any(cfg.partner(k) == kind for k in scene.kinds if k != kind)
+
+
+def _attribute(cfg, scene, rng):
+    o = scene.objects[scene.query]
+    return dict(question=f"What color is the {o.kind}?", answer=o.color, answer_type="color",
+                follows_prior=o.color == cfg.typical_color(o.kind), query_kind=o.kind)
+
+
+def _choice(cfg, scene, rng):
+    o = scene.objects[scene.query]
+    options = [o.color] + ([cfg.typical_color(o.kind)] if o.color != cfg.typical_color(o.kind) else [])
+    rest = [c for c in cfg.colors if c not in options]  # the typical colour stays in as a live trap
+    options += [rest[i] for i in rng.permutation(len(rest))[: 4 - len(options)]]
+    options = [options[i] for i in rng.permutation(4)]
+    listed = " ".join(f"{letter}. {c}" for letter, c in zip(LETTERS, options))
+    return dict(question=f"What color is the {o.kind}? Options: {listed}. Answer with the letter.",
+                answer=LETTERS[options.index(o.color)], answer_type="choice", choices=options,
+                follows_prior=o.color == cfg.typical_color(o.kind), query_kind=o.kind)
+
+
+def _existence(cfg, scene, rng):
+    pope_type = POPE_TYPES[int(rng.integers(3))]  # the POPE subset; each subset has yes and no questions
+    absent = [k for k in cfg.kinds if k not in scene.kinds]
+    if rng.random() < 0.5 or not absent:
+        kind, answer = scene.objects[scene.query].kind, "yes"
+    elif pope_type == "random":
+        kind, answer = absent[int(rng.integers(len(absent)))], "no"
+    elif pope_type == "popular":
+        freq = kind_frequencies(cfg)
+        kind, answer = max(absent, key=lambda k: (freq[k], -cfg.kinds.index(k))), "no"
+    else:
+        partners = [k for k in absent if _prior_says_present(cfg, scene, k)]
+        if not partners:
+            return None  # this scene has no absent partner: make_record draws another scene
+        kind, answer = partners[int(rng.integers(len(partners)))], "no"
+    return dict(question=f"Is there a {kind} in the image?", answer=answer, answer_type="yes_no",
+                follows_prior=_prior_says_present(cfg, scene, kind) == (answer == "yes"),
+                query_kind=kind, pope_type=pope_type)
+
+
+def _count(cfg, scene, rng):
+    if rng.random() < 0.5:
+        return dict(question="How many objects are there?", answer=str(len(scene.objects)),
+                    answer_type="number", follows_prior=True)
+    color = scene.objects[scene.query].color
+    true = sum(o.color == color for o in scene.objects)
+    prior = sum(cfg.typical_color(o.kind) == color for o in scene.objects)  # counting by kind alone
+    return dict(question=f"How many {color} objects are there?", answer=str(true), answer_type="number",
+                follows_prior=true == prior)
+
+
+def describe_objects(names: list[str]) -> str:
+    """Canonical description, e.g. "a red circle, a blue square and a green star" (parse_mentions reads it)."""
+    items = [f"a {n}" for n in names]
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def _describe(cfg, scene, rng):
+    return dict(question="Describe the image.", answer=describe_objects([o.name for o in scene.objects]),
+                answer_type="description",
+                follows_prior=all(o.color == cfg.typical_color(o.kind) for o in scene.objects))
+
+
+_BUILDERS = {"attribute": _attribute, "existence": _existence, "count": _count, "choice": _choice,
+             "describe": _describe}
+FEATURES = None  # filled below, after the datasets import, so the module imports fast without it
+
+
+def _check(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"unknown {name} {value!r}; allowed: {', '.join(allowed)}")
+
+
+def make_record(cfg: WorldConfig, split: str, i: int, family: str) -> dict:
+    """Record i of `split`: its own seeded generator makes it independent of every other record."""
+    _check("split", split, SPLITS)
+    _check("family", family, FAMILIES)
+    rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, SPLITS.index(split), i]))
+    follow = {"train": None, "eval_in_prior": True, "eval_counter_prior": False}[split]
+    for _ in range(50):
+        scene = sample_scene(cfg, rng, follow)
+        q = _BUILDERS[family](cfg, scene, rng)
+        if q is not None:
+            break
+    else:
+        raise ValueError("this config never leaves a partner absent, so POPE adversarial negatives "
+                         "cannot be made; lower p_cooc or change the object count")
+    record = dict(image=render(scene, cfg, rng), family=family, choices=[], query_kind="", pope_type="",
+                  objects=[o.name for o in scene.objects], id=f"{split}-{cfg.seed}-{i}")
+    record.update(q)
+    return record
+
+
+def build_records(cfg: WorldConfig, split: str, n: int, families: tuple[str, ...] | list[str] = ("attribute",),
+                  start: int = 0) -> list[dict]:
+    """Records start..start+n-1 of `split`; record i asks a question of family families[i % len(families)]."""
+    _check("split", split, SPLITS)
+    if not families:
+        raise ValueError(f"families is empty; allowed: {', '.join(FAMILIES)}")
+    for f in families:
+        _check("family", f, FAMILIES)
+    return [make_record(cfg, split, i, families[i % len(families)]) for i in range(start, start + n)]
+
+
+def build_dataset(cfg: WorldConfig, split: str, n: int, families: tuple[str, ...] | list[str] = ("attribute",),
+                  start: int = 0):
+    """The same records as a `datasets.Dataset` with explicit FEATURES (images stored as PNG)."""
+    from datasets import Dataset, Features, List, Value
+    from datasets import Image as ImageFeature
+
+    global FEATURES
+    if FEATURES is None:
+        s = Value("string")
+        FEATURES = Features({"image": ImageFeature(), "question": s, "answer": s, "answer_type": s, "family": s,
+                             "choices": List(s), "follows_prior": Value("bool"), "objects": List(s),
+                             "query_kind": s, "pope_type": s, "id": s})
+    return Dataset.from_list(build_records(cfg, split, n, families, start), features=FEATURES)
+
+
+def world_vocabulary(cfg: WorldConfig) -> list[str]:
+    """Lines covering every template, word and answer, to train a tokenizer that encodes the world compactly."""
+    kinds, colors = cfg.kinds, cfg.colors
+    lines = ["Describe the image.", "How many objects are there?", "Answer with the letter.", "yes", "no",
+             "Yes", "No", " ".join(LETTERS), " ".join(NUMBER_WORDS), " ".join(str(i) for i in range(11))]
+    lines += [f"What color is the {k}?" for k in kinds] + [f"Is there a {k} in the image?" for k in kinds]
+    lines += [f"How many {c} objects are there?" for c in colors]
+    lines += [f"Options: {' '.join(f'{L}. {c}' for L, c in zip(LETTERS, colors[i:] + colors[:i]))}."
+              for i in range(len(colors))]
+    lines += [describe_objects([f"{c} {k}" for c in colors]) for k in kinds]
+    lines += [" ".join(_plural(k) for k in kinds)]
+    return lines
+
+
+# ------------------------------------------------------------------------------------------------ parsers
+def _plural(word: str) -> str:
+    return word + ("es" if word.endswith(("s", "x", "ch", "sh")) else "s")
+
+
+def _words(text: str) -> list[str]:
+    return re.findall(r"[a-z]+|\d+", str(text).lower())
+
+
+def parse_mentions(text: str, cfg: WorldConfig) -> list[tuple[str, str | None]]:
+    """(kind, colour or None) for every kind word in free text, singular or plural, in order of mention.
+
+    The colour is the word directly before the kind, when that word is a colour ("two red circles" gives
+    ("circle", "red")). CHAIR-style metrics compare these mentions with the scene's objects.
+    """
+    singular = {k: k for k in cfg.kinds} | {_plural(k): k for k in cfg.kinds}
+    words = _words(text)
+    return [(singular[w], words[j - 1] if j > 0 and words[j - 1] in cfg.colors else None)
+            for j, w in enumerate(words) if w in singular]
+
+
+def parse_color(text: str, cfg: WorldConfig) -> str | None:
+    """The first colour word in `text` ("It is red." -> "red"), or None."""
+    return next((w for w in _words(text) if w in cfg.colors), None)
+
+
+def parse_yes_no(text: str) -> str | None:
+    """"yes" or "no" from the first yes/no word ("not" counts as no, as in POPE's evaluation), or None."""
+    table = {"yes": "yes", "yeah": "yes", "yep": "yes", "true": "yes", "no": "no", "not": "no", "nope": "no",
+             "false": "no"}
+    return next((table[w] for w in _words(text) if w in table), None)
+
+
+def parse_count(text: str) -> int | None:
+    """The first number in `text`, as digits or a word from zero to ten ("three" -> 3), or None."""
+    for w in _words(text):
+        if w.isdigit():
+            return int(w)
+        if w in NUMBER_WORDS:
+            return NUMBER_WORDS.index(w)
+    return None
+
+
+def parse_choice(text: str) -> str | None:
+    """A letter A-D from "B", "b", "(B)", "B.", "B) red", "The answer is B", "Answer: B"; else None.
+
+    A leading capital followed by a space is *not* a choice ("A red circle" is an article).
+    """
+    t = str(text).strip()
+    patterns = (r"answer\s*(?:is|:)?\s*\(?([A-Da-d])\b", r"\(([A-D])\)", r"^([A-Da-d])[.):,]?$",
+                r"^([A-D])[.):,]")
+    for p in patterns:
+        m = re.search(p, t, flags=re.IGNORECASE if p.startswith("answer") else 0)
+        if m:
+            return m.group(1).upper()
+    return None
