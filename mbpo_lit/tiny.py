@@ -42,10 +42,9 @@ QWEN_SPECIALS = [
 ]
 LLAVA_SPECIALS = ["<unk>", "<s>", "</s>", "<pad>", "<image>"]
 
-# A Qwen-style chat template: system turn, user turns with {"type": "image"} / {"type": "text"} parts.
+# A Qwen-style chat template (without Qwen's default system turn, to keep tiny sequences short): turns with {"type": "image"} / {"type": "text"} parts.
 QWEN_CHAT_TEMPLATE = (
     "{% for message in messages %}"
-    "{% if loop.first and message['role'] != 'system' %}<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
     "<|im_start|>{{ message['role'] }}\n"
     "{% if message['content'] is string %}{{ message['content'] }}"
     "{% else %}{% for part in message['content'] %}"

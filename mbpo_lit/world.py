@@ -26,6 +26,13 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 
 import numpy as np
+from datasets import Dataset, Features, Value
+from datasets import Image as ImageFeature
+
+try:
+    from datasets import List
+except ImportError:  # datasets < 4 (pyproject allows >= 3) spells a list feature Sequence
+    from datasets import Sequence as List
 from PIL import Image, ImageDraw
 
 SPLITS = ("train", "eval_in_prior", "eval_counter_prior")
@@ -54,7 +61,10 @@ class WorldConfig:
     min_objects: int | None = None  # scenes hold min..max objects (count questions); None means n_objects
     max_objects: int | None = None
     p_color: float = 0.9  # train: probability an object wears its kind's typical colour
-    p_cooc: float = 0.9  # probability a later object completes a present kind's partner pair
+    # Per draw: each object after the first is, with probability p_cooc, the missing partner of a kind
+    # already there (if one is missing). With 3 objects one kind is always left unpaired, so the realised
+    # P(partner present | kind present) is about 2/3 * p_cooc plus chance (0.55-0.75 at 0.9).
+    p_cooc: float = 0.9
     kind_skew: float = 0.8  # kind i is drawn with weight kind_skew**i: makes some kinds "popular"
     noise: float = 0.08  # std of Gaussian pixel noise, pixel values in [0, 1]
     clutter: int = 0  # grey distractor strokes under the objects; grey so no colour answer changes
@@ -136,35 +146,33 @@ def _kind_step(cfg: WorldConfig, present: tuple[str, ...]) -> list[tuple[str, fl
 
 
 @lru_cache(maxsize=32)
-def _frequencies(key: tuple) -> dict[str, float]:
-    cfg = WorldConfig(**dict(key))
-    states: dict[tuple[str, ...], float] = {(): 1.0}  # sorted kind sets -> probability
-    freq = dict.fromkeys(cfg.kinds, 0.0)
-    counts = range(cfg.min_objects, cfg.max_objects + 1)
-    for n in range(1, cfg.max_objects + 1):
+def _frequencies(kinds: tuple[str, ...], lo: int, hi: int, p_cooc: float, skew: float) -> dict[str, float]:
+    # Exact marginals by dynamic programming over kind *sets*: the next-kind distribution depends only on
+    # the set present, and there are at most 2**len(kinds) sets.
+    cfg = WorldConfig(kinds=list(kinds), n_objects=hi, min_objects=lo, p_cooc=p_cooc, kind_skew=skew)
+    states: dict[tuple[str, ...], float] = {(): 1.0}
+    freq = dict.fromkeys(kinds, 0.0)
+    for n in range(1, hi + 1):
         nxt: dict[tuple[str, ...], float] = {}
         for s, p in states.items():
             for k, q in _kind_step(cfg, s):
                 t = tuple(sorted(s + (k,)))
                 nxt[t] = nxt.get(t, 0.0) + p * q
         states = nxt
-        if n in counts:
+        if n >= lo:  # object counts are uniform over lo..hi
             for s, p in states.items():
                 for k in s:
-                    freq[k] += p / len(counts)
+                    freq[k] += p / (hi - lo + 1)
     return freq
 
 
 def kind_frequencies(cfg: WorldConfig) -> dict[str, float]:
-    """Exact probability that each kind is in a scene, computed over kind sets (no sampling noise).
+    """Exact probability that each kind is in a scene (the same for every split), without sampling noise.
 
-    POPE's "popular" negatives are the most frequent absent objects. Partners co-occur, so a pair's two
-    frequencies are nearly equal; an exact computation keeps "most popular" well defined anyway.
+    POPE's "popular" negatives are the most frequent absent objects. Partners co-occur, so the two
+    frequencies of a pair are nearly equal; computing them exactly keeps "most popular" well defined.
     """
-    key = tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in vars(cfg).items()
-                       if k in ("kinds", "colors", "n_objects", "min_objects", "max_objects", "p_cooc",
-                                "kind_skew")))
-    return dict(_frequencies(tuple((k, list(v) if isinstance(v, tuple) else v) for k, v in key)))
+    return dict(_frequencies(tuple(cfg.kinds), cfg.min_objects, cfg.max_objects, cfg.p_cooc, cfg.kind_skew))
 
 
 def sample_scene(cfg: WorldConfig, rng: np.random.Generator, follow_prior: bool | None = None) -> Scene:
@@ -251,13 +259,16 @@ def _prior_says_present(cfg: WorldConfig, scene: Scene, kind: str) -> bool:
     return any(cfg.partner(k) == kind for k in scene.kinds if k != kind)
 
 
-def _attribute(cfg, scene, rng):
+# Each builder turns a scene into one question with an exact answer, or None if this scene cannot pose it.
+def _attribute(cfg: WorldConfig, scene: Scene, rng: np.random.Generator) -> dict | None:
+    """The colour-prior probe itself: the queried object's colour, typical or not."""
     o = scene.objects[scene.query]
     return dict(question=f"What color is the {o.kind}?", answer=o.color, answer_type="color",
                 follows_prior=o.color == cfg.typical_color(o.kind), query_kind=o.kind)
 
 
-def _choice(cfg, scene, rng):
+def _choice(cfg: WorldConfig, scene: Scene, rng: np.random.Generator) -> dict | None:
+    """The attribute question as A-D multiple choice: a verifiable reward for the online GRPO stream."""
     o = scene.objects[scene.query]
     options = [o.color] + ([cfg.typical_color(o.kind)] if o.color != cfg.typical_color(o.kind) else [])
     rest = [c for c in cfg.colors if c not in options]  # the typical colour stays in as a live trap
@@ -269,7 +280,8 @@ def _choice(cfg, scene, rng):
                 follows_prior=o.color == cfg.typical_color(o.kind), query_kind=o.kind)
 
 
-def _existence(cfg, scene, rng):
+def _existence(cfg: WorldConfig, scene: Scene, rng: np.random.Generator) -> dict | None:
+    """POPE: yes for the queried kind, no for an absent kind chosen as the subset (pope_type) prescribes."""
     pope_type = POPE_TYPES[int(rng.integers(3))]  # the POPE subset; each subset has yes and no questions
     absent = [k for k in cfg.kinds if k not in scene.kinds]
     if rng.random() < 0.5 or not absent:
@@ -289,7 +301,8 @@ def _existence(cfg, scene, rng):
                 query_kind=kind, pope_type=pope_type)
 
 
-def _count(cfg, scene, rng):
+def _count(cfg: WorldConfig, scene: Scene, rng: np.random.Generator) -> dict | None:
+    """All objects, or those of the queried object's colour, where counting by kind alone can mislead."""
     if rng.random() < 0.5:
         return dict(question="How many objects are there?", answer=str(len(scene.objects)),
                     answer_type="number", follows_prior=True)
@@ -306,7 +319,8 @@ def describe_objects(names: list[str]) -> str:
     return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
 
 
-def _describe(cfg, scene, rng):
+def _describe(cfg: WorldConfig, scene: Scene, rng: np.random.Generator) -> dict | None:
+    """Open-ended captions for CHAIR: every object, in reading order."""
     return dict(question="Describe the image.", answer=describe_objects([o.name for o in scene.objects]),
                 answer_type="description",
                 follows_prior=all(o.color == cfg.typical_color(o.kind) for o in scene.objects))
@@ -314,7 +328,10 @@ def _describe(cfg, scene, rng):
 
 _BUILDERS = {"attribute": _attribute, "existence": _existence, "count": _count, "choice": _choice,
              "describe": _describe}
-FEATURES = None  # filled below, after the datasets import, so the module imports fast without it
+_STR = Value("string")
+FEATURES = Features({"image": ImageFeature(), "question": _STR, "answer": _STR, "answer_type": _STR, "family": _STR,
+                     "choices": List(_STR), "follows_prior": Value("bool"), "objects": List(_STR),
+                     "query_kind": _STR, "pope_type": _STR, "id": _STR})
 
 
 def _check(name: str, value: str, allowed: tuple[str, ...]) -> None:
@@ -354,17 +371,8 @@ def build_records(cfg: WorldConfig, split: str, n: int, families: tuple[str, ...
 
 
 def build_dataset(cfg: WorldConfig, split: str, n: int, families: tuple[str, ...] | list[str] = ("attribute",),
-                  start: int = 0):
-    """The same records as a `datasets.Dataset` with explicit FEATURES (images stored as PNG)."""
-    from datasets import Dataset, Features, List, Value
-    from datasets import Image as ImageFeature
-
-    global FEATURES
-    if FEATURES is None:
-        s = Value("string")
-        FEATURES = Features({"image": ImageFeature(), "question": s, "answer": s, "answer_type": s, "family": s,
-                             "choices": List(s), "follows_prior": Value("bool"), "objects": List(s),
-                             "query_kind": s, "pope_type": s, "id": s})
+                  start: int = 0) -> Dataset:
+    """The same records as a `datasets.Dataset` with the explicit FEATURES (images stored as PNG)."""
     return Dataset.from_list(build_records(cfg, split, n, families, start), features=FEATURES)
 
 
@@ -431,10 +439,10 @@ def parse_choice(text: str) -> str | None:
     A leading capital followed by a space is *not* a choice ("A red circle" is an article).
     """
     t = str(text).strip()
-    patterns = (r"answer\s*(?:is|:)?\s*\(?([A-Da-d])\b", r"\(([A-D])\)", r"^([A-Da-d])[.):,]?$",
+    # Only capitals after "answer": "Answer: a red one" must not read as option A.
+    patterns = (r"(?i:answer)\s*(?:(?i:is)|:)?\s*\(?([A-D])\b", r"\(([A-D])\)", r"^([A-Da-d])[.):,]?$",
                 r"^([A-D])[.):,]")
     for p in patterns:
-        m = re.search(p, t, flags=re.IGNORECASE if p.startswith("answer") else 0)
-        if m:
+        if m := re.search(p, t):
             return m.group(1).upper()
     return None

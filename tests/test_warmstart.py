@@ -1,0 +1,57 @@
+"""The biased base model's build: a real checkpoint, cached, and resumable after an interruption."""
+
+import json
+
+import lightning as L
+import pytest
+import torch
+from transformers import AutoModelForImageTextToText
+
+from mbpo_lit.tiny import TinySpec
+from mbpo_lit.warmstart import WarmStartConfig, build_base_model
+from mbpo_lit.world import WorldConfig
+
+
+def small(tmp_path, steps=6):
+    return WarmStartConfig(world=WorldConfig(), spec=TinySpec(), train_records=64, steps=steps, batch_size=4,
+                           warmup_steps=1, checkpoint_every=2, root=str(tmp_path))
+
+
+class Interrupt(L.Callback):
+    def __init__(self, at):
+        self.at = at
+
+    def on_train_batch_end(self, trainer, *args):
+        if trainer.global_step == self.at:
+            raise RuntimeError("simulated crash")
+
+
+def test_builds_a_loadable_checkpoint_and_reuses_it(tmp_path):
+    cfg = small(tmp_path)
+    path = build_base_model(cfg, progress=False, evaluate_n=4)
+    info = json.loads((path / "warmstart.json").read_text())
+    assert info["config"]["steps"] == 6 and 0.0 <= info["in_prior_accuracy"] <= 1.0
+    init = AutoModelForImageTextToText.from_pretrained(cfg.directory() / "init")
+    trained = AutoModelForImageTextToText.from_pretrained(path)
+    changed = [not torch.equal(a, b) for a, b in zip(init.parameters(), trained.parameters())]
+    assert all(changed)  # every weight trained, the vision tower included
+    mtime = (path / "model.safetensors").stat().st_mtime_ns
+    assert build_base_model(cfg, progress=False) == path
+    assert (path / "model.safetensors").stat().st_mtime_ns == mtime  # cached, not retrained
+
+
+def test_cache_key_changes_with_the_world(tmp_path):
+    a = small(tmp_path)
+    b = small(tmp_path)
+    b.world = WorldConfig(p_color=0.5)
+    assert a.directory() != b.directory()
+
+
+def test_interrupted_build_resumes_from_its_last_checkpoint(tmp_path):
+    cfg = small(tmp_path)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        build_base_model(cfg, progress=False, evaluate_n=4, callbacks=[Interrupt(at=5)])
+    assert not (cfg.directory() / "model").exists()  # nothing half-made under the final name
+    path = build_base_model(cfg, progress=False, evaluate_n=4)
+    info = json.loads((path / "warmstart.json").read_text())
+    assert info["resumed_from_step"] == 4
