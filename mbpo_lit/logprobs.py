@@ -21,20 +21,23 @@ def token_logprobs(logits: torch.Tensor, targets: torch.Tensor, temperature: flo
     return logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
 
 
-def completion_logprobs(
+def completion_scores(
     model: torch.nn.Module,
     batch: BatchFeature,
     completion_mask: torch.Tensor,
     temperature: float = 1.0,
-) -> torch.Tensor:
-    """Log-probs of the completion tokens in `batch` (built by `chat.append_completions`).
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-probs of the completion tokens in `batch` (built by `chat.append_completions`), and whether
+    greedy decoding would reproduce each completion (every token is the argmax given its prefix).
 
-    Returns a [batch, width] tensor aligned with the last `width` positions of `input_ids` (the completion
-    block); entries outside `completion_mask` are 0.
+    The log-probs are a [batch, width] tensor aligned with the last `width` positions of `input_ids` (the
+    completion block); entries outside `completion_mask` are 0. The greedy flag costs nothing extra and
+    tells PGD, without generating, whether the model still gives the ground-truth answer.
     """
     columns = completion_mask.any(0).nonzero()
     if len(columns) == 0:
-        return torch.zeros(completion_mask.shape[0], 0, device=completion_mask.device)
+        n = completion_mask.shape[0]
+        return torch.zeros(n, 0, device=completion_mask.device), torch.ones(n, dtype=torch.bool)
     width = completion_mask.shape[1] - int(columns.min())  # the completion block is the last `width` columns
     inputs = {k: v for k, v in batch.items()}
     # Logits at position t predict token t+1: keep width+1 positions, drop the last.
@@ -42,7 +45,18 @@ def completion_logprobs(
     logits = out.logits[:, :-1]
     targets = batch["input_ids"][:, -width:]
     mask = completion_mask[:, -width:]
-    return token_logprobs(logits, targets, temperature) * mask
+    greedy = ((logits.argmax(-1) == targets) | ~mask).all(1)
+    return token_logprobs(logits, targets, temperature) * mask, greedy
+
+
+def completion_logprobs(
+    model: torch.nn.Module,
+    batch: BatchFeature,
+    completion_mask: torch.Tensor,
+    temperature: float = 1.0,
+) -> torch.Tensor:
+    """Per-token log-probs of the completions (see `completion_scores`)."""
+    return completion_scores(model, batch, completion_mask, temperature)[0]
 
 
 def answer_logprobs(

@@ -13,8 +13,8 @@ from mbpo_lit.world import WorldConfig
 
 
 def small(tmp_path, steps=6):
-    return WarmStartConfig(world=WorldConfig(), spec=TinySpec(), train_records=64, steps=steps, batch_size=4,
-                           warmup_steps=1, checkpoint_every=2, root=str(tmp_path))
+    return WarmStartConfig(world=WorldConfig(), spec=TinySpec(), train_records=64, grounding_steps=2, steps=steps,
+                           batch_size=4, warmup_steps=1, checkpoint_every=2, root=str(tmp_path))
 
 
 class Interrupt(L.Callback):
@@ -31,6 +31,7 @@ def test_builds_a_loadable_checkpoint_and_reuses_it(tmp_path):
     path = build_base_model(cfg, progress=False, evaluate_n=4)
     info = json.loads((path / "warmstart.json").read_text())
     assert info["config"]["steps"] == 6 and 0.0 <= info["in_prior_accuracy"] <= 1.0
+    assert info["resumed_from_step"] == {"grounding": 0, "prior": 0}
     init = AutoModelForImageTextToText.from_pretrained(cfg.directory() / "init")
     trained = AutoModelForImageTextToText.from_pretrained(path)
     changed = [not torch.equal(a, b) for a, b in zip(init.parameters(), trained.parameters())]
@@ -38,6 +39,13 @@ def test_builds_a_loadable_checkpoint_and_reuses_it(tmp_path):
     mtime = (path / "model.safetensors").stat().st_mtime_ns
     assert build_base_model(cfg, progress=False) == path
     assert (path / "model.safetensors").stat().st_mtime_ns == mtime  # cached, not retrained
+
+
+def test_grounding_world_has_one_object_and_no_colour_prior():
+    cfg = WarmStartConfig()
+    g = cfg.grounding_world()
+    assert g.min_objects == g.max_objects == 1 and g.p_color == cfg.grounding_p_color < cfg.world.p_color
+    assert g.image_size == cfg.world.image_size == cfg.spec.image_size
 
 
 def test_cache_key_changes_with_the_world(tmp_path):
@@ -54,4 +62,5 @@ def test_interrupted_build_resumes_from_its_last_checkpoint(tmp_path):
     assert not (cfg.directory() / "model").exists()  # nothing half-made under the final name
     path = build_base_model(cfg, progress=False, evaluate_n=4)
     info = json.loads((path / "warmstart.json").read_text())
-    assert info["resumed_from_step"] == 4
+    assert info["resumed_from_step"] == {"prior": 4}  # grounding was finished and kept, prior resumed
+    assert (cfg.directory() / "grounded" / "config.json").is_file()

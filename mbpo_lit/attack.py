@@ -1,0 +1,126 @@
+"""Image perturbations for negative mining: adversarial PGD and the noise baselines, in plain torch.
+
+All act on raw images ([batch, 3, H, W], values in [0, 1], see codec.py) and return perturbed raw images
+inside the same budget: an L-inf ball of radius `epsilon` (in [0, 1] units; pass 8 / 255 for "8/255"),
+clamped to [0, 1]. PGD *minimises* the log-likelihood of the ground-truth answer, so that the model, with
+the visual evidence suppressed, falls back on its language prior (MBPO step 1). The baselines calibrate
+what mere noise of the same size does, which the paper's reviewers asked for:
+
+- "uniform":   delta ~ U(-epsilon, epsilon) per pixel;
+- "gaussian":  delta ~ N(0, epsilon^2), clipped to the same L-inf ball;
+- "diffusion": POVID-style forward diffusion x_t = sqrt(abar_t) x + sqrt(1 - abar_t) noise in [-1, 1]
+  space (linear beta schedule over 1000 steps), with the step t as the knob; not bounded by epsilon;
+- "none":      the clean image (plain sampling baseline).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+Method = Literal["pgd", "uniform", "gaussian", "diffusion", "none"]
+METHODS = ("pgd", "uniform", "gaussian", "diffusion", "none")
+
+
+@dataclass
+class AttackResult:
+    """Perturbed images and, per sample, the steps used and the objective before and after."""
+
+    images: torch.Tensor
+    steps_used: torch.Tensor
+    logp_before: torch.Tensor
+    logp_after: torch.Tensor
+    trace: list[torch.Tensor]  # objective (per sample) after each step, for plots
+
+
+def project(raw: torch.Tensor, delta: torch.Tensor, epsilon: float, norm: str = "linf") -> torch.Tensor:
+    """Project `delta` onto the epsilon ball (L-inf or L2 per image) and keep raw + delta in [0, 1]."""
+    if norm == "linf":
+        delta = delta.clamp(-epsilon, epsilon)
+    elif norm == "l2":
+        flat = delta.flatten(1).norm(dim=1).clamp(min=1e-12)
+        delta = delta * (epsilon / flat).clamp(max=1.0).view(-1, *[1] * (delta.dim() - 1))
+    else:
+        raise ValueError(f"norm={norm!r} is not one of ['linf', 'l2']")
+    return (raw + delta).clamp(0, 1) - raw
+
+
+def pgd(
+    objective: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
+    raw: torch.Tensor,
+    epsilon: float,
+    step_size: float,
+    steps: int,
+    random_start: bool = True,
+    norm: str = "linf",
+    early_stop: bool = True,
+    generator: torch.Generator | None = None,
+) -> AttackResult:
+    """Projected gradient descent on `objective` within the epsilon ball around `raw`.
+
+    `objective(images)` returns (per-sample value to minimise, per-sample bool "attack not yet
+    successful"). With `early_stop`, a sample stops moving once it is successful (its flag is False);
+    its steps_used is the step at which that happened.
+    """
+    raw = raw.detach()
+    delta = torch.zeros_like(raw)
+    if random_start:
+        noise = torch.rand(raw.shape, generator=generator, device="cpu").to(raw) * 2 - 1
+        delta = project(raw, noise * epsilon, epsilon, norm)
+    n = raw.shape[0]
+    active = torch.ones(n, dtype=torch.bool, device=raw.device)
+    steps_used = torch.full((n,), steps, dtype=torch.long)
+    trace: list[torch.Tensor] = []
+    before = None
+    for step in range(steps + 1):
+        delta.requires_grad_(True)
+        value, not_done = objective(raw + delta)
+        if before is None:
+            before = value.detach().cpu()
+        trace.append(value.detach().cpu())
+        if early_stop:
+            newly_done = active & ~not_done.to(active.device)
+            steps_used[newly_done.cpu()] = step
+            active &= not_done.to(active.device)
+        if step == steps or not active.any():
+            break
+        (grad,) = torch.autograd.grad(value.sum(), delta)
+        with torch.no_grad():
+            if norm == "linf":
+                move = grad.sign()
+            else:
+                move = grad / grad.flatten(1).norm(dim=1).clamp(min=1e-12).view(-1, 1, 1, 1)
+            move = move * active.view(-1, 1, 1, 1).to(move)  # finished samples keep their image
+            delta = project(raw, delta.detach() - step_size * move, epsilon, norm)
+    return AttackResult((raw + delta).detach(), steps_used, before, trace[-1], trace)
+
+
+def diffusion_noise(raw: torch.Tensor, t: int, generator: torch.Generator | None = None, total: int = 1000) -> torch.Tensor:
+    """Forward diffusion of step t (DDPM linear schedule, beta 1e-4 .. 0.02), as POVID corrupts images."""
+    if not 0 <= t < total:
+        raise ValueError(f"diffusion step t={t} is outside [0, {total})")
+    betas = torch.linspace(1e-4, 0.02, total, dtype=torch.float64)
+    abar = torch.cumprod(1 - betas, 0)[t].item()
+    noise = torch.randn(raw.shape, generator=generator, device="cpu").to(raw)
+    x = raw * 2 - 1
+    return ((abar**0.5 * x + (1 - abar) ** 0.5 * noise + 1) / 2).clamp(0, 1)
+
+
+def random_perturbation(
+    method: str, raw: torch.Tensor, epsilon: float, diffusion_t: int = 200, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """The non-adversarial perturbations ("uniform", "gaussian", "diffusion", "none") of raw images."""
+    if method == "none":
+        return raw.clone()
+    if method == "uniform":
+        delta = (torch.rand(raw.shape, generator=generator, device="cpu").to(raw) * 2 - 1) * epsilon
+        return raw + project(raw, delta, epsilon)
+    if method == "gaussian":
+        delta = torch.randn(raw.shape, generator=generator, device="cpu").to(raw) * epsilon
+        return raw + project(raw, delta, epsilon)
+    if method == "diffusion":
+        return diffusion_noise(raw, diffusion_t, generator)
+    raise ValueError(f"method={method!r} is not one of {list(METHODS)}")

@@ -1,0 +1,99 @@
+"""Pixel codec: a differentiable map between raw images in [0, 1] and each architecture's pixel inputs.
+
+Adversarial mining perturbs the *image*, so the perturbation must live in raw pixel space: bounded by an
+L-inf radius in /255 units, clamped to [0, 1], and savable as a picture, whatever the architecture does to
+pixels afterwards. The processor (resize, rescale, normalise, patchify) is not differentiable, so:
+
+    raw = codec.decode(processor(images=...)["pixel_values"])   # exact inverse of normalise + patchify
+    pixel_values = codec.encode(raw + delta)                     # differentiable in delta
+
+Resizing happens once, in the processor, before the attack: the attacked image is the resized one, which is
+the image the model actually sees.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+from transformers import BatchFeature, ProcessorMixin
+
+
+@dataclass
+class PixelCodec:
+    """Normalisation constants and patch layout of one processor.
+
+    For Qwen-VL, `pixel_values` rows are flattened patches ordered (merge-block rows, merge-block cols,
+    row-in-block, col-in-block), each patch laid out (channel, temporal, patch_row, patch_col); images of a
+    batch are concatenated along rows, `image_grid_thw` saying how many belong to each. For LLaVA,
+    `pixel_values` is a plain normalised [batch, 3, H, W] tensor.
+    """
+
+    mean: torch.Tensor  # [3]
+    std: torch.Tensor  # [3]
+    kind: str  # "qwen" or "llava"
+    patch_size: int = 14
+    merge_size: int = 2
+    temporal_patch_size: int = 2
+
+    @classmethod
+    def from_processor(cls, processor: ProcessorMixin) -> PixelCodec:
+        ip = processor.image_processor
+        mean = torch.tensor(ip.image_mean, dtype=torch.float32)
+        std = torch.tensor(ip.image_std, dtype=torch.float32)
+        if hasattr(ip, "merge_size"):
+            return cls(mean, std, "qwen", ip.patch_size, ip.merge_size, ip.temporal_patch_size)
+        return cls(mean, std, "llava")
+
+    def _norm(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean.to(x).view(-1, 1, 1)) / self.std.to(x).view(-1, 1, 1)
+
+    def _unnorm(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.std.to(x).view(-1, 1, 1) + self.mean.to(x).view(-1, 1, 1)
+
+    def encode(self, raw: list[torch.Tensor] | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Raw images ([3, H, W] each, values in [0, 1]) -> (pixel_values, image_grid_thw or None)."""
+        if self.kind == "llava":
+            return torch.stack([self._norm(x) for x in raw]), None
+        rows, grids = [], []
+        p, m, t = self.patch_size, self.merge_size, self.temporal_patch_size
+        for x in raw:
+            c, h, w = x.shape
+            gh, gw = h // p, w // p
+            patches = self._norm(x).reshape(c, gh // m, m, p, gw // m, m, p).permute(1, 4, 2, 5, 0, 3, 6)
+            # One still image fills every temporal slot of the patch (the processor repeats it).
+            patches = patches.unsqueeze(5).expand(*patches.shape[:5], t, p, p)
+            rows.append(patches.reshape(gh * gw, c * t * p * p))
+            grids.append([1, gh, gw])
+        return torch.cat(rows), torch.tensor(grids, dtype=torch.long, device=rows[0].device)
+
+    def decode(self, pixel_values: torch.Tensor, image_grid_thw: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """Inverse of `encode`: pixel inputs -> raw images [3, H, W] in [0, 1] (first temporal slot)."""
+        if self.kind == "llava":
+            return [self._unnorm(x) for x in pixel_values]
+        out, start = [], 0
+        p, m, t = self.patch_size, self.merge_size, self.temporal_patch_size
+        for _, gh, gw in image_grid_thw.tolist():
+            rows = pixel_values[start : start + gh * gw]
+            start += gh * gw
+            patches = rows.reshape(gh // m, gw // m, m, m, 3, t, p, p)[:, :, :, :, :, 0]
+            x = patches.permute(4, 0, 2, 5, 1, 3, 6).reshape(3, gh * p, gw * p)
+            out.append(self._unnorm(x))
+        return out
+
+    def raw_images(self, batch: BatchFeature) -> list[torch.Tensor]:
+        """The raw (resized) images of a processor batch, in [0, 1]."""
+        return [x.clamp(0, 1) for x in self.decode(batch["pixel_values"].float(), batch.get("image_grid_thw"))]
+
+
+def to_pil(raw: torch.Tensor) -> Image.Image:
+    """A raw image tensor [3, H, W] in [0, 1] as an 8-bit RGB picture."""
+    arr = (raw.detach().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
+    return Image.fromarray(arr)
+
+
+def to_raw(image: Image.Image) -> torch.Tensor:
+    """An RGB picture as a raw image tensor [3, H, W] in [0, 1]."""
+    return torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32) / 255).permute(2, 0, 1)

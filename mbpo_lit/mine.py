@@ -1,0 +1,343 @@
+"""`python -m mbpo_lit.mine`: offline adversarial negative mining, MBPO's offline half.
+
+For each (image, question, ground-truth answer): perturb the image (PGD that minimises the ground-truth
+log-likelihood, or a noise baseline at the same budget), let the model answer from the perturbed image, and
+keep the pair (chosen = ground truth, rejected = that answer) when the answer is wrong under the same
+verifier the rewards use. The Image Information Gain of the chosen answer on the clean image is recorded
+and filters the pairs (keep high, low, or all).
+
+Output (`--out DIR`):
+  shards/NNNNNNNN-NNNNNNNN.parquet   every candidate of a chunk of source records, written atomically
+  skipped.jsonl                      source records that could not be used, with index and reason
+  dataset/                           the final pairs: `datasets.load_from_disk(DIR/dataset)`; columns
+                                     prompt, chosen, rejected, images (as TRL's DPOTrainer expects for vision
+                                     data) plus perturbed_image and the per-pair statistics
+  summary.json                       counts, settings, and the rates reported in the README
+
+A killed job, restarted with the same arguments, continues with the first chunk that has no shard: no
+duplicates, no lost pairs. Every random choice is seeded by (seed, chunk start), so a resumed run writes
+the same dataset as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+from tqdm.auto import tqdm
+
+from mbpo_lit.answers import CLOSED_TYPES, extract, is_correct, normalize_phrase
+from mbpo_lit.attack import METHODS, pgd, random_perturbation
+from mbpo_lit.chat import answer_token_ids, append_completions, encode_prompts, user_message
+from mbpo_lit.codec import PixelCodec, to_pil
+from mbpo_lit.iig import image_information_gain
+from mbpo_lit.logprobs import completion_scores
+from mbpo_lit.world import WorldConfig
+
+
+@dataclass
+class MineConfig:
+    """Settings of one mining job (every field is a command-line option: --epsilon 8 ...).
+
+    Args:
+        model: base model directory or hub id; None uses the embedded biased base model.
+        adapter: optional LoRA adapter (peft format) on top of `model`.
+        source: "world" (the embedded world's train split) or a Hugging Face dataset id / local data file.
+        columns: source column names for image, question, answer (and answer_type if present).
+        n: how many source records to mine (from the start).
+        method: "pgd" or a baseline: "uniform", "gaussian", "diffusion", "none".
+        epsilon, step_size: L-inf budget and PGD step, in /255 units.
+        steps: PGD steps; early_stop stops a sample once greedy decoding no longer gives the ground truth.
+        diffusion_t: forward-diffusion step of the "diffusion" baseline.
+        decode: "greedy" or "sample" (temperature 1) for the rejected answer.
+        iig_filter: keep "high" or "low" IIG pairs, or "none" (no filter); iig_fraction is the share kept,
+            or iig_threshold (if set) the cut-off; iig_baseline is IIG's no-image side ("none"/"neutral").
+    """
+
+    out: str = "runs/mined"
+    model: str | None = None
+    adapter: str | None = None
+    source: str = "world"
+    split: str = "train"
+    columns: dict[str, str] = field(default_factory=lambda: {"image": "image", "question": "question", "answer": "answer"})
+    families: tuple[str, ...] = ("attribute",)
+    n: int = 256
+    method: Literal["pgd", "uniform", "gaussian", "diffusion", "none"] = "pgd"
+    # The embedded world's images carry pixel noise of std 0.08 (20/255), so its model shrugs off 8/255:
+    # measured, PGD at 8/255 moved the ground-truth log-likelihood by 0.15 nats in 20 steps and flipped 1 of
+    # 13 correct answers; 32/255 flipped 13 of 19. Real 7B models are attacked at 8-16/255 (see the recipes).
+    epsilon: float = 32.0
+    step_size: float = 4.0
+    steps: int = 20
+    random_start: bool = True
+    norm: Literal["linf", "l2"] = "linf"
+    early_stop: bool = True
+    diffusion_t: int = 200
+    decode: Literal["greedy", "sample"] = "greedy"
+    max_new_tokens: int = 16
+    iig_filter: Literal["high", "low", "none"] = "high"
+    iig_fraction: float = 0.5
+    iig_threshold: float | None = None
+    iig_baseline: Literal["none", "neutral"] = "none"
+    batch_size: int = 16
+    seed: int = 0
+    precision: Literal["bf16", "fp16", "fp32"] = "fp32"
+
+
+def load_source(cfg: MineConfig, world: WorldConfig | None) -> tuple[list[dict], list[dict]]:
+    """Source records in the world's schema, and the ones skipped (index + reason), none silently dropped."""
+    if cfg.source == "world":
+        from mbpo_lit.world import build_records
+
+        return build_records(world, cfg.split, cfg.n, cfg.families), []
+    from datasets import load_dataset
+
+    path = Path(cfg.source)
+    if path.is_file():
+        fmt = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}.get(path.suffix, "json")
+        data = load_dataset(fmt, data_files=str(path), split="train")
+    elif path.is_dir():
+        from datasets import load_from_disk
+
+        data = load_from_disk(str(path))
+    else:
+        data = load_dataset(cfg.source, split=cfg.split)
+    records, skipped = [], []
+    c = cfg.columns
+    for i in range(min(cfg.n, len(data))):
+        try:
+            row = data[i]
+        except Exception as err:  # noqa: BLE001 - an undecodable row (e.g. a corrupt image) is reported
+            skipped.append({"index": i, "reason": f"unreadable record: {err}"})
+            continue
+        answer, image = row.get(c["answer"]), row.get(c["image"])
+        if answer is None or str(answer).strip() == "":
+            skipped.append({"index": i, "reason": "missing answer"})
+            continue
+        try:
+            if isinstance(image, str):
+                from PIL import Image
+
+                image = Image.open(path.parent / image if path.is_file() else image)
+            image = image.convert("RGB")
+        except Exception as err:  # noqa: BLE001
+            skipped.append({"index": i, "reason": f"unreadable image: {err}"})
+            continue
+        records.append(dict(image=image, question=row[c["question"]], answer=str(answer),
+                            answer_type=row.get(c.get("answer_type", "answer_type")) or "phrase",
+                            follows_prior=bool(row.get("follows_prior", True)), id=str(row.get("id", i)),
+                            query_kind=row.get("query_kind", "") or "", source_index=i))
+    return records, skipped
+
+
+class Miner:
+    """Mines one chunk of records at a time with a loaded policy (see `MineConfig`)."""
+
+    def __init__(self, model: torch.nn.Module, processor, cfg: MineConfig, world: WorldConfig | None):
+        self.model, self.processor, self.cfg, self.world = model.eval(), processor, cfg, world
+        self.codec = PixelCodec.from_processor(processor)
+        self.device = next(model.parameters()).device
+        model.requires_grad_(False)  # PGD needs gradients for the pixels only
+
+    def objective(self, prompts, answers_ids) -> Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+        """images -> (ground-truth log-likelihood per sample, whether greedy decoding still gives it)."""
+        batch, mask = append_completions(prompts, answers_ids, self.processor.tokenizer.pad_token_id)
+        batch, mask = batch.to(self.device), mask.to(self.device)
+
+        def value(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            pixel_values, _ = self.codec.encode(list(images))
+            inputs = dict(batch, pixel_values=pixel_values.to(batch["pixel_values"].dtype))
+            logp, greedy = completion_scores(self.model, inputs, mask)
+            return logp.sum(1), greedy
+
+        return value
+
+    @torch.no_grad()
+    def answer(self, prompts, images: torch.Tensor) -> list[str]:
+        """The model's answers given perturbed raw images."""
+        pixel_values, _ = self.codec.encode(list(images))
+        batch = dict(prompts.to(self.device), pixel_values=pixel_values.to(prompts["pixel_values"].dtype))
+        sample = self.cfg.decode == "sample"
+        ids = self.model.generate(**batch, max_new_tokens=self.cfg.max_new_tokens, do_sample=sample,
+                                  temperature=1.0 if sample else None, top_p=None, top_k=None)
+        return self.processor.batch_decode(ids[:, prompts["input_ids"].shape[1]:], skip_special_tokens=True)
+
+    def is_wrong(self, rec: dict, text: str) -> bool:
+        """Whether a rejected answer is wrong: the verifier for close-ended types, else a different phrase."""
+        vocab = self.world.colors if self.world else None
+        if rec["answer_type"] in CLOSED_TYPES:
+            return not is_correct(text, rec["answer"], rec["answer_type"], vocab)
+        return normalize_phrase(text) != normalize_phrase(rec["answer"])
+
+    def mine(self, records: list[dict], start: int) -> list[dict]:
+        """Candidate pairs (kept or not, with the reason) for one chunk of records."""
+        cfg = self.cfg
+        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + start)
+        torch.manual_seed(cfg.seed * 1_000_003 + start)  # sampled decoding, if chosen
+        qs, answers = [r["question"] for r in records], [r["answer"] for r in records]
+        images = [r["image"] for r in records]
+        prompts = encode_prompts(self.processor, qs, images, record_ids=[r["id"] for r in records])
+        raw = torch.stack(self.codec.raw_images(prompts)).to(self.device)
+        objective = self.objective(prompts, answer_token_ids(self.processor, answers))
+        eps, step = cfg.epsilon / 255, cfg.step_size / 255
+        with torch.no_grad():  # ground truth on the clean image: its log-likelihood, and is it the greedy answer
+            before, clean_correct = (t.cpu() for t in objective(raw))
+        if cfg.method == "pgd":
+            res = pgd(objective, raw, eps, step, cfg.steps, cfg.random_start, cfg.norm, cfg.early_stop, gen)
+            perturbed, steps_used, after = res.images, res.steps_used, res.logp_after
+        else:
+            perturbed = random_perturbation(cfg.method, raw, eps, cfg.diffusion_t, gen)
+            with torch.no_grad():
+                after = objective(perturbed)[0].cpu()
+            steps_used = torch.zeros(len(records), dtype=torch.long)
+        rejected = self.answer(prompts, perturbed)
+        iig = image_information_gain(self.model, self.processor, qs, answers, images, cfg.iig_baseline,
+                                     batch_size=cfg.batch_size)
+        rows = []
+        for i, rec in enumerate(records):
+            wrong = self.is_wrong(rec, rejected[i])
+            typical = self.world.typical_color(rec["query_kind"]) if self.world and rec.get("query_kind") else ""
+            rows.append({
+                "id": rec["id"], "source_index": start + i,
+                "prompt": user_message(rec["question"]),
+                "chosen": [{"role": "assistant", "content": [{"type": "text", "text": rec["answer"]}]}],
+                "rejected": [{"role": "assistant", "content": [{"type": "text", "text": rejected[i]}]}],
+                "images": [rec["image"]], "perturbed_image": to_pil(perturbed[i]),
+                "question": rec["question"], "answer": rec["answer"], "answer_type": rec["answer_type"],
+                "follows_prior": bool(rec.get("follows_prior", True)), "clean_correct": bool(clean_correct[i]),
+                "rejected_is_prior": bool(typical) and extract(rejected[i], "color", self.world.colors) == typical,
+                "kept": wrong, "reason": "" if wrong else "rejected answer is correct",
+                "iig_sum": float(iig.sum[i]), "iig_mean": float(iig.mean[i]),
+                "attack_steps": int(steps_used[i]), "logp_before": float(before[i]), "logp_after": float(after[i]),
+                "linf": float((perturbed[i] - raw[i]).abs().max() * 255), "method": cfg.method,
+            })
+        return rows
+
+
+def _rate(rows: list[dict], key: str) -> float | None:
+    return sum(bool(r[key]) for r in rows) / len(rows) if rows else None
+
+
+def _shard_name(start: int, end: int) -> str:
+    return f"{start:08d}-{end:08d}.parquet"
+
+
+def apply_iig_filter(rows: list[dict], cfg: MineConfig) -> list[dict]:
+    """Keep high-IIG, low-IIG or all pairs (by threshold if given, else by fraction)."""
+    if cfg.iig_filter == "none" or not rows:
+        return rows
+    high = cfg.iig_filter == "high"
+    if cfg.iig_threshold is not None:
+        return [r for r in rows if (r["iig_mean"] >= cfg.iig_threshold) == high]
+    ranked = sorted(rows, key=lambda r: (r["iig_mean"], r["source_index"]), reverse=high)
+    keep = {r["source_index"] for r in ranked[: max(1, round(cfg.iig_fraction * len(rows)))]}
+    return [r for r in rows if r["source_index"] in keep]
+
+
+def run(cfg: MineConfig, on_chunk: Callable[[int], None] | None = None, progress: bool = True) -> Path:
+    """Mine `cfg.n` records into `cfg.out` (resuming if shards exist) and write the final dataset."""
+    from datasets import Dataset, concatenate_datasets
+
+    from mbpo_lit.model import ModelConfig, load_policy
+
+    if cfg.method not in METHODS:
+        raise ValueError(f"method={cfg.method!r} is not one of {list(METHODS)}")
+    out = Path(cfg.out)
+    (out / "shards").mkdir(parents=True, exist_ok=True)
+    settings = out / "config.json"
+    mine_settings = json.dumps(dataclasses.asdict(cfg), sort_keys=True, default=str)
+    if settings.is_file() and settings.read_text() != mine_settings:
+        raise ValueError(f"{out} holds a mining job with other settings ({settings}); use another --out")
+    settings.write_text(mine_settings)
+
+    world = None
+    model_path = cfg.model
+    if cfg.source == "world" or model_path is None:
+        from mbpo_lit.warmstart import WarmStartConfig, build_base_model
+
+        world = WarmStartConfig().world
+        model_path = model_path or str(build_base_model(WarmStartConfig(), progress=progress))
+    policy = load_policy(ModelConfig(model_path, precision=cfg.precision, quantization="none", lora=None,
+                                     adapter_path=cfg.adapter))
+    records, skipped = load_source(cfg, world)
+    for s in skipped:
+        print(f"skipped source record {s['index']}: {s['reason']}")
+    (out / "skipped.jsonl").write_text("".join(json.dumps(s) + "\n" for s in skipped))
+
+    miner = Miner(policy.model, policy.processor, cfg, world)
+    done = {p.name for p in (out / "shards").glob("*.parquet")}
+    chunks = [(s, min(s + cfg.batch_size, len(records))) for s in range(0, len(records), cfg.batch_size)]
+    todo = [(s, e) for s, e in chunks if _shard_name(s, e) not in done]
+    started = time.time()
+    for s, e in tqdm(todo, desc=f"mining ({cfg.method})", unit="chunk", disable=not progress,
+                     initial=len(chunks) - len(todo), total=len(chunks)):
+        rows = miner.mine(records[s:e], s)
+        for r, rec in zip(rows, records[s:e]):
+            r["source_index"] = rec.get("source_index", r["source_index"])
+        tmp = out / "shards" / (_shard_name(s, e) + ".tmp")
+        Dataset.from_list(rows).to_parquet(str(tmp))
+        os.replace(tmp, out / "shards" / _shard_name(s, e))  # atomic: a shard is whole or absent
+        if on_chunk:
+            on_chunk(s)
+    seconds = time.time() - started
+
+    from datasets import load_dataset
+
+    shards = sorted(str(p) for p in (out / "shards").glob("*.parquet"))
+    allrows = load_dataset("parquet", data_files=shards, split="train") if shards else Dataset.from_list([])
+    candidates = [dict(r) for r in allrows]
+    kept = [r for r in candidates if r["kept"]]
+    final = apply_iig_filter(kept, cfg)
+    keep_ids = {r["source_index"] for r in final}
+    dataset = allrows.filter(lambda r: r["kept"] and r["source_index"] in keep_ids)
+    if len(dataset):
+        dataset = concatenate_datasets([dataset])
+    dataset.save_to_disk(str(out / "dataset.tmp"))
+    if (out / "dataset").exists():
+        import shutil
+
+        shutil.rmtree(out / "dataset")
+    os.replace(out / "dataset.tmp", out / "dataset")
+    counter = [r for r in candidates if not r["follows_prior"]]
+    summary = {
+        "method": cfg.method, "epsilon": cfg.epsilon, "source_records": cfg.n, "skipped": len(skipped),
+        "candidates": len(candidates), "rejected_wrong": len(kept), "pairs": len(dataset),
+        "seconds_this_run": seconds, "images_per_second": (sum(e - s for s, e in todo) / seconds) if todo else None,
+        # On counter-prior questions: how often the answer from the perturbed image is the kind's typical
+        # colour, over all such records and over those the model answered correctly on the clean image.
+        "prior_rate_counter_prior": _rate(counter, "rejected_is_prior"),
+        "prior_rate_counter_prior_clean_correct": _rate([r for r in counter if r["clean_correct"]], "rejected_is_prior"),
+        "counter_prior_records": len(counter),
+        "counter_prior_clean_correct": sum(r["clean_correct"] for r in counter),
+        "mean_logp_drop": sum(r["logp_before"] - r["logp_after"] for r in candidates) / max(1, len(candidates)),
+        "max_linf": max((r["linf"] for r in candidates), default=0.0),
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    return out / "dataset"
+
+
+def main(argv: list[str] | None = None) -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from jsonargparse import ArgumentParser
+
+    parser = ArgumentParser(description="Mine adversarial hard-negative preference pairs (MBPO offline data).")
+    parser.add_argument("--config", action="config")
+    parser.add_class_arguments(MineConfig, nested_key=None)
+    args = parser.parse_args(argv)
+    args.pop("config", None)
+    cfg = MineConfig(**{k: v for k, v in vars(args).items() if k in {f.name for f in dataclasses.fields(MineConfig)}})
+    path = run(cfg)
+    summary = json.loads((Path(cfg.out) / "summary.json").read_text())
+    print(json.dumps(summary, indent=2))
+    print(f"dataset: {path}  (datasets.load_from_disk)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,90 @@
+"""Pixel codec and perturbations: exact round trips, budgets respected, PGD lowers the objective."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from transformers import AutoConfig
+
+from mbpo_lit.arch import load_processor
+from mbpo_lit.attack import diffusion_noise, pgd, project, random_perturbation
+from mbpo_lit.chat import answer_token_ids, encode_prompts
+from mbpo_lit.codec import PixelCodec, to_pil, to_raw
+from mbpo_lit.mine import MineConfig, Miner
+from mbpo_lit.model import ModelConfig, load_policy
+
+
+def pictures(n=2, size=56, seed=0):
+    rng = np.random.default_rng(seed)
+    return [Image.fromarray((rng.random((size, size, 3)) * 255).astype("uint8")) for _ in range(n)]
+
+
+def test_codec_round_trips_exactly(tiny_path):
+    processor = load_processor(tiny_path, AutoConfig.from_pretrained(tiny_path).model_type)
+    codec = PixelCodec.from_processor(processor)
+    batch = encode_prompts(processor, ["q a", "q b"], pictures())
+    raw = codec.raw_images(batch)
+    # The processor's own pixels, decoded and encoded again, are reproduced ...
+    pixels, grid = codec.encode(raw)
+    assert torch.allclose(pixels, batch["pixel_values"], atol=1e-5)
+    if grid is not None:
+        assert torch.equal(grid, batch["image_grid_thw"])
+    # ... and raw images survive encode -> decode, and the resized image is the processor's input.
+    x = [torch.rand_like(r) for r in raw]
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(codec.decode(*codec.encode(x)), x))
+    assert torch.allclose(to_raw(to_pil(raw[0])), raw[0], atol=1 / 255)
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_projection_keeps_budget_and_range(norm):
+    raw = torch.rand(3, 3, 8, 8)
+    delta = project(raw, torch.randn_like(raw), 0.05, norm)
+    if norm == "linf":
+        assert delta.abs().max() <= 0.05 + 1e-7
+    else:
+        assert (delta.flatten(1).norm(dim=1) <= 0.05 + 1e-6).all()
+    assert ((raw + delta) >= 0).all() and ((raw + delta) <= 1).all()
+
+
+def test_pgd_minimises_a_simple_objective_within_budget():
+    raw = torch.rand(2, 3, 8, 8)
+    target = torch.zeros_like(raw)
+
+    def objective(x):  # distance to black: PGD should darken every pixel by epsilon
+        return -((x - target) ** 2).flatten(1).sum(1) * -1, torch.ones(2, dtype=torch.bool)
+
+    res = pgd(objective, raw, epsilon=0.1, step_size=0.05, steps=5, random_start=False, early_stop=False)
+    assert (res.logp_after < res.logp_before).all()
+    assert (res.images - raw).abs().max() <= 0.1 + 1e-6
+    assert torch.allclose(res.images, (raw - 0.1).clamp(0, 1), atol=1e-6)
+
+
+@pytest.mark.parametrize("method", ["uniform", "gaussian", "none"])
+def test_noise_baselines_respect_the_budget(method):
+    raw = torch.rand(2, 3, 16, 16)
+    out = random_perturbation(method, raw, 8 / 255, generator=torch.Generator().manual_seed(0))
+    assert (out - raw).abs().max() <= 8 / 255 + 1e-6 and out.min() >= 0 and out.max() <= 1
+    assert (method == "none") == torch.equal(out, raw)
+
+
+def test_diffusion_noise_grows_with_the_step():
+    raw = torch.rand(1, 3, 16, 16)
+    gaps = [(diffusion_noise(raw, t, torch.Generator().manual_seed(0)) - raw).abs().mean() for t in (10, 200, 900)]
+    assert gaps[0] < gaps[1] < gaps[2]
+    with pytest.raises(ValueError, match="t=1000"):
+        diffusion_noise(raw, 1000)
+
+
+@pytest.mark.parametrize("quantization", ["none", "4bit"])
+def test_pgd_on_a_real_model_lowers_ground_truth_likelihood(tiny_path, quantization):
+    policy = load_policy(ModelConfig(str(tiny_path), precision="fp32", quantization=quantization, lora=None, device="cpu"))
+    miner = Miner(policy.model, policy.processor, MineConfig(), None)
+    qs, answers = ["What color is the circle?", "Is there a star?"], ["red", "no"]
+    prompts = encode_prompts(policy.processor, qs, pictures())
+    raw = torch.stack(miner.codec.raw_images(prompts))
+    objective = miner.objective(prompts, answer_token_ids(policy.processor, answers))
+    res = pgd(objective, raw, 8 / 255, 2 / 255, steps=5, early_stop=False, generator=torch.Generator().manual_seed(0))
+    assert (res.logp_after < res.logp_before).all()
+    assert (res.images - raw).abs().max() <= 8 / 255 + 1e-6
+    assert res.images.min() >= 0 and res.images.max() <= 1
+    assert all(p.grad is None for p in policy.model.parameters())  # no parameter gradients

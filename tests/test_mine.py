@@ -1,0 +1,112 @@
+"""Mining: output format, resumption, bad records, IIG filtering; and, on the biased base model, that
+adversarial negatives follow the language prior far more often than noise negatives at equal epsilon."""
+
+import json
+
+import numpy as np
+import pytest
+from datasets import load_from_disk
+from PIL import Image
+
+from mbpo_lit.mine import MineConfig, apply_iig_filter, run
+from mbpo_lit.tiny import ensure_tiny_checkpoint
+
+
+@pytest.fixture(scope="module")
+def qwen_path(tiny_root):
+    return str(ensure_tiny_checkpoint("qwen2_5_vl", tiny_root))
+
+
+def small(out, model, **kw):
+    kw = dict(out=str(out), model=model, n=6, batch_size=3, steps=2, iig_filter="none") | kw
+    return MineConfig(**kw)
+
+
+class Kill(Exception):
+    pass
+
+
+def test_dataset_has_trl_columns_and_stats(qwen_path, tmp_path):
+    path = run(small(tmp_path / "m", qwen_path), progress=False)
+    data = load_from_disk(str(path))
+    assert {"prompt", "chosen", "rejected", "images", "perturbed_image"} <= set(data.column_names)
+    assert {"iig_sum", "iig_mean", "attack_steps", "logp_before", "logp_after", "linf"} <= set(data.column_names)
+    row = data[0]
+    assert row["prompt"][0]["content"][0]["type"] == "image" and row["chosen"][0]["role"] == "assistant"
+    assert row["linf"] <= MineConfig().epsilon + 1e-3 and row["chosen"] != row["rejected"]
+    summary = json.loads((tmp_path / "m" / "summary.json").read_text())
+    assert summary["candidates"] == 6 and summary["pairs"] == len(data)
+
+
+def test_killed_and_resumed_run_equals_uninterrupted(qwen_path, tmp_path):
+    whole = load_from_disk(str(run(small(tmp_path / "a", qwen_path), progress=False)))
+
+    def kill_after_first(start):
+        if start == 0:
+            raise Kill
+
+    with pytest.raises(Kill):
+        run(small(tmp_path / "b", qwen_path), on_chunk=kill_after_first, progress=False)
+    assert len(list((tmp_path / "b" / "shards").glob("*.parquet"))) == 1
+    resumed = load_from_disk(str(run(small(tmp_path / "b", qwen_path), progress=False)))
+    assert resumed["id"] == whole["id"] and len(set(resumed["id"])) == len(resumed)
+    assert resumed["rejected"] == whole["rejected"] and resumed["logp_after"] == whole["logp_after"]
+
+
+def test_changed_settings_in_the_same_directory_are_refused(qwen_path, tmp_path):
+    run(small(tmp_path / "m", qwen_path, n=3), progress=False)
+    with pytest.raises(ValueError, match="other settings"):
+        run(small(tmp_path / "m", qwen_path, n=3, epsilon=4.0), progress=False)
+
+
+def test_bad_source_records_are_reported_by_index_and_counted(qwen_path, tmp_path):
+    Image.fromarray(np.zeros((56, 56, 3), dtype="uint8")).save(tmp_path / "ok.png")
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    rows = [{"image": "ok.png", "question": "What color?", "answer": "red"},
+            {"image": "ok.png", "question": "What color?", "answer": ""},
+            {"image": "broken.png", "question": "What color?", "answer": "blue"}]
+    src = tmp_path / "data.jsonl"
+    src.write_text("\n".join(json.dumps(r) for r in rows))
+    out = tmp_path / "m"
+    run(small(out, qwen_path, source=str(src), n=3), progress=False)
+    skipped = [json.loads(line) for line in (out / "skipped.jsonl").read_text().splitlines()]
+    assert [(s["index"], s["reason"].split(":")[0]) for s in skipped] == [(1, "missing answer"), (2, "unreadable image")]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["skipped"] == 2 and summary["candidates"] == 1
+
+
+def test_iig_filter_directions():
+    rows = [{"iig_mean": v, "source_index": i} for i, v in enumerate([0.1, 2.0, -1.0, 0.5])]
+    cfg = MineConfig(iig_fraction=0.5)
+    assert [r["source_index"] for r in apply_iig_filter(rows, cfg)] == [1, 3]
+    cfg.iig_filter = "low"
+    assert [r["source_index"] for r in apply_iig_filter(rows, cfg)] == [0, 2]
+    cfg.iig_filter, cfg.iig_threshold = "high", 0.3
+    assert [r["source_index"] for r in apply_iig_filter(rows, cfg)] == [1, 3]
+    cfg.iig_filter = "none"
+    assert len(apply_iig_filter(rows, cfg)) == 4
+
+
+@pytest.fixture(scope="module")
+def biased_model(tmp_path_factory):
+    """The embedded default's biased base model, built as `python -m mbpo_lit.fit` builds it (~4 min)."""
+    from mbpo_lit.warmstart import WarmStartConfig, build_base_model
+
+    return str(build_base_model(WarmStartConfig(root=str(tmp_path_factory.mktemp("base"))), progress=False,
+                                evaluate_n=50))
+
+
+def test_adversarial_negatives_follow_the_prior_far_more_than_uniform_noise(biased_model, tmp_path):
+    summaries = {}
+    for method in ("pgd", "uniform"):
+        out = tmp_path / method
+        run(MineConfig(out=str(out), model=biased_model, method=method, split="eval_counter_prior", n=256,
+                       iig_filter="none"), progress=False)
+        summaries[method] = json.loads((out / "summary.json").read_text())
+    pgd, uniform = summaries["pgd"], summaries["uniform"]
+    # Same records, same budget: the clean-image behaviour is the same, so compare what the perturbation did
+    # to the questions the model answered correctly from the clean image.
+    assert pgd["counter_prior_clean_correct"] == uniform["counter_prior_clean_correct"] >= 10
+    assert pgd["prior_rate_counter_prior_clean_correct"] >= uniform["prior_rate_counter_prior_clean_correct"] + 0.3
+    assert pgd["prior_rate_counter_prior"] > uniform["prior_rate_counter_prior"]
+    assert pgd["mean_logp_drop"] > 0 and pgd["max_linf"] <= 32 + 1e-3
