@@ -33,6 +33,19 @@ def image_token_id(processor: ProcessorMixin) -> int:
     return processor.tokenizer.convert_tokens_to_ids(processor.image_token)
 
 
+def vision_token_ids(processor: ProcessorMixin) -> list[int]:
+    """Ids of the image/video placeholder and vision delimiter tokens, which a completion must never hold.
+
+    A sampled completion that contains an image placeholder breaks the next forward pass ("Image features
+    and image tokens do not match"), so generation suppresses these tokens (`suppress_tokens=`).
+    """
+    tok = processor.tokenizer
+    names = [getattr(processor, "image_token", None), getattr(processor, "video_token", None),
+             "<|vision_start|>", "<|vision_end|>", "<image>", "<|image_pad|>", "<|video_pad|>"]
+    ids = {tok.convert_tokens_to_ids(n) for n in names if n}
+    return sorted(i for i in ids if i is not None and i != tok.unk_token_id)
+
+
 def features_per_image(batch: BatchFeature, processor: ProcessorMixin) -> list[int]:
     """How many image features the vision tower will produce for each image of a batch."""
     if "image_grid_thw" in batch:  # Qwen-VL: patches are merged merge_size x merge_size into one token

@@ -23,7 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from mbpo_lit.answers import extract, is_correct
-from mbpo_lit.chat import encode_prompts
+from mbpo_lit.chat import encode_prompts, vision_token_ids
 from mbpo_lit.metrics import accuracy, chair, pope_metrics
 from mbpo_lit.world import FAMILIES, WorldConfig, build_records, parse_mentions
 
@@ -49,7 +49,8 @@ def generate(
     for start in range(0, len(questions), batch_size):
         batch = encode_prompts(processor, questions[start : start + batch_size], images[start : start + batch_size])
         batch = batch.to(device)
-        ids = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False)
+        ids = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
+                             suppress_tokens=vision_token_ids(processor))
         out += processor.batch_decode(ids[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
         bar.update(len(batch["input_ids"]))
     bar.close()

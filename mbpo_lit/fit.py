@@ -1,9 +1,14 @@
-"""`python -m mbpo_lit.fit`: the library's main job.
+"""`python -m mbpo_lit.fit [--config RECIPE.yaml] [--key value ...]`: MBPO training, the library's main job.
 
-Hybrid GRPO training (issue 5) is not built yet. Until it is, this runs what exists on the embedded
-default, so that the README's command works on a fresh machine: it builds (or reuses) the biased base model
-of the synthetic world (see `mbpo_lit.warmstart`), evaluates it, and prints the modality-imbalance numbers
-that MBPO is meant to improve. It trains no adapter and says so.
+A thin wrapper that runs LightningCLI's `fit` subcommand on `MBPOModule` and `HybridDataModule`, so every
+LightningCLI feature stays: YAML recipes (shipped in `mbpo_lit/recipes/`), `--print_config`, and resuming
+with `--ckpt_path` (hyper-parameters restored from the checkpoint). With no arguments it runs the embedded
+default (`recipes/default.yaml`) end to end: builds or reuses the biased base model, mines offline pairs
+if absent, trains hybrid GRPO, and evaluates before (adapters disabled) and after, printing a table.
+
+    python -m mbpo_lit.fit
+    python -m mbpo_lit.fit --config mbpo_lit/recipes/qwen2_5_vl_7b_qlora.yaml
+    python -m mbpo_lit.fit --config recipe.yaml --ckpt_path runs/fit-default/checkpoints/last.ckpt
 """
 
 from __future__ import annotations
@@ -11,24 +16,93 @@ from __future__ import annotations
 import json
 import os
 import sys
+from importlib.resources import files
+from pathlib import Path
+
+from lightning.pytorch.cli import LightningCLI
+
+from mbpo_lit.data import HybridDataModule
+from mbpo_lit.module import MBPOModule
+
+EMBEDDED = "embedded"
 
 
-def main(argv: list[str] | None = None) -> None:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from mbpo_lit.evaluate import evaluate_world, format_table
-    from mbpo_lit.model import ModelConfig, load_policy
+def recipe(name: str) -> str:
+    """Path of a shipped recipe, e.g. recipe("default")."""
+    return str(files("mbpo_lit") / "recipes" / f"{name}.yaml")
+
+
+def prepare_embedded(module: MBPOModule, data: HybridDataModule, mined_root: str = "runs") -> None:
+    """Resolve "embedded" in the config: build/reuse the biased base model, mine pairs if absent."""
+    if module.model_config.name_or_path != EMBEDDED and data.pairs_path != EMBEDDED:
+        return
+    from mbpo_lit.mine import MineConfig, run
     from mbpo_lit.warmstart import WarmStartConfig, build_base_model
 
-    cfg = WarmStartConfig()
-    path = build_base_model(cfg)
-    policy = load_policy(ModelConfig(str(path), precision="fp32", quantization="none", lora=None))
-    results = evaluate_world(policy.model, policy.processor, cfg.world, n=200)
-    print(f"\nbiased base model: {path}")
-    print(format_table({"base": results["summary"]}))
-    out = path.parent / "eval_base.json"
-    out.write_text(json.dumps(results, indent=2))
-    print(f"full results: {out}")
-    print("hybrid GRPO training is not implemented yet (issue 5); no adapter was trained.", file=sys.stderr)
+    base = str(build_base_model(WarmStartConfig()))
+    if module.model_config.name_or_path == EMBEDDED:
+        module.model_config.name_or_path = base
+    if data.pairs_path == EMBEDDED:
+        mine_cfg = MineConfig(out=str(Path(mined_root) / "mined-default"), model=base, n=512, iig_filter="high",
+                              iig_fraction=0.5)
+        dataset = Path(mine_cfg.out) / "dataset"
+        if not (dataset / "dataset_info.json").is_file():
+            run(mine_cfg)
+        data.pairs_path = str(dataset)
+    if module.vocabulary is None:
+        from mbpo_lit.warmstart import default_world
+
+        module.set_vocabulary(default_world().colors)
+
+
+def before_after(module: MBPOModule, n: int = 200) -> dict:
+    """Evaluate the policy with adapters disabled (the base model) and enabled (after training)."""
+    from mbpo_lit.evaluate import evaluate_world
+    from mbpo_lit.model import reference_mode
+    from mbpo_lit.warmstart import default_world
+
+    world = default_world()
+    model, processor = module.model, module.processor
+    with reference_mode(model):
+        before = evaluate_world(model, processor, world, n, with_iig=False)
+    after = evaluate_world(model, processor, world, n, with_iig=False)
+    return {"before": before, "after": after}
+
+
+class MBPOCLI(LightningCLI):
+    """LightningCLI with the embedded default's preparation and a before/after table."""
+
+    def before_fit(self) -> None:
+        prepare_embedded(self.model, self.datamodule)
+
+    def after_fit(self) -> None:
+        if not self.trainer.is_global_zero or self.model.policy is None or not self.model.evaluate_after_fit:
+            return
+        from mbpo_lit.evaluate import format_table
+
+        results = before_after(self.model, self.model.evaluate_n)
+        print(format_table({"before (base)": results["before"]["summary"], "after (MBPO)": results["after"]["summary"]}))
+        out = Path(self.trainer.default_root_dir) / "before_after.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(results, indent=2))
+        print(f"results: {out}")
+
+
+def main(args: list[str] | None = None) -> MBPOCLI:
+    """Run `fit` with the default recipe as the base config (any --config / --key overrides it)."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if args is None:
+        # From the command line, LightningCLI must read sys.argv itself: DDP relaunches this very command
+        # line for the other ranks, so "fit" is put into sys.argv (once: the relaunch already has it).
+        if sys.argv[1:2] != ["fit"]:
+            sys.argv[1:1] = ["fit"]
+    else:
+        args = ["fit", *args]
+    return MBPOCLI(
+        MBPOModule, HybridDataModule, args=args,
+        parser_kwargs={"fit": {"default_config_files": [recipe("default")]}},
+        save_config_kwargs={"overwrite": True},
+    )
 
 
 if __name__ == "__main__":

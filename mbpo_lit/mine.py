@@ -35,8 +35,9 @@ from tqdm.auto import tqdm
 
 from mbpo_lit.answers import CLOSED_TYPES, extract, is_correct, normalize_phrase
 from mbpo_lit.attack import METHODS, pgd, random_perturbation
-from mbpo_lit.chat import answer_token_ids, append_completions, encode_prompts, user_message
+from mbpo_lit.chat import answer_token_ids, append_completions, encode_prompts, user_message, vision_token_ids
 from mbpo_lit.codec import PixelCodec, to_pil
+from mbpo_lit.data import load_records
 from mbpo_lit.iig import image_information_gain
 from mbpo_lit.logprobs import completion_scores
 from mbpo_lit.world import WorldConfig
@@ -97,44 +98,7 @@ def load_source(cfg: MineConfig, world: WorldConfig | None) -> tuple[list[dict],
         from mbpo_lit.world import build_records
 
         return build_records(world, cfg.split, cfg.n, cfg.families), []
-    from datasets import load_dataset
-
-    path = Path(cfg.source)
-    if path.is_file():
-        fmt = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}.get(path.suffix, "json")
-        data = load_dataset(fmt, data_files=str(path), split="train")
-    elif path.is_dir():
-        from datasets import load_from_disk
-
-        data = load_from_disk(str(path))
-    else:
-        data = load_dataset(cfg.source, split=cfg.split)
-    records, skipped = [], []
-    c = cfg.columns
-    for i in range(min(cfg.n, len(data))):
-        try:
-            row = data[i]
-        except Exception as err:  # noqa: BLE001 - an undecodable row (e.g. a corrupt image) is reported
-            skipped.append({"index": i, "reason": f"unreadable record: {err}"})
-            continue
-        answer, image = row.get(c["answer"]), row.get(c["image"])
-        if answer is None or str(answer).strip() == "":
-            skipped.append({"index": i, "reason": "missing answer"})
-            continue
-        try:
-            if isinstance(image, str):
-                from PIL import Image
-
-                image = Image.open(path.parent / image if path.is_file() else image)
-            image = image.convert("RGB")
-        except Exception as err:  # noqa: BLE001
-            skipped.append({"index": i, "reason": f"unreadable image: {err}"})
-            continue
-        records.append(dict(image=image, question=row[c["question"]], answer=str(answer),
-                            answer_type=row.get(c.get("answer_type", "answer_type")) or "phrase",
-                            follows_prior=bool(row.get("follows_prior", True)), id=str(row.get("id", i)),
-                            query_kind=row.get("query_kind", "") or "", source_index=i))
-    return records, skipped
+    return load_records(cfg.source, cfg.split, cfg.n, cfg.columns)
 
 
 class Miner:
@@ -166,7 +130,8 @@ class Miner:
         batch = dict(prompts.to(self.device), pixel_values=pixel_values.to(prompts["pixel_values"].dtype))
         sample = self.cfg.decode == "sample"
         ids = self.model.generate(**batch, max_new_tokens=self.cfg.max_new_tokens, do_sample=sample,
-                                  temperature=1.0 if sample else None, top_p=None, top_k=None)
+                                  temperature=1.0 if sample else None, top_p=None, top_k=None,
+                                  suppress_tokens=vision_token_ids(self.processor))
         return self.processor.batch_decode(ids[:, prompts["input_ids"].shape[1]:], skip_special_tokens=True)
 
     def is_wrong(self, rec: dict, text: str) -> bool:

@@ -172,6 +172,8 @@ def load_policy(cfg: ModelConfig) -> Policy:
         device_map={"": device}, **hub_kwargs,
     )
     model.requires_grad_(False)  # the base (vision tower included) is frozen; only adapters train
+    if device.type == "cpu" and cfg.quantization == "4bit":
+        _keep_cpu_4bit_trainable(model)
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         # With frozen embeddings nothing upstream requires grad, and checkpointed blocks would see no
@@ -188,6 +190,21 @@ def load_policy(cfg: ModelConfig) -> Policy:
         model = get_peft_model(model, lora)
     processor = load_processor(path, arch.model_type, **hub_kwargs)
     return Policy(model=model, processor=processor, arch=arch)
+
+
+def _keep_cpu_4bit_trainable(model: torch.nn.Module) -> None:
+    """Stop bitsandbytes from repacking 4-bit weights for its CPU inference kernel.
+
+    On CPUs with AVX512-BF16, bitsandbytes 0.50 repacks a Linear4bit's weights the first time it runs in
+    eval mode without gradients, and never unpacks them when training resumes: the next training forward
+    fails ("a view of a leaf Variable that requires grad is being used in an in-place operation"). GRPO
+    alternates generation (eval) and training on the same model, so the repacking is switched off.
+    """
+    import bitsandbytes as bnb
+
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            module.support_avx512bf16_for_cpu = False
 
 
 @contextlib.contextmanager

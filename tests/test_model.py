@@ -140,6 +140,18 @@ def test_loss_has_a_gradient_with_respect_to_pixels(tiny_path, quantization):
     assert torch.isfinite(grad).all() and grad.abs().sum() > 0
 
 
+def test_training_after_generation_in_eval_mode_still_works_in_4bit(tiny_path):
+    """GRPO alternates generation (eval, no grad) and training on one model (bitsandbytes CPU repacking)."""
+    policy = load_policy(config(tiny_path, "4bit"))
+    policy.model.eval()
+    with torch.no_grad():
+        batch = encode_prompts(policy.processor, QUESTIONS, images())
+        policy.model.generate(**batch, max_new_tokens=2, do_sample=False)
+    before = snapshot(policy.model)
+    train_steps(policy, steps=2)
+    assert any(not torch.equal(v, before[n]) for n, v in snapshot(policy.model).items() if "lora_" in n)
+
+
 def test_gradient_checkpointing_with_frozen_4bit_base_still_trains_adapters(tiny_path):
     policy = load_policy(config(tiny_path, "4bit", gradient_checkpointing=True))
     policy.model.train()

@@ -77,3 +77,21 @@ def test_writing_is_deterministic_and_cached(tmp_path):
 def test_unknown_arch_is_named(tmp_path):
     with pytest.raises(ValueError, match="'gpt2'"):
         write_tiny_checkpoint("gpt2", tmp_path)
+
+
+def test_vision_tokens_are_suppressed_in_generation(tiny_path):
+    from transformers import AutoModelForImageTextToText
+
+    from mbpo_lit.chat import vision_token_ids
+
+    config = AutoConfig.from_pretrained(tiny_path)
+    processor = load_processor(tiny_path, config.model_type)
+    ids = vision_token_ids(processor)
+    assert image_token_id(processor) in ids
+    model = AutoModelForImageTextToText.from_pretrained(tiny_path)
+    with torch.no_grad():  # make the image token the model's favourite, then check it is never emitted
+        model.lm_head.weight[image_token_id(processor)] = model.lm_head.weight.abs().max() * 50
+    img = Image.fromarray(np.zeros((56, 56, 3), dtype="uint8"))
+    batch = encode_prompts(processor, ["What color is the circle?"], [img])
+    out = model.generate(**batch, max_new_tokens=4, do_sample=False, suppress_tokens=ids)
+    assert not set(out[0, batch["input_ids"].shape[1]:].tolist()) & set(ids)

@@ -1,0 +1,113 @@
+"""Hybrid GRPO in Lightning on the tiny checkpoint: a short 4-bit LoRA fit, checkpoints, NaN stop, bad data."""
+
+import json
+
+import lightning as L
+import pytest
+import torch
+from datasets import load_from_disk
+
+from mbpo_lit.data import HybridDataModule
+from mbpo_lit.mine import MineConfig, run
+from mbpo_lit.model import LoraSettings, ModelConfig, load_policy
+from mbpo_lit.module import MBPOModule
+from mbpo_lit.tiny import ensure_tiny_checkpoint
+from mbpo_lit.world import WorldConfig
+
+WORLD = WorldConfig()
+
+
+@pytest.fixture(scope="module")
+def setup(tiny_root, tmp_path_factory):
+    path = str(ensure_tiny_checkpoint("qwen2_5_vl", tiny_root))
+    out = tmp_path_factory.mktemp("pairs")
+    pairs = run(MineConfig(out=str(out), model=path, n=4, batch_size=4, steps=1, iig_filter="none"), progress=False)
+    return path, str(pairs)
+
+
+def module(path, **kw):
+    cfg = ModelConfig(path, precision="fp32", quantization="4bit", lora=LoraSettings(r=4, alpha=8, dropout=0.0), device="cpu")
+    kw = dict(group_size=2, max_new_tokens=4, beta=0.04, mu=2, lr=1e-2, sample_table_every=0,
+              vocabulary=WORLD.colors) | kw
+    return MBPOModule(cfg, **kw)
+
+
+def datamodule(pairs, **kw):
+    kw = dict(pairs=pairs, world=WORLD, n_online=8, offline_per_batch=1, online_per_batch=1,
+              batches_per_epoch=4, val_n=2) | kw
+    return HybridDataModule(**kw)
+
+
+def test_short_4bit_fit_changes_only_adapters(setup):
+    path, pairs = setup
+    m = module(path)
+    trainer = L.Trainer(max_steps=2, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        limit_val_batches=1, enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(m, datamodule(pairs))
+    base = load_policy(ModelConfig(path, precision="fp32", quantization="4bit", lora=None, device="cpu")).model
+    base_params = dict(base.named_parameters())
+    for name, p in m.model.named_parameters():
+        if "lora_" in name:
+            if "lora_B" in name:
+                assert p.abs().sum() > 0, f"{name} did not train"
+        else:
+            key = name.replace("base_model.model.", "").replace(".base_layer", "")
+            assert torch.equal(p.data, base_params[key].data), f"base parameter {name} changed"
+    assert {"loss", "kl", "clip_fraction", "online/reward_mean", "offline/reward_mean"} <= set(trainer.logged_metrics)
+
+
+def test_checkpoint_holds_adapters_and_optimizer_only(setup, tmp_path):
+    path, pairs = setup
+    ckpt = L.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path, save_last=True, every_n_train_steps=1)
+    trainer = L.Trainer(max_steps=1, accelerator="cpu", logger=False, callbacks=[ckpt], limit_val_batches=0,
+                        enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(module(path, mu=1, beta=0.0), datamodule(pairs))
+    state = torch.load(tmp_path / "last.ckpt", weights_only=False)
+    assert state["state_dict"] and all("lora_" in k for k in state["state_dict"])
+    assert state["optimizer_states"]
+    # Resuming restores them into a freshly built 4-bit model.
+    trainer2 = L.Trainer(max_steps=2, accelerator="cpu", logger=False, limit_val_batches=0,
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    m2 = module(path, mu=1, beta=0.0)
+    trainer2.fit(m2, datamodule(pairs), ckpt_path=str(tmp_path / "last.ckpt"))
+    assert trainer2.global_step == 2
+
+
+def test_non_finite_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoint(setup, tmp_path):
+    path, pairs = setup
+    m = module(path, mu=1, beta=0.0)
+    calls = {"n": 0}
+
+    def poisoned(completions, records):
+        calls["n"] += 1
+        return [float("nan") if calls["n"] > 1 else 1.0 for _ in completions]
+
+    m.rewards["accuracy"] = (poisoned, 1.0)
+    ckpt = L.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path, save_last=True, every_n_train_steps=1)
+    trainer = L.Trainer(max_steps=3, accelerator="cpu", logger=False, callbacks=[ckpt], limit_val_batches=0,
+                        enable_progress_bar=False, enable_model_summary=False)
+    with pytest.raises(FloatingPointError, match="non-finite GRPO loss .* at step 1"):
+        trainer.fit(m, datamodule(pairs))
+    state = torch.load(tmp_path / "last.ckpt", weights_only=False)
+    assert state["global_step"] == 1 and all(torch.isfinite(v).all() for v in state["state_dict"].values())
+
+
+def test_bad_records_are_reported_and_skipped_or_rejected(setup, tmp_path):
+    _, pairs = setup
+    data = load_from_disk(pairs)
+    bad = data.map(lambda r, i: {"chosen": [] if i == 1 else r["chosen"]}, with_indices=True)
+    bad.save_to_disk(str(tmp_path / "bad"))
+    dm = datamodule(str(tmp_path / "bad"))
+    dm.setup("fit")
+    assert [(s["index"], s["reason"]) for s in dm.skipped] == [(1, "missing answer")]
+    assert len(dm.train_set.pairs) == len(data) - 1
+    with pytest.raises(ValueError, match=r"record 1 .*missing answer"):
+        datamodule(str(tmp_path / "bad"), bad_records="error").setup("fit")
+
+
+def test_batches_are_deterministic_by_seed(setup):
+    _, pairs = setup
+    a, b = datamodule(pairs), datamodule(pairs)
+    a.setup("fit"), b.setup("fit")
+    assert [r["id"] for r in a.train_set[3]["online"]] == [r["id"] for r in b.train_set[3]["online"]]
+    assert [r["id"] for r in a.train_set[3]["offline"]] == [r["id"] for r in b.train_set[3]["offline"]]
