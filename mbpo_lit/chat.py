@@ -116,8 +116,8 @@ def append_completions(
     out["input_ids"] = torch.cat([batch["input_ids"], ids.to(batch["input_ids"].device)], dim=1)
     out["attention_mask"] = torch.cat([batch["attention_mask"], mask.to(batch["attention_mask"].device)], dim=1)
     if "mm_token_type_ids" in batch:  # Qwen marks image positions; completions are text
-        zeros = torch.zeros_like(ids, dtype=batch["mm_token_type_ids"].dtype)
-        out["mm_token_type_ids"] = torch.cat([batch["mm_token_type_ids"], zeros.to(zeros.device)], dim=1)
+        zeros = torch.zeros_like(ids, dtype=batch["mm_token_type_ids"].dtype, device=batch["mm_token_type_ids"].device)
+        out["mm_token_type_ids"] = torch.cat([batch["mm_token_type_ids"], zeros], dim=1)
     completion_mask = torch.cat([torch.zeros_like(batch["attention_mask"]), mask.to(batch["attention_mask"].device)], 1)
     return out, completion_mask.bool()
 

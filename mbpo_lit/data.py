@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 from mbpo_lit.world import FAMILIES, WorldConfig, build_records
 
 
-def _checked(record: dict, source: str, index: int, needs_rejected: bool = False) -> str | None:
+def _checked(record: dict, needs_rejected: bool = False) -> str | None:
     """Why a record cannot be used, or None if it can."""
     if record.get("answer") is None or str(record["answer"]).strip() == "":
         return "missing answer"
@@ -39,6 +39,20 @@ def _checked(record: dict, source: str, index: int, needs_rejected: bool = False
     return None
 
 
+def open_dataset(source: str, split: str = "train"):
+    """A `datasets.Dataset` from a local data file (.jsonl/.json/.csv/.parquet), a `save_to_disk` folder,
+    or a hub dataset id (its `split`)."""
+    from datasets import load_dataset, load_from_disk
+
+    path = Path(source)
+    if path.is_file():
+        fmt = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}.get(path.suffix, "json")
+        return load_dataset(fmt, data_files=str(path), split="train")
+    if path.is_dir():
+        return load_from_disk(str(path))
+    return load_dataset(source, split=split)
+
+
 def load_records(
     source: str, split: str = "train", n: int | None = None, columns: dict[str, str] | None = None,
     answer_type: str | None = None,
@@ -48,17 +62,10 @@ def load_records(
     `columns` renames source columns to image / question / answer (and answer_type). Returns (records,
     skipped); a record with a missing answer or an unreadable image is skipped *and reported* by index.
     """
-    from datasets import load_dataset, load_from_disk
     from PIL import Image
 
     path = Path(source)
-    if path.is_file():
-        fmt = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}.get(path.suffix, "json")
-        data = load_dataset(fmt, data_files=str(path), split="train")
-    elif path.is_dir():
-        data = load_from_disk(str(path))
-    else:
-        data = load_dataset(source, split=split)
+    data = open_dataset(source, split)
     c = {"image": "image", "question": "question", "answer": "answer", "answer_type": "answer_type"} | (columns or {})
     records, skipped = [], []
     for i in range(len(data) if n is None else min(n, len(data))):
@@ -180,7 +187,7 @@ class HybridDataModule(L.LightningDataModule):
     def _validated(self, records: list[dict], source: str, needs_rejected: bool = False) -> list[dict]:
         good = []
         for i, rec in enumerate(records):
-            why = rec.get("_error") or _checked(rec, source, i, needs_rejected)
+            why = rec.get("_error") or _checked(rec, needs_rejected)
             if why is None:
                 good.append(rec)
                 continue

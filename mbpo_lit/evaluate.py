@@ -174,15 +174,12 @@ def load_pope_records(source: str, split: str = "test", image_root: str | None =
     `column_map` renames source columns to image/question/answer. A record with a missing answer or an
     unreadable image raises an error that names its index.
     """
-    from datasets import load_dataset
     from PIL import Image
 
+    from mbpo_lit.data import open_dataset
+
     path = Path(source)
-    if path.is_file():
-        fmt = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}.get(path.suffix, "json")
-        data = load_dataset(fmt, data_files=str(path), split="train")
-    else:
-        data = load_dataset(source, split=split)
+    data = open_dataset(source, split)
     cmap = {"image": "image", "question": "question", "answer": "answer"} | (column_map or {})
     records = []
     for i, row in enumerate(data):

@@ -208,7 +208,7 @@ def apply_iig_filter(rows: list[dict], cfg: MineConfig) -> list[dict]:
 
 def run(cfg: MineConfig, on_chunk: Callable[[int], None] | None = None, progress: bool = True) -> Path:
     """Mine `cfg.n` records into `cfg.out` (resuming if shards exist) and write the final dataset."""
-    from datasets import Dataset, concatenate_datasets
+    from datasets import Dataset
 
     from mbpo_lit.model import ModelConfig, load_policy
 
@@ -257,13 +257,12 @@ def run(cfg: MineConfig, on_chunk: Callable[[int], None] | None = None, progress
 
     shards = sorted(str(p) for p in (out / "shards").glob("*.parquet"))
     allrows = load_dataset("parquet", data_files=shards, split="train") if shards else Dataset.from_list([])
-    candidates = [dict(r) for r in allrows]
+    # Statistics and filtering read the scalar columns only; images are decoded once, when saved.
+    stats = allrows.remove_columns([c for c in ("images", "perturbed_image") if c in allrows.column_names])
+    candidates = [dict(r) for r in stats]
     kept = [r for r in candidates if r["kept"]]
-    final = apply_iig_filter(kept, cfg)
-    keep_ids = {r["source_index"] for r in final}
-    dataset = allrows.filter(lambda r: r["kept"] and r["source_index"] in keep_ids)
-    if len(dataset):
-        dataset = concatenate_datasets([dataset])
+    keep_ids = {r["source_index"] for r in apply_iig_filter(kept, cfg)}
+    dataset = allrows.filter(lambda k, i: k and i in keep_ids, input_columns=["kept", "source_index"]) if kept else allrows
     dataset.save_to_disk(str(out / "dataset.tmp"))
     if (out / "dataset").exists():
         import shutil

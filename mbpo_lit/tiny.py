@@ -23,7 +23,6 @@ from pathlib import Path
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import (
-    AutoConfig,
     AutoModelForImageTextToText,
     CLIPVisionConfig,
     LlamaConfig,

@@ -20,6 +20,17 @@ def tiny_root(tmp_path_factory):
     return tmp_path_factory.mktemp("tiny")
 
 
+@pytest.fixture(scope="session")
+def tiny_pairs(tiny_root, tmp_path_factory):
+    """(tiny Qwen2.5-VL checkpoint, directory of 4 pairs mined from it): inputs of short fits."""
+    from mbpo_lit.mine import MineConfig, run
+
+    path = str(ensure_tiny_checkpoint("qwen2_5_vl", tiny_root))
+    out = tmp_path_factory.mktemp("pairs")
+    pairs = run(MineConfig(out=str(out), model=path, n=4, batch_size=4, steps=1, iig_filter="none"), progress=False)
+    return path, str(pairs)
+
+
 @pytest.fixture(scope="session", params=ARCHS)
 def tiny_path(request, tiny_root):
     """Path of a tiny checkpoint, once per architecture (tests using it run for each)."""

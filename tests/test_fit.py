@@ -9,8 +9,6 @@ from importlib.resources import files
 import pytest
 
 from mbpo_lit.fit import main
-from mbpo_lit.mine import MineConfig, run
-from mbpo_lit.tiny import ensure_tiny_checkpoint
 
 RECIPES = sorted(p.name for p in (files("mbpo_lit") / "recipes").iterdir() if p.name.endswith(".yaml"))
 
@@ -29,12 +27,9 @@ def test_every_shipped_recipe_parses(name, capsys):
     assert "name_or_path:" in printed and "group_size:" in printed
 
 
-@pytest.fixture(scope="module")
-def tiny_job(tiny_root, tmp_path_factory):
-    path = str(ensure_tiny_checkpoint("qwen2_5_vl", tiny_root))
-    out = tmp_path_factory.mktemp("pairs")
-    pairs = run(MineConfig(out=str(out), model=path, n=4, batch_size=4, steps=1, iig_filter="none"), progress=False)
-    return path, str(pairs)
+@pytest.fixture
+def tiny_job(tiny_pairs):
+    return tiny_pairs
 
 
 def cli_args(path, pairs, root, steps=2):

@@ -1,10 +1,8 @@
 """The model layer on tiny real checkpoints of each architecture, unquantized and in 4-bit NF4 with LoRA."""
 
-import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import bitsandbytes as bnb
 import numpy as np
@@ -12,7 +10,7 @@ import pytest
 import torch
 from peft import PeftModel
 from PIL import Image
-from transformers import AutoModelForImageTextToText
+
 
 from mbpo_lit.chat import encode_prompts
 from mbpo_lit.logprobs import answer_logprobs

@@ -1,6 +1,5 @@
 """Hybrid GRPO in Lightning on the tiny checkpoint: a short 4-bit LoRA fit, checkpoints, NaN stop, bad data."""
 
-import json
 
 import lightning as L
 import pytest
@@ -8,21 +7,16 @@ import torch
 from datasets import load_from_disk
 
 from mbpo_lit.data import HybridDataModule
-from mbpo_lit.mine import MineConfig, run
 from mbpo_lit.model import LoraSettings, ModelConfig, load_policy
 from mbpo_lit.module import MBPOModule
-from mbpo_lit.tiny import ensure_tiny_checkpoint
 from mbpo_lit.world import WorldConfig
 
 WORLD = WorldConfig()
 
 
-@pytest.fixture(scope="module")
-def setup(tiny_root, tmp_path_factory):
-    path = str(ensure_tiny_checkpoint("qwen2_5_vl", tiny_root))
-    out = tmp_path_factory.mktemp("pairs")
-    pairs = run(MineConfig(out=str(out), model=path, n=4, batch_size=4, steps=1, iig_filter="none"), progress=False)
-    return path, str(pairs)
+@pytest.fixture
+def setup(tiny_pairs):
+    return tiny_pairs
 
 
 def module(path, **kw):
