@@ -1,0 +1,313 @@
+"""`python -m mbpo_lit.ablate`: a grid of MBPO variants over seeds on the embedded world, with tidy CSVs.
+
+A variant is a name, fit overrides (`python -m mbpo_lit.fit` options) and a mining config (overrides of
+`MineConfig`; None trains on the online stream only). Each (variant, seed) is one short fit of the embedded
+biased base model followed by a final evaluation (attribute questions, in-prior and counter-prior splits).
+
+Mined pair sets are cached by mining config under `--mined_root` (default `OUT/mined/`), one directory per
+distinct config, and shared by every seed of every variant that uses it: the seed varies the fit (LoRA
+initialisation, batch order, sampling), not the offline data, which is mined once from the same base model.
+
+Output (`--out DIR`):
+  runs/VARIANT/seedS/          the fit's root dir (lightning_logs/version_0/metrics.csv, checkpoints) and
+                               result.json, the done marker: a (variant, seed) with it is never rerun
+  variants.json                the variants of this grid: name, description, sweeps (what the plots read)
+  curves.csv                   tidy: variant, seed, step, metric, value (every logged metric of every run)
+  final.csv                    tidy: variant, seed, metric, value (final evaluation, and n_pairs)
+  summary.csv                  variant, metric, n_seeds, mean, ci95_low, ci95_high (Student-t, stats.py)
+
+A run killed midway has no result.json; the next invocation deletes its directory and runs it again from
+step 0. Variants belong to sweeps (`Variant.sweeps`: sweep name -> x value), e.g. "full" is the pgd point of
+the "negatives" sweep, epsilon 32 of the "epsilon" sweep and "high" of the "iig" sweep, so shared points are
+trained once and the plots (`python -m mbpo_lit.plots DIR`) draw each sweep from the same runs.
+
+    python -m mbpo_lit.ablate --list
+    python -m mbpo_lit.ablate --variants full,online_only --seeds 0 1 2 --steps 300 --out runs/ablate --plot
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import hashlib
+import json
+import os
+import shlex
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mbpo_lit.stats import summarize
+
+FINAL_METRICS = ("in_prior_accuracy", "counter_prior_accuracy", "gap")
+# The embedded default's mining (as fit.prepare_embedded mines runs/mined-default); variants override it.
+MINE_DEFAULTS: dict[str, Any] = {"n": 512, "method": "pgd", "epsilon": 32.0, "iig_filter": "high", "iig_fraction": 0.5}
+
+
+@dataclass
+class Variant:
+    """One arm of the ablation.
+
+    Args:
+        name: identifier (directory name, CSV value, `--variants` entry).
+        description: one line for listings and plot legends.
+        fit_args: extra `python -m mbpo_lit.fit` options, e.g. ("--data.online", "none").
+        mine: `MineConfig` overrides on top of MINE_DEFAULTS; None: no offline pairs (`--data.pairs null`).
+        sweeps: sweep name -> this variant's x in that sweep (a number for numeric sweeps such as epsilon).
+    """
+
+    name: str
+    description: str
+    fit_args: tuple[str, ...] = ()
+    mine: dict[str, Any] | None = field(default_factory=dict)
+    sweeps: dict[str, float | str] = field(default_factory=dict)
+
+
+def _neg(method: str, what: str) -> Variant:
+    return Variant(f"neg_{method}", f"negatives from {what}", mine={"method": method}, sweeps={"negatives": method})
+
+
+GRID: tuple[Variant, ...] = (
+    Variant("full", "full MBPO: PGD negatives (eps 32), high-IIG filter, offline + online",
+            sweeps={"stream": "hybrid", "negatives": "pgd", "epsilon": 32.0, "iig": "high"}),
+    Variant("offline_only", "offline pairs only", fit_args=("--data.online", "none"), sweeps={"stream": "offline"}),
+    Variant("online_only", "online GRPO only", mine=None, sweeps={"stream": "online"}),
+    _neg("uniform", "uniform noise (same eps)"),
+    _neg("diffusion", "diffusion noise (POVID, t=200)"),
+    _neg("none", "the clean image (no perturbation)"),
+    *(Variant(f"eps_{e}", f"PGD negatives at eps {e}/255", mine={"epsilon": float(e)}, sweeps={"epsilon": float(e)})
+      for e in (8, 16, 64)),
+    Variant("iig_low", "low-IIG filter", mine={"iig_filter": "low"}, sweeps={"iig": "low"}),
+    Variant("iig_none", "no IIG filter", mine={"iig_filter": "none"}, sweeps={"iig": "none"}),
+)
+
+
+def select(names: str, grid: tuple[Variant, ...] = GRID) -> list[Variant]:
+    """Variants by comma-separated names ("all" for the whole grid), in the order given."""
+    by_name = {v.name: v for v in grid}
+    if names.strip() == "all":
+        return list(grid)
+    wanted = [n.strip() for n in names.split(",") if n.strip()]
+    unknown = [n for n in wanted if n not in by_name]
+    if unknown or not wanted:
+        raise ValueError(f"--variants: unknown {unknown or names!r}; choose from {list(by_name)} or 'all'")
+    return [by_name[n] for n in wanted]
+
+
+@dataclass
+class AblationConfig:
+    """Settings shared by every run of the grid (each is a command-line option)."""
+
+    out: str = "runs/ablate"
+    seeds: tuple[int, ...] = (0, 1, 2)
+    steps: int = 300
+    val_every: int | None = None  # validation interval in steps; None: steps // 5
+    val_n: int = 32  # validation records per split (the curves)
+    eval_n: int = 100  # final evaluation records per split
+    mine_n: int = 512  # records mined per pair set
+    mined_root: str | None = None  # None: OUT/mined
+    fit_args: tuple[str, ...] = ()  # appended to every fit, after the variant's own
+
+
+# ---------------------------------------------------------------------------------------------- mining
+def mine_config(variant: Variant, cfg: AblationConfig, base_model: str):
+    """The `MineConfig` of a variant (None for online-only), its `out` set to the cache directory."""
+    from mbpo_lit.mine import MineConfig
+
+    if variant.mine is None:
+        return None
+    settings = {**MINE_DEFAULTS, "n": cfg.mine_n, **variant.mine}
+    mc = MineConfig(model=base_model, **settings)
+    key_fields = {k: v for k, v in dataclasses.asdict(mc).items() if k != "out"}
+    key = hashlib.sha1(json.dumps(key_fields, sort_keys=True, default=str).encode()).hexdigest()[:8]
+    root = Path(cfg.mined_root) if cfg.mined_root else Path(cfg.out) / "mined"
+    mc.out = str(root / f"{mc.method}-eps{mc.epsilon:g}-iig{mc.iig_filter}-n{mc.n}-{key}")
+    return mc
+
+
+def mine_pairs(mc) -> str:
+    """Mine (or reuse) a pair set; returns its dataset directory. Resumable: mine.run continues a killed job."""
+    from mbpo_lit.mine import run
+
+    dataset = Path(mc.out) / "dataset"
+    if not (dataset / "dataset_info.json").is_file() or not (Path(mc.out) / "summary.json").is_file():
+        run(mc, progress=False)
+    return str(dataset)
+
+
+# -------------------------------------------------------------------------------------------- one run
+def fit_args(variant: Variant, seed: int, pairs: str | None, run_dir: Path, cfg: AblationConfig) -> list[str]:
+    """The `python -m mbpo_lit.fit` options of one (variant, seed) run."""
+    val_every = cfg.val_every or max(1, cfg.steps // 5)
+    return ["--trainer.default_root_dir", str(run_dir), "--trainer.max_steps", str(cfg.steps),
+            "--trainer.val_check_interval", str(val_every), "--trainer.enable_progress_bar", "false",
+            "--trainer.enable_model_summary", "false", "--data.val_n", str(cfg.val_n),
+            "--seed_everything", str(seed), "--data.seed", str(seed), "--data.pairs", pairs or "null",
+            "--model.evaluate_after_fit", "false", "--model.sample_table_every", "0",
+            *variant.fit_args, *cfg.fit_args]
+
+
+def train_and_evaluate(args: list[str], eval_n: int) -> dict[str, float]:
+    """Fit with `args`, then evaluate the trained policy: {metric: value} for FINAL_METRICS."""
+    from mbpo_lit.evaluate import evaluate_world
+    from mbpo_lit.fit import main as fit_main
+    from mbpo_lit.warmstart import default_world
+
+    cli = fit_main(args)
+    module = cli.model
+    summary = evaluate_world(module.model, module.processor, default_world(), eval_n, families=("attribute",),
+                             with_iig=False, progress=False)["summary"]
+    return {k: float(summary[k]) for k in FINAL_METRICS}
+
+
+def run_dir(cfg: AblationConfig, variant: str, seed: int) -> Path:
+    return Path(cfg.out) / "runs" / variant / f"seed{seed}"
+
+
+def run_one(variant: Variant, seed: int, cfg: AblationConfig, pairs: str | None) -> tuple[dict, bool]:
+    """Run (variant, seed) unless its result.json exists; returns (result, whether it ran now)."""
+    out = run_dir(cfg, variant.name, seed)
+    done = out / "result.json"
+    if done.is_file():
+        return json.loads(done.read_text()), False
+    shutil.rmtree(out, ignore_errors=True)  # a killed run restarts from step 0, in a clean directory
+    out.mkdir(parents=True)
+    started = time.time()
+    final = train_and_evaluate(fit_args(variant, seed, pairs, out, cfg), cfg.eval_n)
+    n_pairs = None
+    if pairs is not None:
+        n_pairs = json.loads((Path(pairs).parent / "summary.json").read_text()).get("pairs")
+    result = {"variant": variant.name, "seed": seed, "final": final, "n_pairs": n_pairs, "pairs": pairs,
+              "seconds": time.time() - started}
+    tmp = done.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result, indent=2))
+    os.replace(tmp, done)  # atomic: result.json exists only for a finished run
+    return result, True
+
+
+# ----------------------------------------------------------------------------------------- tidy CSVs
+def curve_rows(variant: str, seed: int, metrics_csv: Path) -> list[dict]:
+    """Lightning CSVLogger rows -> tidy rows (variant, seed, step, metric, value), empty cells dropped."""
+    rows = []
+    with open(metrics_csv, newline="") as f:
+        for rec in csv.DictReader(f):
+            step = int(float(rec["step"]))
+            for metric, value in rec.items():
+                if metric in ("step", "epoch") or value in ("", None):
+                    continue
+                rows.append({"variant": variant, "seed": seed, "step": step, "metric": metric, "value": float(value)})
+    return rows
+
+
+def write_csv(path: Path, rows: list[dict], columns: list[str]) -> None:
+    """Write rows atomically (a reader never sees half a file)."""
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, path)
+
+
+def collect(cfg: AblationConfig, variants: list[Variant]) -> dict[str, Path]:
+    """Rebuild curves.csv, final.csv and summary.csv from every finished run of `variants` in `cfg.out`."""
+    out = Path(cfg.out)
+    curves, final = [], []
+    for v in variants:
+        for seed_dir in sorted(run_dir(cfg, v.name, 0).parent.glob("seed*"), key=lambda p: int(p.name[4:])):
+            if not (seed_dir / "result.json").is_file():
+                continue
+            result = json.loads((seed_dir / "result.json").read_text())
+            seed = int(result["seed"])
+            for metrics_csv in sorted(seed_dir.glob("lightning_logs/version_*/metrics.csv")):
+                curves += curve_rows(v.name, seed, metrics_csv)
+            metrics = dict(result["final"], **({"n_pairs": result["n_pairs"]} if result.get("n_pairs") is not None else {}))
+            final += [{"variant": v.name, "seed": seed, "metric": k, "value": val} for k, val in metrics.items()]
+    paths = {name: out / f"{name}.csv" for name in ("curves", "final", "summary")}
+    write_csv(paths["curves"], curves, ["variant", "seed", "step", "metric", "value"])
+    write_csv(paths["final"], final, ["variant", "seed", "metric", "value"])
+    write_csv(paths["summary"], summarize(final, ("variant", "metric")),
+              ["variant", "metric", "n_seeds", "mean", "ci95_low", "ci95_high"])
+    return paths
+
+
+def write_variants(cfg: AblationConfig, variants: list[Variant]) -> None:
+    """variants.json: the grid's variants (merged with those of earlier invocations into the same OUT)."""
+    path = Path(cfg.out) / "variants.json"
+    known = {v["name"]: v for v in json.loads(path.read_text())} if path.is_file() else {}
+    for v in variants:
+        known[v.name] = {"name": v.name, "description": v.description, "sweeps": v.sweeps}
+    path.write_text(json.dumps(list(known.values()), indent=2))
+
+
+def _print(message: str) -> None:
+    print(message, flush=True)
+
+
+def run_grid(cfg: AblationConfig, variants: list[Variant], log: Callable[[str], None] = _print) -> dict[str, Path]:
+    """Mine what the variants need (cached), run every (variant, seed) not yet done, write the CSVs."""
+    from mbpo_lit.warmstart import WarmStartConfig, build_base_model
+
+    Path(cfg.out).mkdir(parents=True, exist_ok=True)
+    write_variants(cfg, variants)
+    pending = [(v, s) for v in variants for s in cfg.seeds if not (run_dir(cfg, v.name, s) / "result.json").is_file()]
+    base = str(build_base_model(WarmStartConfig())) if any(v.mine is not None for v, _ in pending) else None
+    total, i = len(variants) * len(cfg.seeds), 0
+    for v in variants:
+        mc = mine_config(v, cfg, base) if base is not None and v.mine is not None else None
+        pairs = None
+        for seed in cfg.seeds:
+            i += 1
+            if (v, seed) in pending and mc is not None and pairs is None:
+                log(f"[{i}/{total}] {v.name}: mining pairs into {mc.out}")
+                pairs = mine_pairs(mc)
+            result, ran = run_one(v, seed, cfg, pairs)
+            f = result["final"]
+            scores = " ".join(f"{k}={f[k]:.3f}" for k in FINAL_METRICS)
+            how = f"done in {result['seconds']:.0f}s" if ran else "already done, skipped"
+            log(f"[{i}/{total}] {v.name} seed {seed}: {how}  {scores}")
+    return collect(cfg, variants)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Path] | None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    p = argparse.ArgumentParser(description="Run an ablation grid of MBPO variants over seeds (see module docstring).")
+    p.add_argument("--variants", default="all", help="comma-separated variant names, or 'all' (see --list)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--steps", type=int, default=300, help="training steps per run")
+    p.add_argument("--val_every", type=int, default=None, help="validation interval (default steps // 5)")
+    p.add_argument("--val_n", type=int, default=32, help="validation records per split (curves)")
+    p.add_argument("--eval_n", type=int, default=100, help="final evaluation records per split")
+    p.add_argument("--mine_n", type=int, default=512, help="records mined per pair set")
+    p.add_argument("--mined_root", default=None, help="cache of mined pair sets (default OUT/mined)")
+    p.add_argument("--out", default="runs/ablate")
+    p.add_argument("--fit_args", default="", help='extra fit options for every run, e.g. "--model.lr 1e-4"')
+    p.add_argument("--plot", action="store_true", help="write the figures (python -m mbpo_lit.plots OUT)")
+    p.add_argument("--list", action="store_true", help="list the variants and exit")
+    a = p.parse_args(argv)
+    if a.list:
+        for v in GRID:
+            print(f"{v.name:<14} {v.description}   sweeps={v.sweeps}")
+        return None
+    cfg = AblationConfig(out=a.out, seeds=tuple(a.seeds), steps=a.steps, val_every=a.val_every, val_n=a.val_n,
+                         eval_n=a.eval_n, mine_n=a.mine_n, mined_root=a.mined_root, fit_args=tuple(shlex.split(a.fit_args)))
+    try:
+        variants = select(a.variants)
+    except ValueError as err:
+        p.error(str(err))
+    paths = run_grid(cfg, variants)
+    print("\n".join(f"{k}: {v}" for k, v in paths.items()))
+    if a.plot:
+        from mbpo_lit.plots import plot_all
+
+        for path in plot_all(cfg.out):
+            print(f"figure: {path}")
+    return paths
+
+
+if __name__ == "__main__":
+    main()

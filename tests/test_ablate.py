@@ -1,0 +1,178 @@
+"""Ablation runner: confidence intervals against hand-computed values, grid selection, tidy CSV schemas,
+resumability (a finished (variant, seed) is not rerun; a killed one is), and mining shared across seeds."""
+
+import csv
+import json
+import math
+
+import pytest
+
+from mbpo_lit import ablate
+from mbpo_lit.ablate import GRID, AblationConfig, Variant, select
+from mbpo_lit.stats import mean_ci, summarize, t_quantile_975
+
+
+def test_mean_ci_matches_hand_computation():
+    # values 1, 2, 3: mean 2, s = 1, t(0.975, 2) = 4.3027 -> half width 4.3027 / sqrt(3) = 2.48417
+    ci = mean_ci([1.0, 2.0, 3.0])
+    assert ci.n == 3 and ci.mean == pytest.approx(2.0)
+    assert ci.low == pytest.approx(2 - 2.48417, abs=1e-4) and ci.high == pytest.approx(2 + 2.48417, abs=1e-4)
+    # 0.5, 0.7: mean 0.6, s = 0.141421, t(1) = 12.7062 -> half width 12.7062 * 0.141421 / sqrt(2) = 1.27062
+    assert mean_ci([0.5, 0.7]).high == pytest.approx(0.6 + 1.27062, abs=1e-4)
+    one = mean_ci([0.4])
+    assert (one.n, one.low, one.high) == (1, 0.4, 0.4)
+    assert mean_ci([]).n == 0 and math.isnan(mean_ci([float("nan")]).mean)
+
+
+def test_t_quantiles_table_and_expansion():
+    assert t_quantile_975(4) == pytest.approx(2.7764)
+    assert t_quantile_975(30) == pytest.approx(2.0423)
+    assert t_quantile_975(60) == pytest.approx(2.0003, abs=2e-4)  # expansion beyond the table
+    assert t_quantile_975(10_000) == pytest.approx(1.96, abs=1e-3)
+    with pytest.raises(ValueError, match="degrees of freedom"):
+        t_quantile_975(0)
+    scipy_stats = pytest.importorskip("scipy.stats")
+    for df in (1, 2, 3, 7, 29, 31, 45, 200):
+        assert t_quantile_975(df) == pytest.approx(scipy_stats.t.ppf(0.975, df), abs=2e-4)
+
+
+def test_summarize_groups_in_first_seen_order():
+    rows = [{"variant": "b", "metric": "m", "value": 1.0}, {"variant": "a", "metric": "m", "value": 3.0},
+            {"variant": "b", "metric": "m", "value": 3.0}]
+    out = summarize(rows, ("variant", "metric"))
+    assert [r["variant"] for r in out] == ["b", "a"]
+    assert out[0]["n_seeds"] == 2 and out[0]["mean"] == 2.0 and out[1]["ci95_low"] == 3.0
+
+
+def test_grid_has_the_required_variants_and_sweeps():
+    names = {v.name for v in GRID}
+    assert {"full", "offline_only", "online_only", "neg_uniform", "neg_diffusion", "neg_none", "iig_low",
+            "iig_none"} <= names
+    sweeps = {s: {v.sweeps[s] for v in GRID if s in v.sweeps} for s in ("negatives", "epsilon", "iig", "stream")}
+    assert sweeps["negatives"] == {"pgd", "uniform", "diffusion", "none"}
+    assert len(sweeps["epsilon"]) >= 3 and all(isinstance(x, float) for x in sweeps["epsilon"])
+    assert sweeps["iig"] == {"high", "low", "none"} and sweeps["stream"] == {"hybrid", "offline", "online"}
+    assert next(v for v in GRID if v.name == "online_only").mine is None
+    assert [v.name for v in select("online_only, full")] == ["online_only", "full"]
+    assert len(select("all")) == len(GRID)
+    with pytest.raises(ValueError, match="unknown.*nope"):
+        select("full,nope")
+
+
+def test_fit_args_carry_seed_pairs_and_variant_overrides(tmp_path):
+    cfg = AblationConfig(out=str(tmp_path), steps=50, fit_args=("--model.lr", "1e-4"))
+    offline = next(v for v in GRID if v.name == "offline_only")
+    args = ablate.fit_args(offline, 2, None, tmp_path / "r", cfg)
+    flags = dict(zip(args[::2], args[1::2]))
+    assert flags["--seed_everything"] == "2" and flags["--data.seed"] == "2" and flags["--data.pairs"] == "null"
+    assert flags["--trainer.max_steps"] == "50" and flags["--trainer.val_check_interval"] == "10"
+    assert flags["--data.online"] == "none" and args[-2:] == ["--model.lr", "1e-4"]  # user's options come last
+
+
+def test_mining_cache_is_keyed_by_config(tmp_path):
+    cfg = AblationConfig(out=str(tmp_path), mine_n=64)
+    dirs = {v.name: ablate.mine_config(v, cfg, "BASE") for v in GRID}
+    assert dirs["online_only"] is None
+    assert dirs["offline_only"].out == dirs["full"].out  # same mining config: one shared pair set
+    outs = [mc.out for name, mc in dirs.items() if mc is not None and name != "offline_only"]
+    assert len(set(outs)) == len(outs)  # every other mining config its own cache directory
+    assert dirs["full"].n == 64 and dirs["eps_8"].epsilon == 8.0 and dirs["iig_low"].iig_filter == "low"
+    assert ablate.mine_config(GRID[0], cfg, "BASE").out == dirs["full"].out  # stable key
+
+
+def _fake_metrics(run_dir, seed):
+    path = run_dir / "lightning_logs" / "version_0" / "metrics.csv"
+    path.parent.mkdir(parents=True)
+    path.write_text("epoch,loss,step,val/counter_prior_accuracy\n"
+                    f"0,{0.5 + seed},9,\n"
+                    f"0,,9,{0.1 * seed}\n"
+                    f"0,{0.25},19,\n")
+
+
+@pytest.fixture
+def fake_runner(monkeypatch):
+    """Replace fitting and mining by fakes that count their calls and write a CSVLogger-like metrics.csv."""
+    calls = {"fit": [], "mine": []}
+
+    def train_and_evaluate(args, eval_n):
+        flags = dict(zip(args[::2], args[1::2]))
+        seed = int(flags["--seed_everything"])
+        from pathlib import Path
+
+        _fake_metrics(Path(flags["--trainer.default_root_dir"]), seed)
+        calls["fit"].append((flags["--trainer.default_root_dir"], flags["--data.pairs"]))
+        if len(calls["fit"]) == calls.get("kill_at"):
+            raise KeyboardInterrupt
+        return {"in_prior_accuracy": 1.0, "counter_prior_accuracy": 0.1 * seed, "gap": 1 - 0.1 * seed}
+
+    def mine_pairs(mc):
+        from pathlib import Path
+
+        calls["mine"].append(mc.out)
+        (Path(mc.out) / "dataset").mkdir(parents=True, exist_ok=True)
+        (Path(mc.out) / "summary.json").write_text(json.dumps({"pairs": 7}))
+        return str(Path(mc.out) / "dataset")
+
+    monkeypatch.setattr(ablate, "train_and_evaluate", train_and_evaluate)
+    monkeypatch.setattr(ablate, "mine_pairs", mine_pairs)
+    monkeypatch.setattr("mbpo_lit.warmstart.build_base_model", lambda cfg: "BASE")
+    return calls
+
+
+def _read(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_grid_writes_tidy_csvs_and_summary(fake_runner, tmp_path):
+    cfg = AblationConfig(out=str(tmp_path), seeds=(0, 1, 2), steps=20)
+    paths = ablate.run_grid(cfg, select("full,online_only"), log=lambda m: None)
+    curves, final, summary = (_read(paths[k]) for k in ("curves", "final", "summary"))
+    assert list(curves[0]) == ["variant", "seed", "step", "metric", "value"]
+    assert list(final[0]) == ["variant", "seed", "metric", "value"]
+    assert list(summary[0]) == ["variant", "metric", "n_seeds", "mean", "ci95_low", "ci95_high"]
+    # 3 logged values per run (empty cells dropped, epoch dropped), 2 variants x 3 seeds
+    assert len(curves) == 18 and {r["metric"] for r in curves} == {"loss", "val/counter_prior_accuracy"}
+    assert {(r["variant"], r["seed"], r["step"], r["value"]) for r in curves if r["metric"] == "loss"} >= {
+        ("full", "2", "9", "2.5"), ("online_only", "0", "19", "0.25")}
+    # n_pairs only where there are pairs; online_only trains with --data.pairs null
+    assert {r["variant"] for r in final if r["metric"] == "n_pairs"} == {"full"}
+    assert [p for d, p in fake_runner["fit"] if "online_only" in d] == ["null"] * 3
+    cp = next(r for r in summary if r["variant"] == "full" and r["metric"] == "counter_prior_accuracy")
+    ci = mean_ci([0.0, 0.1, 0.2])
+    assert cp["n_seeds"] == "3" and float(cp["mean"]) == pytest.approx(0.1)
+    assert float(cp["ci95_low"]) == pytest.approx(ci.low) and float(cp["ci95_high"]) == pytest.approx(ci.high)
+    # one mining job for the three seeds of "full", none for online_only
+    assert len(fake_runner["mine"]) == 1
+    meta = json.loads((tmp_path / "variants.json").read_text())
+    assert [v["name"] for v in meta] == ["full", "online_only"] and meta[0]["sweeps"]["epsilon"] == 32.0
+
+
+def test_finished_runs_are_not_rerun_and_killed_ones_are(fake_runner, tmp_path):
+    cfg = AblationConfig(out=str(tmp_path), seeds=(0, 1), steps=20)
+    fake_runner["kill_at"] = 2  # the second run dies before writing its result
+    with pytest.raises(KeyboardInterrupt):
+        ablate.run_grid(cfg, select("online_only"), log=lambda m: None)
+    assert (tmp_path / "runs/online_only/seed0/result.json").is_file()
+    assert not (tmp_path / "runs/online_only/seed1/result.json").is_file()
+    fake_runner["kill_at"] = None
+    messages = []
+    ablate.run_grid(cfg, select("online_only"), log=messages.append)
+    assert [d.split("/")[-1] for d, _ in fake_runner["fit"]] == ["seed0", "seed1", "seed1"]
+    assert "already done, skipped" in messages[0] and "done in" in messages[1]
+    # the restarted run's directory was cleaned: one metrics.csv, so no duplicated curve rows
+    assert len(list((tmp_path / "runs/online_only/seed1").rglob("metrics.csv"))) == 1
+    ablate.run_grid(cfg, select("online_only"), log=lambda m: None)
+    assert len(fake_runner["fit"]) == 3  # everything finished: nothing rerun
+    assert len(_read(tmp_path / "final.csv")) == 2 * 3
+
+
+def test_cli_rejects_an_unknown_variant(capsys):
+    with pytest.raises(SystemExit):
+        ablate.main(["--variants", "fulll"])
+    assert "fulll" in capsys.readouterr().err
+
+
+def test_variant_defaults_train_on_the_default_mining():
+    v = Variant("x", "y")
+    assert v.mine == {} and v.fit_args == () and v.sweeps == {}

@@ -1,0 +1,78 @@
+"""Plots: from synthetic ablation CSVs, every figure is written as a non-empty PNG; sweeps are ordered."""
+
+import csv
+import json
+
+import pytest
+
+from mbpo_lit import plots
+from mbpo_lit.ablate import GRID
+
+
+def _write(path, columns, rows):
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=columns)
+        w.writeheader()
+        w.writerows(rows)
+
+
+@pytest.fixture
+def ablation_dir(tmp_path):
+    names = ["full", "online_only", "offline_only", "eps_8", "eps_64", "iig_low"]
+    curves, final = [], []
+    for i, v in enumerate(names):
+        for seed in (0, 1, 2):
+            for step in (9, 19, 29):
+                curves.append({"variant": v, "seed": seed, "step": step, "metric": "loss", "value": 1 / (step + i + seed)})
+                curves.append({"variant": v, "seed": seed, "step": step, "metric": "val/counter_prior_accuracy",
+                               "value": 0.1 * i + 0.01 * seed})
+            for metric, value in (("in_prior_accuracy", 0.9), ("counter_prior_accuracy", 0.1 * i + 0.02 * seed),
+                                  ("gap", 0.8 - 0.1 * i)):
+                final.append({"variant": v, "seed": seed, "metric": metric, "value": value})
+    _write(tmp_path / "curves.csv", ["variant", "seed", "step", "metric", "value"], curves)
+    _write(tmp_path / "final.csv", ["variant", "seed", "metric", "value"], final)
+    meta = [{"name": v.name, "description": v.description, "sweeps": v.sweeps} for v in GRID if v.name in names]
+    (tmp_path / "variants.json").write_text(json.dumps(meta))
+    return tmp_path
+
+
+def test_plot_all_writes_every_figure(ablation_dir):
+    written = plots.plot_all(ablation_dir)
+    names = {p.name for p in written}
+    # epsilon: 8, 32 (full), 64; iig: high (full), low; stream: hybrid, online, offline. negatives: pgd only -> none
+    assert names == {"final.png", "curves.png", "sweep_epsilon.png", "sweep_iig.png", "sweep_stream.png"}
+    for p in written:
+        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 5000
+
+
+def test_cli_writes_into_out(ablation_dir, tmp_path, capsys):
+    plots.main([str(ablation_dir), "--out", str(tmp_path / "figs")])
+    assert (tmp_path / "figs" / "final.png").is_file()
+    assert "final.png" in capsys.readouterr().out
+
+
+def test_numeric_sweep_is_sorted_by_x_and_drawn_with_ci(ablation_dir):
+    meta = plots.read_variants(ablation_dir)
+    assert plots.sweep_points(meta, "epsilon") == [("eps_8", 8.0), ("full", 32.0), ("eps_64", 64.0)]
+    fig = plots.plot_sweep(plots.read_rows(ablation_dir / "final.csv"), meta, "epsilon")
+    ax = fig.axes[0]  # counter_prior_accuracy: x 8, 32, 64 -> variants eps_8 (i=3), full (0), eps_64 (4)
+    xs, ys = ax.lines[0].get_data()
+    assert list(xs) == [8.0, 32.0, 64.0]
+    assert list(ys) == pytest.approx([0.32, 0.02, 0.42])
+    with pytest.raises(ValueError, match="needs 2 or more"):
+        plots.plot_sweep(plots.read_rows(ablation_dir / "final.csv"), meta, "negatives")
+
+
+def test_curves_have_a_ci_band_per_variant(ablation_dir):
+    fig = plots.plot_curves(plots.read_rows(ablation_dir / "curves.csv"), metrics=["loss"])
+    ax = fig.axes[0]
+    assert len(ax.lines) == 6 and len(ax.collections) == 6  # one mean line and one band per variant
+    with pytest.raises(ValueError, match="none of the metrics"):
+        plots.plot_curves(plots.read_rows(ablation_dir / "curves.csv"), metrics=["nope"])
+
+
+def test_empty_final_is_explained(tmp_path):
+    _write(tmp_path / "curves.csv", ["variant", "seed", "step", "metric", "value"], [])
+    _write(tmp_path / "final.csv", ["variant", "seed", "metric", "value"], [])
+    with pytest.raises(ValueError, match="no rows"):
+        plots.plot_all(tmp_path)
