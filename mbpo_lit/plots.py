@@ -7,8 +7,9 @@ Reads DIR/curves.csv, DIR/final.csv and DIR/variants.json and writes PNGs (headl
   sweep_SWEEP.png    one per sweep with two or more variants run (epsilon, iig, negatives, stream): final
                      metrics against the sweep's x (a line for numeric x, points for categories)
 
-The notebooks call the same functions (each returns a matplotlib Figure), so the figures in the README, the
-notebooks and CI come from one code path. Intervals are Student-t over seeds (stats.py); with one seed there is
+The notebooks call the same functions (each returns a matplotlib Figure, built without pyplot: headless
+anywhere, no global figure registry to leak, and shown inline by Jupyter when returned or `display`ed), so the
+figures in the README, the notebooks and CI come from one code path. Intervals are Student-t over seeds (stats.py); with one seed there is
 no band.
 """
 
@@ -22,13 +23,9 @@ from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 
-import matplotlib
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")  # headless: CI and the CLI have no display (notebooks keep their inline backend)
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-
-from mbpo_lit.stats import mean_ci  # noqa: E402
+from mbpo_lit.stats import mean_ci
 
 CURVE_METRICS = ("val/counter_prior_accuracy", "val/in_prior_accuracy", "online/accuracy", "loss")
 FINAL_METRICS = ("counter_prior_accuracy", "in_prior_accuracy", "gap")
@@ -59,8 +56,8 @@ def _order(rows: list[dict]) -> list[str]:
 
 def _grid(n: int, width: float = 4.2, height: float = 3.2) -> tuple[Figure, list]:
     cols = min(n, 3)
-    fig, axes = plt.subplots(math.ceil(n / cols), cols, figsize=(width * cols, height * math.ceil(n / cols)),
-                             squeeze=False)
+    fig = Figure(figsize=(width * cols, height * math.ceil(n / cols)))
+    axes = fig.subplots(math.ceil(n / cols), cols, squeeze=False)
     flat = list(axes.flat)
     for ax in flat[n:]:
         ax.set_visible(False)
@@ -168,7 +165,6 @@ def plot_all(directory: str | Path, out: str | Path | None = None) -> list[Path]
     for name, fig in figures.items():
         path = out / f"{name}.png"
         fig.savefig(path, dpi=120)
-        plt.close(fig)
         written.append(path)
     return written
 

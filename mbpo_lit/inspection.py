@@ -1,0 +1,153 @@
+"""Inspection helpers behind the notebooks: what one perturbation and one training step look like inside.
+
+The notebooks only call these and draw; the maths lives in the library modules they compose:
+
+- `perturb`: clean vs adversarial (PGD, with its ground-truth log-likelihood at every step) vs noise images
+  at the same epsilon, and the model's answer to each (mine.Miner's objective and decoding, attack.pgd);
+- `iig_by_split`: Image Information Gain of the ground truth on in-prior vs counter-prior questions;
+- `step_groups`: one hybrid-GRPO batch laid out group by group: completions, rewards (and their parts),
+  advantages, and, after one optimizer step on that very rollout, the importance ratios and which tokens the
+  clipped surrogate would clip (what a second inner iteration, mu = 2, sees). It composes the public pieces
+  of `MBPOModule` (rollout, rewards, sequence_batch) with grpo.py, mirroring `MBPOModule.training_step`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from mbpo_lit.attack import pgd, random_perturbation
+from mbpo_lit.chat import answer_token_ids, encode_prompts
+from mbpo_lit.grpo import group_advantages, grpo_loss, offline_pair_rewards
+from mbpo_lit.iig import image_information_gain
+from mbpo_lit.logprobs import completion_logprobs
+from mbpo_lit.mine import MineConfig, Miner
+from mbpo_lit.model import reference_mode, trainable_parameters
+from mbpo_lit.rewards import compose
+from mbpo_lit.world import WorldConfig, build_records
+
+
+@dataclass
+class Perturbations:
+    """Raw images [n, 3, H, W] in [0, 1]: clean and per method, the answers to each, and the PGD trace."""
+
+    records: list[dict]
+    clean: torch.Tensor
+    images: dict[str, torch.Tensor]  # method -> perturbed images
+    answers: dict[str, list[str]]  # "clean" and each method -> the model's greedy answers
+    logp: dict[str, torch.Tensor]  # "clean" and each method -> ground-truth log-likelihood (summed over tokens)
+    pgd_trace: torch.Tensor  # [PGD steps + 1, n]: ground-truth log-likelihood after each step
+
+
+def perturb(model, processor, records: Sequence[dict], world: WorldConfig | None, epsilon: float = 32.0,
+            step_size: float = 4.0, steps: int = 10, methods: Sequence[str] = ("pgd", "uniform"),
+            seed: int = 0) -> Perturbations:
+    """Perturb the records' images with each method at the same L-inf budget (in /255) and answer them.
+
+    PGD runs all `steps` (no early stop), so the trace shows the whole descent. `model` must be a plain
+    policy (no trainable adapters): Miner freezes its weights, since only the pixels need gradients.
+    """
+    records = list(records)
+    cfg = MineConfig(epsilon=epsilon, step_size=step_size, steps=steps, early_stop=False, seed=seed)
+    miner = Miner(model, processor, cfg, world)
+    gen = torch.Generator().manual_seed(seed)
+    prompts = encode_prompts(processor, [r["question"] for r in records], [r["image"] for r in records])
+    clean = torch.stack(miner.codec.raw_images(prompts)).to(miner.device)
+    objective = miner.objective(prompts, answer_token_ids(processor, [r["answer"] for r in records]))
+    images, trace = {}, torch.empty(0)
+    for method in methods:
+        if method == "pgd":
+            res = pgd(objective, clean, epsilon / 255, step_size / 255, steps, True, "linf", False, gen)
+            images[method], trace = res.images, torch.stack(res.trace)
+        else:
+            images[method] = random_perturbation(method, clean, epsilon / 255, cfg.diffusion_t, gen)
+    answers, logp = {}, {}
+    for name, x in {"clean": clean, **images}.items():
+        answers[name] = miner.answer(prompts, x)
+        with torch.no_grad():
+            logp[name] = objective(x)[0].cpu()
+    return Perturbations(records, clean.cpu(), {k: v.cpu() for k, v in images.items()}, answers, logp, trace)
+
+
+def iig_by_split(model, processor, world: WorldConfig, n: int, baseline: str = "none") -> dict[str, torch.Tensor]:
+    """Per-token-mean IIG of the ground-truth answer on n attribute questions of each eval split."""
+    out = {}
+    for split in ("eval_in_prior", "eval_counter_prior"):
+        recs = build_records(world, split, n, ("attribute",))
+        gain = image_information_gain(model, processor, [r["question"] for r in recs], [r["answer"] for r in recs],
+                                      [r["image"] for r in recs], baseline)
+        out[split] = gain.mean
+    return out
+
+
+def step_groups(module, batch: dict, update: bool = True) -> list[dict]:
+    """One training batch of an `MBPOModule`, one row per sequence (see module docstring).
+
+    Row keys: stream ("online"/"offline"), group, question, answer, completion, reward (and reward parts for
+    online rows), advantage; with `update`, also ratio (mean over the sequence's tokens after one AdamW
+    step at the module's lr on this rollout's loss) and clipped (share of its tokens clipped by the
+    surrogate with the module's eps_low/eps_high). `update` changes the module's adapter weights.
+    """
+    hp = module.hparams
+    online, offline = batch["online"], batch["offline"]
+    on_records, on_ids, on_texts = module.rollout(online)
+    off_records = [r for r in offline for _ in range(2)]
+    off_texts = [t for r in offline for t in (r["answer"], r["rejected"])]
+    on_rewards, parts = compose(module.rewards, on_texts, on_records) if on_records else ([], {})
+    off_rewards = offline_pair_rewards(len(offline), hp.chosen_reward, hp.rejected_reward)
+    adv = []
+    if on_records:
+        adv.append(group_advantages(torch.tensor(on_rewards).view(-1, hp.group_size), hp.scale_std).flatten())
+    if offline:
+        adv.append(group_advantages(off_rewards, hp.scale_std).flatten())
+    advantages = torch.cat(adv)
+    rows = [{"stream": "online", "group": i // hp.group_size, "question": r["question"], "answer": r["answer"],
+             "completion": t, "reward": rew, **{k: v[i] for k, v in parts.items()}}
+            for i, (r, t, rew) in enumerate(zip(on_records, on_texts, on_rewards))]
+    n_groups = len(online)
+    rows += [{"stream": "offline", "group": n_groups + i // 2, "question": r["question"], "answer": r["answer"],
+              "completion": t, "reward": float(off_rewards.flatten()[i])}
+             for i, (r, t) in enumerate(zip(off_records, off_texts))]
+    for row, a in zip(rows, advantages.tolist()):
+        row["advantage"] = a
+    if not update:
+        return rows
+    seq, mask = module.sequence_batch(on_records + off_records, on_ids + answer_token_ids(module.processor, off_texts))
+    with torch.no_grad():
+        old = completion_logprobs(module.model, seq, mask)
+    m = mask[:, -old.shape[1]:]
+    params = list(trainable_parameters(module.model).values())
+    opt = torch.optim.AdamW(params, lr=hp.lr, weight_decay=hp.weight_decay)
+    logp = completion_logprobs(module.model, seq, mask)
+    grpo_loss(logp, old, advantages.to(logp.device), m, None, 0.0, hp.eps_low, hp.eps_high, hp.aggregation,
+              hp.max_new_tokens).loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, hp.max_grad_norm)
+    opt.step()
+    opt.zero_grad()
+    with torch.no_grad():
+        new = completion_logprobs(module.model, seq, mask)
+    ratio = torch.exp(new - old)
+    a = advantages.to(ratio.device).unsqueeze(1)
+    clipped = (torch.clamp(ratio, 1 - hp.eps_low, 1 + hp.eps_high) * a < ratio * a) & m
+    tokens = m.sum(1).clamp(min=1)
+    for i, row in enumerate(rows):
+        row["ratio"] = float((ratio[i] * m[i]).sum() / tokens[i])
+        row["clipped"] = float(clipped[i].sum() / tokens[i])
+    return rows
+
+
+def reward_samples(module, batches: Sequence[dict], reference: bool = False) -> dict[str, list[float]]:
+    """Per-sequence rewards of several batches by stream ({"online": [...], "offline": [...]}), without
+    updating; `reference` samples the online stream from the adapter-disabled base policy instead."""
+    out: dict[str, list[float]] = {"online": [], "offline": []}
+    for batch in batches:
+        if reference:
+            with reference_mode(module.model):
+                rows = step_groups(module, batch, update=False)
+        else:
+            rows = step_groups(module, batch, update=False)
+        for row in rows:
+            out[row["stream"]].append(row["reward"])
+    return out
