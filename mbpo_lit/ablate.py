@@ -15,6 +15,7 @@ Output (`--out DIR`):
   curves.csv                   tidy: variant, seed, step, metric, value (every logged metric of every run)
   final.csv                    tidy: variant, seed, metric, value (final evaluation, and n_pairs)
   summary.csv                  variant, metric, n_seeds, mean, ci95_low, ci95_high (Student-t, stats.py)
+  settings.json                the shared settings; another invocation with different ones is refused
 
 A run killed midway has no result.json; the next invocation deletes its directory and runs it again from
 step 0. Variants belong to sweeps (`Variant.sweeps`: sweep name -> x value), e.g. "full" is the pgd point of
@@ -248,11 +249,23 @@ def _print(message: str) -> None:
     print(message, flush=True)
 
 
+def check_settings(cfg: AblationConfig) -> None:
+    """Refuse to mix runs of other settings into one directory (seeds and variants may be added later)."""
+    path = Path(cfg.out) / "settings.json"
+    mine = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("out", "seeds")}
+    mine = json.loads(json.dumps(mine))  # tuples as lists, as they read back
+    if path.is_file() and json.loads(path.read_text()) != mine:
+        raise ValueError(f"{cfg.out} holds runs made with other settings ({path}: {path.read_text()}); "
+                         f"use another --out, or the same --steps/--val_n/--eval_n/--mine_n/--fit_args")
+    path.write_text(json.dumps(mine, indent=2))
+
+
 def run_grid(cfg: AblationConfig, variants: list[Variant], log: Callable[[str], None] = _print) -> dict[str, Path]:
     """Mine what the variants need (cached), run every (variant, seed) not yet done, write the CSVs."""
     from mbpo_lit.warmstart import WarmStartConfig, build_base_model
 
     Path(cfg.out).mkdir(parents=True, exist_ok=True)
+    check_settings(cfg)
     write_variants(cfg, variants)
     pending = [(v, s) for v in variants for s in cfg.seeds if not (run_dir(cfg, v.name, s) / "result.json").is_file()]
     base = str(build_base_model(WarmStartConfig())) if any(v.mine is not None for v, _ in pending) else None

@@ -167,6 +167,14 @@ def test_finished_runs_are_not_rerun_and_killed_ones_are(fake_runner, tmp_path):
     assert len(_read(tmp_path / "final.csv")) == 2 * 3
 
 
+def test_other_settings_in_the_same_directory_are_refused(fake_runner, tmp_path):
+    ablate.run_grid(AblationConfig(out=str(tmp_path), seeds=(0,), steps=20), select("online_only"), log=lambda m: None)
+    # more seeds and more variants with the same settings are fine
+    ablate.run_grid(AblationConfig(out=str(tmp_path), seeds=(0, 1), steps=20), select("online_only,full"), log=lambda m: None)
+    with pytest.raises(ValueError, match="other settings"):
+        ablate.run_grid(AblationConfig(out=str(tmp_path), seeds=(0,), steps=40), select("online_only"), log=lambda m: None)
+
+
 def test_cli_rejects_an_unknown_variant(capsys):
     with pytest.raises(SystemExit):
         ablate.main(["--variants", "fulll"])
