@@ -13,6 +13,7 @@ by source and index, and then skipped (`bad_records="skip"`, the count is kept i
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Literal
 
@@ -143,6 +144,9 @@ class HybridDataModule(L.LightningDataModule):
             source has no answer_type column ("yes_no", "number", "choice", "phrase").
         online_families: question families of the online stream (close-ended ones).
         n_online: how many distinct online prompts to draw from.
+        online_p_color: for online="world": probability that an object of an online scene wears its kind's
+            typical colour (None: the world's own `p_color`, 0.9). Below it, more online questions are ones
+            the language prior gets wrong, the groups where sampled answers disagree and GRPO has a signal.
         offline_per_batch / online_per_batch: the mix of one training batch.
         batches_per_epoch: length of an epoch, in batches.
         val_n: validation records per eval split (in-prior, counter-prior).
@@ -157,6 +161,7 @@ class HybridDataModule(L.LightningDataModule):
         online_answer_type: str | None = None,
         online_families: tuple[str, ...] = ("attribute",),
         n_online: int = 2000,
+        online_p_color: float | None = None,
         offline_per_batch: int = 2,
         online_per_batch: int = 2,
         batches_per_epoch: int = 200,
@@ -171,6 +176,7 @@ class HybridDataModule(L.LightningDataModule):
             raise ValueError(f"online_families: {bad} are not close-ended families of {FAMILIES[:-1]}")
         self.pairs_path, self.online, self.families = pairs, online, tuple(online_families)
         self.online_columns, self.online_answer_type = online_columns, online_answer_type
+        self.online_p_color = online_p_color
         self.n_online, self.val_n, self.bad_records, self.seed = n_online, val_n, bad_records, seed
         self.offline_per_batch, self.online_per_batch = offline_per_batch, online_per_batch
         self.batches_per_epoch = batches_per_epoch
@@ -203,7 +209,10 @@ class HybridDataModule(L.LightningDataModule):
         pairs = self._validated(load_pairs(self.pairs_path), str(self.pairs_path), True) if self.pairs_path else []
         prompts = []
         if self.online == "world":
-            prompts = self._validated(build_records(self._world(), "train", self.n_online, self.families), "world/train")
+            world = self._world()
+            if self.online_p_color is not None:
+                world = dataclasses.replace(world, p_color=self.online_p_color)
+            prompts = self._validated(build_records(world, "train", self.n_online, self.families), "world/train")
         elif self.online != "none":
             prompts, skipped = load_records(self.online, "train", self.n_online, self.online_columns,
                                             self.online_answer_type)

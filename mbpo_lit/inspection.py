@@ -20,12 +20,11 @@ import torch
 
 from mbpo_lit.attack import pgd, random_perturbation
 from mbpo_lit.chat import answer_token_ids, encode_prompts
-from mbpo_lit.grpo import group_advantages, grpo_loss, offline_pair_rewards
+from mbpo_lit.grpo import grpo_loss
 from mbpo_lit.iig import image_information_gain
 from mbpo_lit.logprobs import completion_logprobs
 from mbpo_lit.mine import MineConfig, Miner
 from mbpo_lit.model import reference_mode, trainable_parameters
-from mbpo_lit.rewards import compose
 from mbpo_lit.world import WorldConfig, build_records
 
 
@@ -91,30 +90,19 @@ def step_groups(module, batch: dict, update: bool = True) -> list[dict]:
     surrogate with the module's eps_low/eps_high). `update` changes the module's adapter weights.
     """
     hp = module.hparams
-    online, offline = batch["online"], batch["offline"]
-    on_records, on_ids, on_texts = module.rollout(online)
-    off_records = [r for r in offline for _ in range(2)]
-    off_texts = [t for r in offline for t in (r["answer"], r["rejected"])]
-    on_rewards, parts = compose(module.rewards, on_texts, on_records) if on_records else ([], {})
-    off_rewards = offline_pair_rewards(len(offline), hp.chosen_reward, hp.rejected_reward)
-    adv = []
-    if on_records:
-        adv.append(group_advantages(torch.tensor(on_rewards).view(-1, hp.group_size), hp.scale_std).flatten())
-    if offline:
-        adv.append(group_advantages(off_rewards, hp.scale_std).flatten())
-    advantages = torch.cat(adv)
-    rows = [{"stream": "online", "group": i // hp.group_size, "question": r["question"], "answer": r["answer"],
-             "completion": t, "reward": rew, **{k: v[i] for k, v in parts.items()}}
-            for i, (r, t, rew) in enumerate(zip(on_records, on_texts, on_rewards))]
-    n_groups = len(online)
-    rows += [{"stream": "offline", "group": n_groups + i // 2, "question": r["question"], "answer": r["answer"],
-              "completion": t, "reward": float(off_rewards.flatten()[i])}
-             for i, (r, t) in enumerate(zip(off_records, off_texts))]
-    for row, a in zip(rows, advantages.tolist()):
-        row["advantage"] = a
+    scored = module.score(batch)  # the training step's own roll-out, scoring and advantages
+    advantages = scored.advantages
+    rows = []
+    for i, (r, t) in enumerate(zip(scored.records, scored.texts)):
+        row = {"stream": scored.stream(i), "group": scored.group(i), "question": r["question"], "answer": r["answer"],
+               "completion": t, "reward": float(scored.rewards[i])}
+        if i < scored.n_online:
+            row.update({k: v[i] for k, v in scored.parts.items()})
+        row["advantage"] = float(advantages[i])
+        rows.append(row)
     if not update:
         return rows
-    seq, mask = module.sequence_batch(on_records + off_records, on_ids + answer_token_ids(module.processor, off_texts))
+    seq, mask = module.sequence_batch(scored.records, scored.ids)
     with torch.no_grad():
         old = completion_logprobs(module.model, seq, mask)
     m = mask[:, -old.shape[1]:]

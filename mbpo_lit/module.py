@@ -9,6 +9,9 @@ checkpoints hold only what trains (the LoRA weights) and the optimizer state.
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import lightning as L
@@ -17,7 +20,7 @@ from torchmetrics import MeanMetric
 
 from mbpo_lit.answers import is_correct
 from mbpo_lit.chat import answer_token_ids, append_completions, encode_prompts, vision_token_ids
-from mbpo_lit.grpo import group_advantages, grpo_loss, offline_pair_rewards
+from mbpo_lit.grpo import LossParts, group_advantages, grpo_loss, offline_pair_rewards
 from mbpo_lit.logprobs import completion_logprobs
 from mbpo_lit.model import LoraSettings, ModelConfig, load_policy, reference_mode, trainable_parameters
 from mbpo_lit.rewards import AccuracyReward, FormatReward, LengthPenalty, compose
@@ -25,6 +28,30 @@ from mbpo_lit.rewards import AccuracyReward, FormatReward, LengthPenalty, compos
 # Checkpoints store the hyper-parameters, ModelConfig included; let Lightning's weights-only loading of
 # `--ckpt_path` accept these two plain dataclasses (and nothing else of ours).
 torch.serialization.add_safe_globals([ModelConfig, LoraSettings])
+
+
+@dataclass
+class Scored:
+    """One training batch after roll-out and scoring: one entry per sequence, online rows first (G per prompt,
+    in prompt order), then offline rows (chosen, rejected per pair)."""
+
+    records: list[dict]
+    texts: list[str]
+    ids: list[list[int]]  # completion token ids, ending with the end-of-turn token
+    rewards: torch.Tensor  # [sequences]: composed verified reward online, chosen/rejected reward offline
+    advantages: torch.Tensor  # [sequences], group-relative
+    parts: dict[str, list[float]]  # the online rewards' components (accuracy, format, length)
+    n_online: int
+    group_size: int
+
+    def stream(self, i: int) -> str:
+        return "online" if i < self.n_online else "offline"
+
+    def group(self, i: int) -> int:
+        """Index of sequence i's group: online prompts first, then offline pairs."""
+        if i < self.n_online:
+            return i // self.group_size
+        return self.n_online // self.group_size + (i - self.n_online) // 2
 
 
 class MBPOModule(L.LightningModule):
@@ -42,7 +69,11 @@ class MBPOModule(L.LightningModule):
         chosen_reward, rejected_reward: rewards of an offline pair (MBPO: 2 and 0).
         format_weight, length_coef: weights of the format reward and the length penalty (online stream).
         lr, weight_decay, max_grad_norm: AdamW on the adapters, gradient clipping.
-        sample_table_every: print a table of sample completions every N steps (0: never).
+        accumulate_grad_batches: batches whose gradients are summed before one optimizer step (mu = 1 only).
+            Lightning refuses the Trainer's own `accumulate_grad_batches` and `gradient_clip_val` under
+            manual optimization (needed here for mu), so both live on the module.
+        sample_table_every: every N steps, print a table of sample completions and append them to
+            `samples.jsonl` in the log directory (0: never).
         evaluate_after_fit, evaluate_n: after `python -m mbpo_lit.fit`, evaluate base (adapters disabled)
             and trained policy on the world's eval splits, `evaluate_n` records each.
     """
@@ -68,11 +99,15 @@ class MBPOModule(L.LightningModule):
         lr: float = 1e-4,
         weight_decay: float = 0.0,
         max_grad_norm: float = 1.0,
+        accumulate_grad_batches: int = 1,
         sample_table_every: int = 50,
         evaluate_after_fit: bool = True,
         evaluate_n: int = 200,
     ):
         super().__init__()
+        if accumulate_grad_batches < 1 or (accumulate_grad_batches > 1 and mu > 1):
+            raise ValueError(f"accumulate_grad_batches={accumulate_grad_batches} with mu={mu}: accumulation needs "
+                             "accumulate_grad_batches >= 1 and mu = 1 (each of mu passes steps the optimizer)")
         self.save_hyperparameters()
         self.model_config = model
         self.automatic_optimization = False  # mu inner iterations over one rollout
@@ -152,26 +187,35 @@ class MBPOModule(L.LightningModule):
         return batch.to(self.device), mask.to(self.device)
 
     # ---------------------------------------------------------------------------------------- training
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        online, offline = batch["online"], batch["offline"]
+    def score(self, batch: dict) -> Scored:
+        """Steps 1-3 of a training step, without touching the weights: roll out, score, advantages."""
         hp = self.hparams
-        # 1. Roll out: G samples per online prompt; chosen and rejected per offline pair.
+        online, offline = batch["online"], batch["offline"]
         on_records, on_ids, on_texts = self.rollout(online)
         off_records = [r for r in offline for _ in range(2)]
         off_texts = [t for r in offline for t in (r["answer"], r["rejected"])]
-        off_ids = answer_token_ids(self.processor, off_texts)
-        # 2. Score.
         on_rewards, parts = compose(self.rewards, on_texts, on_records) if on_records else ([], {})
-        # 3. Advantages, group by group.
-        adv = []
+        rewards, adv = [], []
         if on_records:
-            adv.append(group_advantages(torch.tensor(on_rewards).view(-1, hp.group_size), hp.scale_std).flatten())
+            r = torch.tensor(on_rewards, dtype=torch.float32).view(-1, hp.group_size)
+            rewards.append(r.flatten())
+            adv.append(group_advantages(r, hp.scale_std).flatten())
         if offline:
-            pair_rewards = offline_pair_rewards(len(offline), hp.chosen_reward, hp.rejected_reward)
-            adv.append(group_advantages(pair_rewards, hp.scale_std).flatten())
-        advantages = torch.cat(adv).to(self.device)
-        seq, mask = self.sequence_batch(on_records + off_records, on_ids + off_ids)
-        width = max(len(c) for c in on_ids + off_ids)
+            r = offline_pair_rewards(len(offline), hp.chosen_reward, hp.rejected_reward)
+            rewards.append(r.flatten())
+            adv.append(group_advantages(r, hp.scale_std).flatten())
+        return Scored(
+            records=on_records + off_records, texts=on_texts + off_texts,
+            ids=on_ids + answer_token_ids(self.processor, off_texts), rewards=torch.cat(rewards),
+            advantages=torch.cat(adv), parts=parts, n_online=len(on_records), group_size=hp.group_size,
+        )
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        hp = self.hparams
+        # 1-3. Roll out (G samples per online prompt; chosen and rejected per offline pair), score, advantages.
+        scored = self.score(batch)
+        seq, mask = self.sequence_batch(scored.records, scored.ids)
+        advantages = scored.advantages.to(self.device)
         # 4. Loss, mu times over the same rollout.
         old = None
         if hp.mu > 1:
@@ -192,31 +236,42 @@ class MBPOModule(L.LightningModule):
                     f"non-finite GRPO loss ({out.loss.item()}) at step {self.global_step}; training stopped. "
                     f"The last good checkpoint is the last one the ModelCheckpoint callback wrote."
                 )
-            opt.zero_grad()
-            self.manual_backward(out.loss)
-            self.clip_gradients(opt, gradient_clip_val=hp.max_grad_norm, gradient_clip_algorithm="norm")
-            opt.step()
-        self._log_step(out, on_rewards, parts, on_records, on_texts, offline, mask, width)
+            self.manual_backward(out.loss / hp.accumulate_grad_batches)
+            if (batch_idx + 1) % hp.accumulate_grad_batches == 0:
+                self.clip_gradients(opt, gradient_clip_val=hp.max_grad_norm, gradient_clip_algorithm="norm")
+                opt.step()
+                opt.zero_grad()
+        self._log_step(out, scored, mask)
         return out.loss.detach()
 
-    def _log_step(self, out, on_rewards, parts, on_records, on_texts, offline, mask, width) -> None:
-        def mean_std(v):
-            t = torch.tensor(v, dtype=torch.float32)
-            return t.mean().item(), (t.std().item() if len(v) > 1 else 0.0)
-
+    def _log_step(self, out: LossParts, scored: Scored, mask: torch.Tensor) -> None:
+        n = scored.n_online
         logs = {"loss": out.loss.item(), "kl": out.kl.item(), "clip_fraction": out.clip_fraction.item(),
                 "completion_length": mask.sum(1).float().mean().item()}
-        if on_rewards:
-            logs["online/reward_mean"], logs["online/reward_std"] = mean_std(on_rewards)
-            logs["online/accuracy"] = sum(parts["accuracy"]) / len(parts["accuracy"])
-        if offline:
-            r = offline_pair_rewards(len(offline), self.hparams.chosen_reward, self.hparams.rejected_reward).flatten()
-            logs["offline/reward_mean"], logs["offline/reward_std"] = r.mean().item(), r.std().item()
-        self.log_dict(logs, prog_bar=False, batch_size=max(1, len(on_records) + 2 * len(offline)))
+        for stream, r in (("online", scored.rewards[:n]), ("offline", scored.rewards[n:])):
+            if len(r):
+                logs[f"{stream}/reward_mean"] = r.mean().item()
+                logs[f"{stream}/reward_std"] = r.std().item() if len(r) > 1 else 0.0
+        if n:
+            logs["online/accuracy"] = sum(scored.parts["accuracy"]) / n
+        self.log_dict(logs, prog_bar=False, batch_size=max(1, len(scored.records)))
         every = self.hparams.sample_table_every
-        if every and self.global_step % every == 0 and on_texts and self.global_rank == 0:
-            rows = [f"  {r['question'][:40]:<40} | {r['answer']:<8} | {t[:30]!r}" for r, t in list(zip(on_records, on_texts))[:8]]
-            self.print(f"step {self.global_step} samples (question | answer | completion):\n" + "\n".join(rows))
+        if every and self.global_step % every == 0 and n and self.global_rank == 0:
+            self._write_samples(scored)
+
+    def _write_samples(self, scored: Scored) -> None:
+        """The sample table: printed, and appended to `samples.jsonl` in the run's log directory."""
+        rows = [{"step": self.global_step, "question": r["question"], "answer": r["answer"], "completion": t,
+                 "reward": float(w), "advantage": float(a)}
+                for r, t, w, a in zip(scored.records, scored.texts, scored.rewards, scored.advantages)][:scored.n_online]
+        self.print(f"step {self.global_step} samples (question | answer | completion | reward):\n" + "\n".join(
+            f"  {x['question'][:40]:<40} | {x['answer']:<8} | {x['completion'][:24]!r:<26} | {x['reward']:+.2f}"
+            for x in rows[:8]))
+        log_dir = self.logger.log_dir if self.logger is not None and self.logger.log_dir else self.trainer.default_root_dir
+        path = Path(log_dir) / "samples.jsonl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a") as f:
+            f.writelines(json.dumps(x) + "\n" for x in rows)
 
     # -------------------------------------------------------------------------------------- validation
     def validation_step(self, batch: list[dict], batch_idx: int) -> None:

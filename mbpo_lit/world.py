@@ -387,6 +387,10 @@ def world_vocabulary(cfg: WorldConfig) -> list[str]:
               for i in range(len(colors))]
     lines += [describe_objects([f"{c} {k}" for c in colors]) for k in kinds]
     lines += [" ".join(_plural(k) for k in kinds)]
+    # Answers stand alone at the start of the assistant turn (no leading space). As their own lines they
+    # become single tokens, as colour words are in real vocabularies; split into pieces ("o", "r", "ange"),
+    # pushing a rejected answer down also broke the spelling of the same word where it was right.
+    lines += list(kinds) + list(colors)
     return lines
 
 

@@ -105,3 +105,37 @@ def test_batches_are_deterministic_by_seed(setup):
     a.setup("fit"), b.setup("fit")
     assert [r["id"] for r in a.train_set[3]["online"]] == [r["id"] for r in b.train_set[3]["online"]]
     assert [r["id"] for r in a.train_set[3]["offline"]] == [r["id"] for r in b.train_set[3]["offline"]]
+
+
+def test_gradient_accumulation_steps_the_optimizer_once_per_n_batches(setup):
+    path, pairs = setup
+    m = module(path, mu=1, beta=0.0, accumulate_grad_batches=2)
+    trainer = L.Trainer(max_steps=2, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        limit_val_batches=0, enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(m, datamodule(pairs))
+    # Two optimizer steps took four batches: one epoch of the 4-batch datamodule.
+    assert trainer.global_step == 2 and trainer.fit_loop.epoch_loop.batch_progress.total.completed == 4
+    with pytest.raises(ValueError, match="accumulate_grad_batches=2 with mu=2"):
+        module(path, mu=2, accumulate_grad_batches=2)
+
+
+def test_score_gives_one_entry_per_sequence_and_the_sample_table_is_written(setup, tmp_path):
+    path, pairs = setup
+    m = module(path, mu=1, beta=0.0, sample_table_every=1)
+    dm = datamodule(pairs, online_per_batch=2, offline_per_batch=1)
+    dm.setup("fit")
+    m.configure_model()
+    scored = m.score(dm.train_set[0])
+    assert len(scored.records) == len(scored.texts) == len(scored.ids) == len(scored.rewards) == 2 * 2 + 2
+    assert [scored.stream(i) for i in range(6)] == ["online"] * 4 + ["offline"] * 2
+    assert [scored.group(i) for i in range(6)] == [0, 0, 1, 1, 2, 2]
+    assert scored.rewards[4:].tolist() == [2.0, 0.0] and scored.advantages[4] > 0 > scored.advantages[5]
+    trainer = L.Trainer(max_steps=2, accelerator="cpu", logger=L.pytorch.loggers.CSVLogger(tmp_path),
+                        enable_checkpointing=False, limit_val_batches=0, enable_progress_bar=False,
+                        enable_model_summary=False)
+    trainer.fit(m, dm)
+    import json
+
+    rows = [json.loads(x) for x in (tmp_path / "lightning_logs" / "version_0" / "samples.jsonl").read_text().splitlines()]
+    assert {r["step"] for r in rows} == {1, 2} and len(rows) == 2 * 2 * 2  # after steps 1, 2: 2 prompts x G=2
+    assert {"question", "answer", "completion", "reward", "advantage"} <= set(rows[0])

@@ -333,3 +333,12 @@ def test_vocabulary_covers_questions_and_answers():
     for r in recs:
         text = f"{r['question']} {r['answer']}".replace("?", " ").replace(".", " ").replace(",", " ")
         assert set(text.split()) <= vocab_words, set(text.split()) - vocab_words
+
+
+def test_answer_words_are_single_tokens_of_a_tokenizer_trained_on_the_vocabulary():
+    from mbpo_lit.tiny import QWEN_SPECIALS, train_tokenizer
+
+    tok = train_tokenizer(QWEN_SPECIALS, 512, world_vocabulary(CFG))
+    # Answers open the assistant turn without a leading space; multi-piece answers ("o", "r", "ange") let a
+    # pushed-down rejected answer break the spelling of the same word elsewhere.
+    assert {w: len(tok.encode(w).ids) for w in CFG.colors + CFG.kinds} == {w: 1 for w in CFG.colors + CFG.kinds}
