@@ -42,11 +42,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mbpo_lit.fit import EMBEDDED_MINING
 from mbpo_lit.stats import summarize
 
 FINAL_METRICS = ("in_prior_accuracy", "counter_prior_accuracy", "gap")
-# The embedded default's mining (as fit.prepare_embedded mines runs/mined-default); variants override it.
-MINE_DEFAULTS: dict[str, Any] = {"n": 512, "method": "pgd", "epsilon": 32.0, "iig_filter": "high", "iig_fraction": 0.5}
+# The embedded default's mining (fit.EMBEDDED_MINING, as fit.prepare_embedded mines); variants override it,
+# and --mine_n sets the number of records.
+MINE_DEFAULTS: dict[str, Any] = dict(EMBEDDED_MINING)
 
 
 @dataclass

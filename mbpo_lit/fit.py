@@ -13,6 +13,7 @@ if absent, trains hybrid GRPO, and evaluates before (adapters disabled) and afte
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sys
@@ -25,11 +26,21 @@ from mbpo_lit.data import HybridDataModule
 from mbpo_lit.module import MBPOModule
 
 EMBEDDED = "embedded"
+# How the embedded default mines its pairs (MineConfig fields; the ablation runner starts from the same).
+# 2,048 train records hold about 220 counter-prior ones; 512 held 45, which left 25 counter-prior pairs.
+EMBEDDED_MINING: dict = {"n": 2048, "method": "pgd", "epsilon": 32.0, "iig_filter": "high", "iig_fraction": 0.5}
 
 
 def recipe(name: str) -> str:
     """Path of a shipped recipe, e.g. recipe("default")."""
     return str(files("mbpo_lit") / "recipes" / f"{name}.yaml")
+
+
+def embedded_pairs_dir(base: str, mined_root: str = "runs") -> Path:
+    """Where the embedded default's pairs are cached: keyed by base model and mining settings, so a rebuilt
+    base model never reuses pairs mined from an older one."""
+    key = hashlib.sha1(json.dumps([str(base), EMBEDDED_MINING], sort_keys=True).encode()).hexdigest()[:8]
+    return Path(mined_root) / f"mined-default-{key}"
 
 
 def prepare_embedded(module: MBPOModule, data: HybridDataModule, mined_root: str = "runs") -> None:
@@ -43,8 +54,7 @@ def prepare_embedded(module: MBPOModule, data: HybridDataModule, mined_root: str
     if module.model_config.name_or_path == EMBEDDED:
         module.model_config.name_or_path = base
     if data.pairs_path == EMBEDDED:
-        mine_cfg = MineConfig(out=str(Path(mined_root) / "mined-default"), model=base, n=512, iig_filter="high",
-                              iig_fraction=0.5)
+        mine_cfg = MineConfig(out=str(embedded_pairs_dir(base, mined_root)), model=base, **EMBEDDED_MINING)
         dataset = Path(mine_cfg.out) / "dataset"
         if not (dataset / "dataset_info.json").is_file():
             run(mine_cfg)

@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 from importlib.resources import files
+from pathlib import Path
 
 import pytest
 
@@ -58,3 +59,11 @@ def test_ddp_on_two_cpu_processes(tiny_job, tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     assert "GLOBAL_RANK: 1, MEMBER: 2/2" in out.stderr + out.stdout  # the second rank joined this run
     assert list(tmp_path.rglob("last.ckpt"))
+
+
+def test_embedded_pairs_are_cached_per_base_model():
+    from mbpo_lit.fit import embedded_pairs_dir
+
+    a, b = embedded_pairs_dir("runs/base/qwen2_5_vl-aaa/model"), embedded_pairs_dir("runs/base/qwen2_5_vl-bbb/model")
+    assert a != b and a.parent == b.parent == Path("runs")
+    assert embedded_pairs_dir("runs/base/qwen2_5_vl-aaa/model") == a
