@@ -1,0 +1,202 @@
+"""`python -m mbpo_lit.bench`: how fast the two hot paths run, in numbers (a benchmark command, not a test).
+
+1. The hybrid GRPO step (`MBPOModule.training_step` under a real Lightning Trainer): wall time per optimizer
+   step, samples/s, generated tokens/s, peak memory, and how many times the vision tower runs per step
+   (counted with a forward hook on the architecture's vision module). With a frozen vision tower every call
+   beyond one per distinct image is recomputation, the waste issue 7 is about.
+2. PGD mining: images/s, and its time relative to the bare forward+backward of the same number of steps on the
+   same batch (PGD adds the projection, the codec and the greedy-match flag on top of that).
+
+TRL's GRPOTrainer is the comparison issue 7 asks for. That side is not written yet, and `trl` is not
+installable on the development machines (no network); it is reported as unavailable rather than guessed. Results print as a table and go
+to `--out` as JSON.
+
+    python -m mbpo_lit.bench --group_size 8 --steps 5
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import lightning as L
+import torch
+
+from mbpo_lit.arch import arch_of
+
+
+@dataclass
+class BenchConfig:
+    """Settings shared by every measured path (each is a command-line option)."""
+
+    model: str | None = None  # a checkpoint directory; None writes the tiny Qwen2.5-VL under runs/checkpoints
+    arch: str = "qwen2_5_vl"
+    quantization: str = "4bit"
+    group_size: int = 8
+    prompts: int = 4  # online prompts per step (no offline pairs: TRL's GRPOTrainer has none)
+    max_new_tokens: int = 8
+    beta: float = 0.04
+    mu: int = 1
+    steps: int = 5  # measured steps, after `warmup` unmeasured ones
+    warmup: int = 1
+    pgd_steps: int = 10
+    pgd_images: int = 8
+    out: str = "runs/bench/bench.json"
+
+
+class _StepTimer(L.Callback):
+    """Wall time of each training batch; the first `warmup` are dropped."""
+
+    def __init__(self):
+        self.times: list[float] = []
+
+    def on_train_batch_start(self, *args):
+        self._t = time.perf_counter()
+
+    def on_train_batch_end(self, *args):
+        self.times.append(time.perf_counter() - self._t)
+
+
+def count_vision_calls(model: torch.nn.Module, arch: str) -> dict[str, int]:
+    """Install a forward hook on the vision module; returns the counters it increments: "calls" and
+    "images" (images encoded: rows of Qwen's grid_thw, or the batch size of LLaVA's pixel_values)."""
+    name = arch_of(arch).vision_modules[0]
+    vision = next(m for n, m in model.named_modules() if n.split(".")[-1] == name)
+    counts = {"calls": 0, "images": 0}
+
+    def hook(module, args, kwargs, output):
+        grid = kwargs.get("grid_thw", args[1] if len(args) > 1 else None)
+        pixels = args[0] if args else kwargs.get("pixel_values", kwargs.get("hidden_states"))
+        counts["calls"] += 1
+        counts["images"] += int(grid.shape[0]) if grid is not None else int(pixels.shape[0])
+
+    vision.register_forward_hook(hook, with_kwargs=True)
+    return counts
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak GPU memory allocated, or the process's peak resident set size on the CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def bench_mbpo(cfg: BenchConfig, path: str) -> dict:
+    """Time `cfg.steps` hybrid GRPO steps of MBPOModule on online prompts of the embedded world."""
+    from mbpo_lit.data import HybridDataModule
+    from mbpo_lit.model import LoraSettings, ModelConfig
+    from mbpo_lit.module import MBPOModule
+    from mbpo_lit.world import WorldConfig
+
+    world = WorldConfig(image_size=112)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    module = MBPOModule(ModelConfig(path, precision="fp32", quantization=cfg.quantization, lora=LoraSettings(r=8, alpha=16),
+                                    device=device),
+                        group_size=cfg.group_size, max_new_tokens=cfg.max_new_tokens, beta=cfg.beta, mu=cfg.mu,
+                        sample_table_every=0, evaluate_after_fit=False, vocabulary=world.colors)
+    data = HybridDataModule(pairs=None, world=world, online_per_batch=cfg.prompts, n_online=256,
+                            batches_per_epoch=cfg.warmup + cfg.steps, val_n=1)
+    module.configure_model()
+    calls, tokens = count_vision_calls(module.model, cfg.arch), [0]
+    rollout = module.rollout
+
+    def counted_rollout(online):
+        out = rollout(online)
+        tokens[0] += sum(len(c) for c in out[1])
+        return out
+
+    module.rollout = counted_rollout
+    timer = _StepTimer()
+    trainer = L.Trainer(max_steps=(cfg.warmup + cfg.steps) * cfg.mu, logger=False, enable_checkpointing=False,
+                        limit_val_batches=0, enable_progress_bar=False, enable_model_summary=False, callbacks=[timer])
+    trainer.fit(module, data)
+    measured = timer.times[cfg.warmup:]
+    per_step = sum(measured) / len(measured)
+    total = cfg.warmup + cfg.steps
+    return {"step_s": per_step, "samples_per_s": cfg.prompts * cfg.group_size / per_step,
+            "generated_tokens_per_s": tokens[0] / total / per_step, "vision_calls_per_step": calls["calls"] / total,
+            "images_encoded_per_step": calls["images"] / total,
+            "distinct_images_per_step": cfg.prompts, "peak_memory_mb": peak_memory_mb(module.device)}
+
+
+def bench_trl(cfg: BenchConfig, path: str) -> dict:
+    """TRL's GRPOTrainer on the same settings, if TRL is installed."""
+    try:
+        import trl
+    except ImportError:
+        return {"unavailable": "trl is not installed"}
+    return {"unavailable": f"trl {trl.__version__} is installed, but the TRL side is not written yet (issue 7)"}
+
+
+def bench_pgd(cfg: BenchConfig, path: str) -> dict:
+    """PGD images/s and its time over the bare forward+backward of the same steps on the same batch."""
+    from mbpo_lit.chat import answer_token_ids, encode_prompts
+    from mbpo_lit.logprobs import completion_logprobs
+    from mbpo_lit.attack import pgd
+    from mbpo_lit.mine import MineConfig, Miner
+    from mbpo_lit.model import ModelConfig, load_policy
+    from mbpo_lit.world import WorldConfig, build_records
+
+    world = WorldConfig(image_size=112)
+    policy = load_policy(ModelConfig(path, precision="fp32", quantization="none", lora=None))
+    miner = Miner(policy.model, policy.processor, MineConfig(steps=cfg.pgd_steps, early_stop=False), world)
+    records = build_records(world, "train", cfg.pgd_images)
+    prompts = encode_prompts(policy.processor, [r["question"] for r in records], [r["image"] for r in records])
+    ids = answer_token_ids(policy.processor, [r["answer"] for r in records])
+    clean = torch.stack(miner.codec.raw_images(prompts)).to(miner.device)
+    objective = miner.objective(prompts, ids)
+    t = time.perf_counter()
+    pgd(objective, clean, 32 / 255, 4 / 255, cfg.pgd_steps, True, "linf", False)
+    pgd_s = time.perf_counter() - t
+    from mbpo_lit.chat import append_completions
+
+    batch, mask = append_completions(prompts, ids, policy.processor.tokenizer.pad_token_id)
+    pixels = batch["pixel_values"].clone().requires_grad_(True)
+    t = time.perf_counter()
+    for _ in range(cfg.pgd_steps):
+        completion_logprobs(policy.model, dict(batch, pixel_values=pixels), mask).sum().backward()
+    bare_s = time.perf_counter() - t
+    return {"images_per_s": cfg.pgd_images / pgd_s, "pgd_s": pgd_s, "bare_forward_backward_s": bare_s,
+            "overhead_ratio": pgd_s / bare_s}
+
+
+def run(cfg: BenchConfig) -> dict:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    path = cfg.model
+    if path is None:
+        from mbpo_lit.tiny import TinySpec, ensure_tiny_checkpoint
+
+        path = str(ensure_tiny_checkpoint(cfg.arch, "runs/checkpoints/bench", TinySpec(image_size=112)))
+    results = {"config": asdict(cfg), "device": "cuda" if torch.cuda.is_available() else "cpu",
+               "mbpo_lit": bench_mbpo(cfg, path), "trl": bench_trl(cfg, path), "pgd": bench_pgd(cfg, path)}
+    out = Path(cfg.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2))
+    return results
+
+
+def format_results(results: dict) -> str:
+    lines = [f"{'path':<10} {'metric':<26} value"]
+    for side in ("mbpo_lit", "trl", "pgd"):
+        for k, v in results[side].items():
+            lines.append(f"{side:<10} {k:<26} {v:.3f}" if isinstance(v, float) else f"{side:<10} {k:<26} {v}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    from jsonargparse import ArgumentParser
+
+    parser = ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_class_arguments(BenchConfig)
+    cfg = BenchConfig(**parser.parse_args(argv).as_dict())
+    results = run(cfg)
+    print(format_results(results))
+    print(f"results: {cfg.out}")
+
+
+if __name__ == "__main__":
+    main()
