@@ -90,9 +90,9 @@ def bench_mbpo(cfg: BenchConfig, path: str) -> dict:
     from mbpo_lit.data import HybridDataModule
     from mbpo_lit.model import LoraSettings, ModelConfig
     from mbpo_lit.module import MBPOModule
-    from mbpo_lit.world import WorldConfig
+    from mbpo_lit.warmstart import default_world
 
-    world = WorldConfig(image_size=112)
+    world = default_world()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     module = MBPOModule(ModelConfig(path, precision="fp32", quantization=cfg.quantization, lora=LoraSettings(r=8, alpha=16),
                                     device=device),
@@ -134,14 +134,15 @@ def bench_trl(cfg: BenchConfig, path: str) -> dict:
 
 def bench_pgd(cfg: BenchConfig, path: str) -> dict:
     """PGD images/s and its time over the bare forward+backward of the same steps on the same batch."""
-    from mbpo_lit.chat import answer_token_ids, encode_prompts
-    from mbpo_lit.logprobs import completion_logprobs
     from mbpo_lit.attack import pgd
+    from mbpo_lit.chat import answer_token_ids, append_completions, encode_prompts
+    from mbpo_lit.logprobs import completion_logprobs
     from mbpo_lit.mine import MineConfig, Miner
     from mbpo_lit.model import ModelConfig, load_policy
-    from mbpo_lit.world import WorldConfig, build_records
+    from mbpo_lit.warmstart import default_world
+    from mbpo_lit.world import build_records
 
-    world = WorldConfig(image_size=112)
+    world = default_world()
     policy = load_policy(ModelConfig(path, precision="fp32", quantization="none", lora=None))
     miner = Miner(policy.model, policy.processor, MineConfig(steps=cfg.pgd_steps, early_stop=False), world)
     records = build_records(world, "train", cfg.pgd_images)
@@ -152,8 +153,6 @@ def bench_pgd(cfg: BenchConfig, path: str) -> dict:
     t = time.perf_counter()
     pgd(objective, clean, 32 / 255, 4 / 255, cfg.pgd_steps, True, "linf", False)
     pgd_s = time.perf_counter() - t
-    from mbpo_lit.chat import append_completions
-
     batch, mask = append_completions(prompts, ids, policy.processor.tokenizer.pad_token_id)
     pixels = batch["pixel_values"].clone().requires_grad_(True)
     t = time.perf_counter()

@@ -66,6 +66,13 @@ class LossParts:
     ratio_mean: torch.Tensor
 
 
+def clipped_tokens(ratio: torch.Tensor, advantages: torch.Tensor, eps_low: float, eps_high: float) -> torch.Tensor:
+    """Bool [sequences, tokens]: where the surrogate's min picks the clipped term (no gradient flows there).
+    `advantages` is [sequences]."""
+    adv = advantages.unsqueeze(1).to(ratio.dtype)
+    return torch.clamp(ratio, 1 - eps_low, 1 + eps_high) * adv < ratio * adv
+
+
 def grpo_loss(
     logp: torch.Tensor,
     old_logp: torch.Tensor,
@@ -97,7 +104,7 @@ def grpo_loss(
     loss = policy_loss + beta * kl if beta != 0 else policy_loss
     with torch.no_grad():
         m = mask.bool()
-        was_clipped = (clipped < unclipped) & m  # the min picked the clipped term: no gradient there
+        was_clipped = clipped_tokens(ratio, advantages, eps_low, eps_high) & m
         clip_fraction = was_clipped.sum() / m.sum().clamp(min=1)
         ratio_mean = (ratio * m).sum() / m.sum().clamp(min=1)
     return LossParts(loss, policy_loss.detach(), kl.detach(), clip_fraction, ratio_mean)

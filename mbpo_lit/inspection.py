@@ -14,13 +14,14 @@ The notebooks only call these and draw; the maths lives in the library modules t
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
 
 from mbpo_lit.attack import pgd, random_perturbation
 from mbpo_lit.chat import answer_token_ids, encode_prompts
-from mbpo_lit.grpo import grpo_loss
+from mbpo_lit.grpo import clipped_tokens, grpo_loss
 from mbpo_lit.iig import image_information_gain
 from mbpo_lit.logprobs import completion_logprobs
 from mbpo_lit.mine import MineConfig, Miner
@@ -117,8 +118,7 @@ def step_groups(module, batch: dict, update: bool = True) -> list[dict]:
     with torch.no_grad():
         new = completion_logprobs(module.model, seq, mask)
     ratio = torch.exp(new - old)
-    a = advantages.to(ratio.device).unsqueeze(1)
-    clipped = (torch.clamp(ratio, 1 - hp.eps_low, 1 + hp.eps_high) * a < ratio * a) & m
+    clipped = clipped_tokens(ratio, advantages.to(ratio.device), hp.eps_low, hp.eps_high) & m
     tokens = m.sum(1).clamp(min=1)
     for i, row in enumerate(rows):
         row["ratio"] = float((ratio[i] * m[i]).sum() / tokens[i])
@@ -131,10 +131,7 @@ def reward_samples(module, batches: Sequence[dict], reference: bool = False) -> 
     updating; `reference` samples the online stream from the adapter-disabled base policy instead."""
     out: dict[str, list[float]] = {"online": [], "offline": []}
     for batch in batches:
-        if reference:
-            with reference_mode(module.model):
-                rows = step_groups(module, batch, update=False)
-        else:
+        with reference_mode(module.model) if reference else nullcontext():
             rows = step_groups(module, batch, update=False)
         for row in rows:
             out[row["stream"]].append(row["reward"])
