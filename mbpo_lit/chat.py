@@ -97,6 +97,17 @@ def encode_prompts(
     return batch
 
 
+def pad_right(completions: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Completion token ids right-padded to the longest, and their mask: both [rows, longest]."""
+    width = max((len(c) for c in completions), default=0)
+    ids = torch.full((len(completions), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(completions), width), dtype=torch.bool)
+    for i, c in enumerate(completions):
+        ids[i, : len(c)] = torch.as_tensor(list(c), dtype=torch.long)
+        mask[i, : len(c)] = True
+    return ids, mask
+
+
 def append_completions(
     batch: BatchFeature, completions: Sequence[Sequence[int]], pad_id: int
 ) -> tuple[BatchFeature, torch.Tensor]:
@@ -105,21 +116,16 @@ def append_completions(
     Returns the extended batch and a mask over the completion positions of `input_ids`. The prompt part is
     unchanged, so the forward pass sees the exact context that generation saw (same positions, same M-RoPE).
     """
-    n = len(completions)
-    width = max((len(c) for c in completions), default=0)
-    ids = torch.full((n, width), pad_id, dtype=batch["input_ids"].dtype)
-    mask = torch.zeros((n, width), dtype=batch["attention_mask"].dtype)
-    for i, c in enumerate(completions):
-        ids[i, : len(c)] = torch.as_tensor(list(c), dtype=ids.dtype)
-        mask[i, : len(c)] = 1
+    ids, mask = pad_right(completions, pad_id)
+    prompt_ids, prompt_mask = batch["input_ids"], batch["attention_mask"]
+    ids, mask = ids.to(prompt_ids.device, prompt_ids.dtype), mask.to(prompt_mask.device, prompt_mask.dtype)
     out = BatchFeature(dict(batch))
-    out["input_ids"] = torch.cat([batch["input_ids"], ids.to(batch["input_ids"].device)], dim=1)
-    out["attention_mask"] = torch.cat([batch["attention_mask"], mask.to(batch["attention_mask"].device)], dim=1)
+    out["input_ids"] = torch.cat([prompt_ids, ids], dim=1)
+    out["attention_mask"] = torch.cat([prompt_mask, mask], dim=1)
     if "mm_token_type_ids" in batch:  # Qwen marks image positions; completions are text
-        zeros = torch.zeros_like(ids, dtype=batch["mm_token_type_ids"].dtype, device=batch["mm_token_type_ids"].device)
-        out["mm_token_type_ids"] = torch.cat([batch["mm_token_type_ids"], zeros], dim=1)
-    completion_mask = torch.cat([torch.zeros_like(batch["attention_mask"]), mask.to(batch["attention_mask"].device)], 1)
-    return out, completion_mask.bool()
+        types = batch["mm_token_type_ids"]
+        out["mm_token_type_ids"] = torch.cat([types, torch.zeros_like(ids, dtype=types.dtype, device=types.device)], 1)
+    return out, torch.cat([torch.zeros_like(prompt_mask), mask], 1).bool()
 
 
 def answer_token_ids(processor: ProcessorMixin, answers: Sequence[str]) -> list[list[int]]:

@@ -8,7 +8,7 @@ The notebooks only call these and draw; the maths lives in the library modules t
 - `step_groups`: one hybrid-GRPO batch laid out group by group: completions, rewards (and their parts),
   advantages, and, after one optimizer step on that very rollout, the importance ratios and which tokens the
   clipped surrogate would clip (what a second inner iteration, mu = 2, sees). It composes the public pieces
-  of `MBPOModule` (rollout, rewards, sequence_batch) with grpo.py, mirroring `MBPOModule.training_step`.
+  of `MBPOModule` (score, logprobs) with grpo.py, mirroring `MBPOModule.training_step`.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ from mbpo_lit.attack import pgd, random_perturbation
 from mbpo_lit.chat import answer_token_ids, encode_prompts
 from mbpo_lit.grpo import clipped_tokens, grpo_loss
 from mbpo_lit.iig import image_information_gain
-from mbpo_lit.logprobs import completion_logprobs
 from mbpo_lit.mine import MineConfig, Miner
 from mbpo_lit.model import reference_mode, trainable_parameters
 from mbpo_lit.world import WorldConfig, build_records
@@ -103,20 +102,18 @@ def step_groups(module, batch: dict, update: bool = True) -> list[dict]:
         rows.append(row)
     if not update:
         return rows
-    seq, mask = module.sequence_batch(scored.records, scored.ids)
     with torch.no_grad():
-        old = completion_logprobs(module.model, seq, mask)
-    m = mask[:, -old.shape[1]:]
+        old, m = module.logprobs(scored)
     params = list(trainable_parameters(module.model).values())
     opt = torch.optim.AdamW(params, lr=hp.lr, weight_decay=hp.weight_decay)
-    logp = completion_logprobs(module.model, seq, mask)
+    logp, _ = module.logprobs(scored)
     grpo_loss(logp, old, advantages.to(logp.device), m, None, 0.0, hp.eps_low, hp.eps_high, hp.aggregation,
               hp.max_new_tokens).loss.backward()
     torch.nn.utils.clip_grad_norm_(params, hp.max_grad_norm)
     opt.step()
     opt.zero_grad()
     with torch.no_grad():
-        new = completion_logprobs(module.model, seq, mask)
+        new, _ = module.logprobs(scored)
     ratio = torch.exp(new - old)
     clipped = clipped_tokens(ratio, advantages.to(ratio.device), hp.eps_low, hp.eps_high) & m
     tokens = m.sum(1).clamp(min=1)

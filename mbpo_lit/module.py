@@ -3,7 +3,8 @@
 `training_step` is the algorithm: roll out (sample G completions per online prompt; take chosen and
 rejected for each offline pair), score (verified rewards online, 2 / 0 offline), advantages (group-relative),
 loss (clipped surrogate + KL to the adapter-disabled reference), repeated for `mu` inner iterations over the
-same rollout. The model is built in `configure_model`, so `--help` and `--print_config` stay fast, and
+same rollout. By default each distinct image is encoded once per step and each prompt prefilled once for all
+its completions (`share_prefix`, see prefix.py); the result is the same as one row per completion. The model is built in `configure_model`, so `--help` and `--print_config` stay fast, and
 checkpoints hold only what trains (the LoRA weights) and the optimizer state.
 """
 
@@ -19,6 +20,7 @@ import torch
 from torchmetrics import MeanMetric
 
 from mbpo_lit.answers import is_correct
+from mbpo_lit import prefix
 from mbpo_lit.chat import answer_token_ids, append_completions, encode_prompts, vision_token_ids
 from mbpo_lit.grpo import LossParts, group_advantages, grpo_loss, offline_pair_rewards
 from mbpo_lit.logprobs import completion_logprobs
@@ -43,6 +45,13 @@ class Scored:
     parts: dict[str, list[float]]  # the online rewards' components (accuracy, format, length)
     n_online: int
     group_size: int
+    prompts: prefix.Prompts | None = None  # the step's distinct prompts, online then offline (share_prefix)
+
+    @property
+    def repeats(self) -> list[int]:
+        """Sequences per distinct prompt: G for each online prompt, then 2 (chosen, rejected) per pair."""
+        n_offline = (len(self.records) - self.n_online) // 2
+        return [self.group_size] * (self.n_online // self.group_size) + [2] * n_offline
 
     def stream(self, i: int) -> str:
         return "online" if i < self.n_online else "offline"
@@ -63,7 +72,8 @@ class MBPOModule(L.LightningModule):
         temperature, top_p, max_new_tokens: sampling of the online rollout.
         beta: KL weight; 0 skips the reference pass entirely.
         eps_low, eps_high: clipping range of the importance ratio (DAPO's clip-higher: eps_high > eps_low).
-        mu: optimisation passes over one rollout (1: on-policy, ratio 1).
+        mu: optimisation passes over one rollout (1: on-policy, ratio 1). The old policy's log-probs are the
+            first pass's, detached: the weights have not moved yet, so no separate pass is needed.
         scale_std: divide advantages by the group std (False: Dr. GRPO).
         aggregation: "grpo" (per-sequence mean), "dapo" (token mean), "dr_grpo" (constant normaliser).
         chosen_reward, rejected_reward: rewards of an offline pair (MBPO: 2 and 0).
@@ -74,6 +84,9 @@ class MBPOModule(L.LightningModule):
             manual optimization (needed here for mu), so both live on the module.
         sample_table_every: every N steps, print a table of sample completions and append them to
             `samples.jsonl` in the log directory (0: never).
+        share_prefix: encode each distinct image once per step and prefill each prompt once for all its
+            completions (prefix.py). False runs one row per completion through the whole model in every pass:
+            the same numbers, slower; kept as the reference the tests and `python -m mbpo_lit.bench` compare to.
         evaluate_after_fit, evaluate_n: after `python -m mbpo_lit.fit`, evaluate base (adapters disabled)
             and trained policy on the world's eval splits, `evaluate_n` records each.
     """
@@ -101,6 +114,7 @@ class MBPOModule(L.LightningModule):
         max_grad_norm: float = 1.0,
         accumulate_grad_batches: int = 1,
         sample_table_every: int = 50,
+        share_prefix: bool = True,
         evaluate_after_fit: bool = True,
         evaluate_n: int = 200,
     ):
@@ -135,6 +149,8 @@ class MBPOModule(L.LightningModule):
             cfg.device = str(self.trainer.strategy.root_device)
         self.policy = load_policy(cfg)
         self.model = self.policy.model  # registered as a submodule, so Lightning moves and saves it
+        if self.hparams.share_prefix:
+            prefix.check_frozen_vision(self.model, self.policy.arch)
 
     @property
     def processor(self):
@@ -163,19 +179,27 @@ class MBPOModule(L.LightningModule):
         return out
 
     @torch.no_grad()
-    def rollout(self, online: list[dict]) -> tuple[list[dict], list[list[int]], list[str]]:
-        """G sampled completions per online prompt: (records repeated G times, token ids, texts)."""
+    def rollout(self, online: list[dict], prompts: prefix.Prompts | None = None) -> tuple[list[dict], list[list[int]], list[str]]:
+        """G sampled completions per online prompt: (records repeated G times, token ids, texts).
+
+        With `prompts` (the online prompts, already encoded) each prompt is prefilled once for its G samples;
+        without, `generate` runs on G copies of each prompt.
+        """
         if not online:
             return [], [], []
-        g, p = self.hparams.group_size, self.processor
-        batch = encode_prompts(p, [r["question"] for r in online], [r["image"] for r in online],
-                               record_ids=[r.get("id") for r in online]).to(self.device)
+        g, p, hp = self.hparams.group_size, self.processor, self.hparams
         self.model.eval()
-        ids = self.model.generate(**batch, do_sample=True, num_return_sequences=g, max_new_tokens=self.hparams.max_new_tokens,
-                                  temperature=self.hparams.temperature, top_p=self.hparams.top_p, top_k=None,
-                                  suppress_tokens=vision_token_ids(p))
+        if prompts is not None:
+            completions = prefix.sample(self.model, prompts, g, hp.max_new_tokens, p.tokenizer.eos_token_id,
+                                        hp.temperature, hp.top_p, suppress=vision_token_ids(p))
+        else:
+            batch = encode_prompts(p, [r["question"] for r in online], [r["image"] for r in online],
+                                   record_ids=[r.get("id") for r in online]).to(self.device)
+            ids = self.model.generate(**batch, do_sample=True, num_return_sequences=g, max_new_tokens=hp.max_new_tokens,
+                                      temperature=hp.temperature, top_p=hp.top_p, top_k=None,
+                                      suppress_tokens=vision_token_ids(p))
+            completions = self._cut(ids[:, batch["input_ids"].shape[1]:])
         self.model.train()
-        completions = self._cut(ids[:, batch["input_ids"].shape[1]:])
         texts = p.batch_decode(completions, skip_special_tokens=True)
         return [r for r in online for _ in range(g)], completions, texts
 
@@ -186,12 +210,31 @@ class MBPOModule(L.LightningModule):
         batch, mask = append_completions(batch, completions, p.tokenizer.pad_token_id)
         return batch.to(self.device), mask.to(self.device)
 
+    def logprobs(self, scored: Scored) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-token log-probs of every sequence's completion under the current weights, and their mask
+        ([sequences, longest completion] each). Gradients flow unless called under `torch.no_grad`."""
+        pad = self.processor.tokenizer.pad_token_id
+        if scored.prompts is None:
+            seq, mask = self.sequence_batch(scored.records, scored.ids)
+            logp = completion_logprobs(self.model, seq, mask)
+            return logp, mask[:, -logp.shape[1]:]
+        if self.model_config.gradient_checkpointing and torch.is_grad_enabled():
+            # Checkpointed layers drop the KV cache while training (transformers), so the prompt cannot be
+            # shared: one row per completion, the image features still reused.
+            return prefix.rowwise_logprobs(self.model, scored.prompts, scored.ids, scored.repeats, pad)
+        return prefix.completion_logprobs(self.model, scored.prompts, scored.ids, scored.repeats, pad)
+
     # ---------------------------------------------------------------------------------------- training
     def score(self, batch: dict) -> Scored:
         """Steps 1-3 of a training step, without touching the weights: roll out, score, advantages."""
         hp = self.hparams
         online, offline = batch["online"], batch["offline"]
-        on_records, on_ids, on_texts = self.rollout(online)
+        prompts = None
+        if hp.share_prefix:  # one tokenization and one vision-tower call for the step's distinct prompts
+            records = online + offline
+            prompts = prefix.encode(self.model, self.processor, [r["question"] for r in records],
+                                    [r["image"] for r in records], [r.get("id") for r in records])
+        on_records, on_ids, on_texts = self.rollout(online, prompts.take(range(len(online))) if prompts is not None else None)
         off_records = [r for r in offline for _ in range(2)]
         off_texts = [t for r in offline for t in (r["answer"], r["rejected"])]
         on_rewards, parts = compose(self.rewards, on_texts, on_records) if on_records else ([], {})
@@ -208,29 +251,26 @@ class MBPOModule(L.LightningModule):
             records=on_records + off_records, texts=on_texts + off_texts,
             ids=on_ids + answer_token_ids(self.processor, off_texts), rewards=torch.cat(rewards),
             advantages=torch.cat(adv), parts=parts, n_online=len(on_records), group_size=hp.group_size,
+            prompts=prompts,
         )
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         hp = self.hparams
         # 1-3. Roll out (G samples per online prompt; chosen and rejected per offline pair), score, advantages.
         scored = self.score(batch)
-        seq, mask = self.sequence_batch(scored.records, scored.ids)
         advantages = scored.advantages.to(self.device)
         # 4. Loss, mu times over the same rollout.
-        old = None
-        if hp.mu > 1:
-            with torch.no_grad():
-                old = completion_logprobs(self.model, seq, mask)
         ref = None
         if hp.beta != 0:
             with reference_mode(self.model):
-                ref = completion_logprobs(self.model, seq, mask)
-        opt = self.optimizers()
+                ref, _ = self.logprobs(scored)
+        opt, old = self.optimizers(), None
         for _ in range(hp.mu):
-            logp = completion_logprobs(self.model, seq, mask)
-            m = mask[:, -logp.shape[1]:]
-            out = grpo_loss(logp, old if old is not None else logp.detach(), advantages, m, ref, hp.beta,
-                            hp.eps_low, hp.eps_high, hp.aggregation, hp.max_new_tokens)
+            logp, mask = self.logprobs(scored)
+            if old is None:  # the weights that sampled the rollout: the first pass's, before any update
+                old = logp.detach()
+            out = grpo_loss(logp, old, advantages, mask, ref, hp.beta, hp.eps_low, hp.eps_high, hp.aggregation,
+                            hp.max_new_tokens)
             if not torch.isfinite(out.loss):
                 raise FloatingPointError(
                     f"non-finite GRPO loss ({out.loss.item()}) at step {self.global_step}; training stopped. "
