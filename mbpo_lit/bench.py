@@ -1,15 +1,17 @@
 """`python -m mbpo_lit.bench`: how fast the two hot paths run, in numbers (a benchmark command, not a test).
 
-1. The hybrid GRPO step (`MBPOModule.training_step` under a real Lightning Trainer): wall time per optimizer
-   step, samples/s, generated tokens/s, peak memory, and how many times the vision tower runs per step
-   (counted with a forward hook on the architecture's vision module). With a frozen vision tower every call
-   beyond one per distinct image is recomputation, the waste issue 7 is about.
+1. The hybrid GRPO step (`MBPOModule.training_step` under a real Lightning Trainer), twice on the same
+   settings: as shipped (`share_prefix=True`: each distinct image encoded once per step, each prompt prefilled
+   once for its completions; prefix.py) and "rowwise" (`share_prefix=False`: one row per completion, every
+   pass from pixels, the layout of TRL's GRPOTrainer). For each: wall time per optimizer step, samples/s,
+   generated tokens/s, peak memory, and the vision tower's calls and images encoded per step (a forward hook
+   on the architecture's vision module). Each side runs in its own process, so the peak memory is its own.
 2. PGD mining: images/s, and its time relative to the bare forward+backward of the same number of steps on the
    same batch (PGD adds the projection, the codec and the greedy-match flag on top of that).
 
-TRL's GRPOTrainer is the comparison issue 7 asks for. That side is not written yet, and `trl` is not
-installable on the development machines (no network); it is reported as unavailable rather than guessed. Results print as a table and go
-to `--out` as JSON.
+TRL's GRPOTrainer itself is the comparison issue 7 asks for; `trl` is not installable on the development
+machines (no network), so that side reports "unavailable" rather than a guess. Results print as a table with
+the ratios and go to `--out` as JSON.
 
     python -m mbpo_lit.bench --group_size 8 --steps 5
 """
@@ -17,6 +19,7 @@ to `--out` as JSON.
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import resource
 import time
@@ -36,6 +39,7 @@ class BenchConfig:
     model: str | None = None  # a checkpoint directory; None writes the tiny Qwen2.5-VL under runs/checkpoints
     arch: str = "qwen2_5_vl"
     quantization: str = "4bit"
+    precision: str = "fp32"  # bf16 for GPU runs
     group_size: int = 8
     prompts: int = 4  # online prompts per step (no offline pairs: TRL's GRPOTrainer has none)
     max_new_tokens: int = 8
@@ -85,7 +89,7 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def bench_mbpo(cfg: BenchConfig, path: str) -> dict:
+def bench_mbpo(cfg: BenchConfig, path: str, share_prefix: bool = True) -> dict:
     """Time `cfg.steps` hybrid GRPO steps of MBPOModule on online prompts of the embedded world."""
     from mbpo_lit.data import HybridDataModule
     from mbpo_lit.model import LoraSettings, ModelConfig
@@ -94,18 +98,19 @@ def bench_mbpo(cfg: BenchConfig, path: str) -> dict:
 
     world = default_world()
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    module = MBPOModule(ModelConfig(path, precision="fp32", quantization=cfg.quantization, lora=LoraSettings(r=8, alpha=16),
+    module = MBPOModule(ModelConfig(path, precision=cfg.precision, quantization=cfg.quantization, lora=LoraSettings(r=8, alpha=16),
                                     device=device),
                         group_size=cfg.group_size, max_new_tokens=cfg.max_new_tokens, beta=cfg.beta, mu=cfg.mu,
-                        sample_table_every=0, evaluate_after_fit=False, vocabulary=world.colors)
+                        sample_table_every=0, evaluate_after_fit=False, vocabulary=world.colors,
+                        share_prefix=share_prefix)
     data = HybridDataModule(pairs=None, world=world, online_per_batch=cfg.prompts, n_online=256,
                             batches_per_epoch=cfg.warmup + cfg.steps, val_n=1)
     module.configure_model()
     calls, tokens = count_vision_calls(module.model, cfg.arch), [0]
     rollout = module.rollout
 
-    def counted_rollout(online):
-        out = rollout(online)
+    def counted_rollout(*args):
+        out = rollout(*args)
         tokens[0] += sum(len(c) for c in out[1])
         return out
 
@@ -143,24 +148,57 @@ def bench_pgd(cfg: BenchConfig, path: str) -> dict:
     from mbpo_lit.world import build_records
 
     world = default_world()
-    policy = load_policy(ModelConfig(path, precision="fp32", quantization="none", lora=None))
+    policy = load_policy(ModelConfig(path, precision=cfg.precision, quantization="none", lora=None))
     miner = Miner(policy.model, policy.processor, MineConfig(steps=cfg.pgd_steps, early_stop=False), world)
     records = build_records(world, "train", cfg.pgd_images)
     prompts = encode_prompts(policy.processor, [r["question"] for r in records], [r["image"] for r in records])
     ids = answer_token_ids(policy.processor, [r["answer"] for r in records])
     clean = torch.stack(miner.codec.raw_images(prompts)).to(miner.device)
     objective = miner.objective(prompts, ids)
-    t = time.perf_counter()
-    pgd(objective, clean, 32 / 255, 4 / 255, cfg.pgd_steps, True, "linf", False)
-    pgd_s = time.perf_counter() - t
     batch, mask = append_completions(prompts, ids, policy.processor.tokenizer.pad_token_id)
     pixels = batch["pixel_values"].clone().requires_grad_(True)
-    t = time.perf_counter()
-    for _ in range(cfg.pgd_steps):
-        completion_logprobs(policy.model, dict(batch, pixel_values=pixels), mask).sum().backward()
-    bare_s = time.perf_counter() - t
+
+    def attack():
+        pgd(objective, clean, 32 / 255, 4 / 255, cfg.pgd_steps, True, "linf", False)
+
+    def bare():
+        for _ in range(cfg.pgd_steps):
+            completion_logprobs(policy.model, dict(batch, pixel_values=pixels), mask).sum().backward()
+
+    def seconds(fn) -> float:
+        t = time.perf_counter()
+        fn()
+        return time.perf_counter() - t
+
+    # One untimed step warms up the kernels and allocator; then each is timed twice, interleaved, best kept,
+    # so that neither side pays for the other's warm-up or for a burst of background load.
+    completion_logprobs(policy.model, dict(batch, pixel_values=pixels), mask).sum().backward()
+    times = [(seconds(attack), seconds(bare)) for _ in range(2)]
+    pgd_s, bare_s = min(t[0] for t in times), min(t[1] for t in times)
     return {"images_per_s": cfg.pgd_images / pgd_s, "pgd_s": pgd_s, "bare_forward_backward_s": bare_s,
             "overhead_ratio": pgd_s / bare_s}
+
+
+def _isolated(fn, *args) -> dict:
+    """`fn(*args)` in a fresh process, so that its peak memory (RSS on the CPU) is its own."""
+    if torch.cuda.is_available():  # CUDA keeps its own peak counter; no fork after CUDA initialisation
+        torch.cuda.reset_peak_memory_stats()
+        return fn(*args)
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        return pool.apply(fn, args)
+
+
+def ratios(results: dict) -> dict:
+    """The numbers issue 7 sets targets on, as ratios (a side that did not run gives "unavailable")."""
+    fast, rowwise, trl = results["mbpo_lit"], results["rowwise"], results["trl"]
+    return {
+        "step_time_vs_rowwise": fast["step_s"] / rowwise["step_s"],
+        "step_time_vs_trl": fast["step_s"] / trl["step_s"] if "step_s" in trl else "unavailable",
+        "images_encoded_per_distinct_image": fast["images_encoded_per_step"] / fast["distinct_images_per_step"],
+        "rowwise_images_encoded_per_distinct_image":
+            rowwise["images_encoded_per_step"] / rowwise["distinct_images_per_step"],
+        "pgd_overhead_vs_bare_forward_backward": results["pgd"]["overhead_ratio"],
+    }
 
 
 def run(cfg: BenchConfig) -> dict:
@@ -171,7 +209,9 @@ def run(cfg: BenchConfig) -> dict:
 
         path = str(ensure_tiny_checkpoint(cfg.arch, "runs/checkpoints/bench", TinySpec(image_size=112)))
     results = {"config": asdict(cfg), "device": "cuda" if torch.cuda.is_available() else "cpu",
-               "mbpo_lit": bench_mbpo(cfg, path), "trl": bench_trl(cfg, path), "pgd": bench_pgd(cfg, path)}
+               "mbpo_lit": _isolated(bench_mbpo, cfg, path, True), "rowwise": _isolated(bench_mbpo, cfg, path, False),
+               "trl": bench_trl(cfg, path), "pgd": _isolated(bench_pgd, cfg, path)}
+    results["ratios"] = ratios(results)
     out = Path(cfg.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2))
@@ -179,10 +219,10 @@ def run(cfg: BenchConfig) -> dict:
 
 
 def format_results(results: dict) -> str:
-    lines = [f"{'path':<10} {'metric':<26} value"]
-    for side in ("mbpo_lit", "trl", "pgd"):
+    lines = [f"{'path':<10} {'metric':<42} value"]
+    for side in ("mbpo_lit", "rowwise", "trl", "pgd", "ratios"):
         for k, v in results[side].items():
-            lines.append(f"{side:<10} {k:<26} {v:.3f}" if isinstance(v, float) else f"{side:<10} {k:<26} {v}")
+            lines.append(f"{side:<10} {k:<42} {v:.3f}" if isinstance(v, float) else f"{side:<10} {k:<42} {v}")
     return "\n".join(lines)
 
 
