@@ -8,6 +8,8 @@
    on the architecture's vision module). Each side runs in its own process, so the peak memory is its own.
 2. PGD mining: images/s, and its time relative to the bare forward+backward of the same number of steps on the
    same batch (PGD adds the projection, the codec and the greedy-match flag on top of that).
+3. Padding: the share of prompt tokens that are padding in batches of mixed image sizes, drawn plainly and
+   with length grouping (`HybridDataModule(length_group_batches=...)`).
 
 TRL's GRPOTrainer itself is the comparison issue 7 asks for; `trl` is not installable on the development
 machines (no network), so that side reports "unavailable" rather than a guess. Results print as a table with
@@ -170,13 +172,40 @@ def bench_pgd(cfg: BenchConfig, path: str) -> dict:
         fn()
         return time.perf_counter() - t
 
-    # One untimed step warms up the kernels and allocator; then each is timed twice, interleaved, best kept,
+    # One untimed step warms up the kernels and allocator; then each is timed three times, interleaved, best kept,
     # so that neither side pays for the other's warm-up or for a burst of background load.
     completion_logprobs(policy.model, dict(batch, pixel_values=pixels), mask).sum().backward()
-    times = [(seconds(attack), seconds(bare)) for _ in range(2)]
+    times = [(seconds(attack), seconds(bare)) for _ in range(3)]
     pgd_s, bare_s = min(t[0] for t in times), min(t[1] for t in times)
     return {"images_per_s": cfg.pgd_images / pgd_s, "pgd_s": pgd_s, "bare_forward_backward_s": bare_s,
             "overhead_ratio": pgd_s / bare_s}
+
+
+def bench_padding(cfg: BenchConfig, path: str, batches: int = 32, group: int = 16) -> dict:
+    """Share of prompt tokens that are padding, in batches of `cfg.prompts` world prompts whose images come
+    in four sizes (112-280 px, as a dataset of mixed resolutions), drawn plainly and length-grouped."""
+    from mbpo_lit.arch import load_processor
+    from mbpo_lit.chat import encode_prompts
+    from mbpo_lit.data import HybridBatches
+    from mbpo_lit.warmstart import default_world
+    from mbpo_lit.world import build_records
+
+    processor = load_processor(path, cfg.arch)
+    sizes = (112, 168, 224, 280)
+    if hasattr(processor.image_processor, "merge_size"):  # Qwen-VL: keep each image's resolution, as the 7B
+        processor.image_processor.size = {"shortest_edge": 56 * 56, "longest_edge": 280 * 280}  # processors do
+    records = [dict(r, image=r["image"].resize((sizes[i % 4],) * 2))
+               for i, r in enumerate(build_records(default_world(), "train", 256))]
+    out = {}
+    for name, m in (("plain", 1), ("length_grouped", group)):
+        data = HybridBatches([], records, 0, cfg.prompts, batches, seed=0, group_batches=m)
+        pad = total = 0
+        for i in range(batches):
+            online = data[i]["online"]
+            mask = encode_prompts(processor, [r["question"] for r in online], [r["image"] for r in online])["attention_mask"]
+            pad, total = pad + int((mask == 0).sum()), total + mask.numel()
+        out[f"{name}_padding_fraction"] = pad / total
+    return out
 
 
 def _isolated(fn, *args) -> dict:
@@ -198,6 +227,8 @@ def ratios(results: dict) -> dict:
         "rowwise_images_encoded_per_distinct_image":
             rowwise["images_encoded_per_step"] / rowwise["distinct_images_per_step"],
         "pgd_overhead_vs_bare_forward_backward": results["pgd"]["overhead_ratio"],
+        "padding_length_grouped_vs_plain":
+            results["padding"]["length_grouped_padding_fraction"] / results["padding"]["plain_padding_fraction"],
     }
 
 
@@ -210,7 +241,7 @@ def run(cfg: BenchConfig) -> dict:
         path = str(ensure_tiny_checkpoint(cfg.arch, "runs/checkpoints/bench", TinySpec(image_size=112)))
     results = {"config": asdict(cfg), "device": "cuda" if torch.cuda.is_available() else "cpu",
                "mbpo_lit": _isolated(bench_mbpo, cfg, path, True), "rowwise": _isolated(bench_mbpo, cfg, path, False),
-               "trl": bench_trl(cfg, path), "pgd": _isolated(bench_pgd, cfg, path)}
+               "trl": bench_trl(cfg, path), "pgd": _isolated(bench_pgd, cfg, path), "padding": bench_padding(cfg, path)}
     results["ratios"] = ratios(results)
     out = Path(cfg.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -220,7 +251,7 @@ def run(cfg: BenchConfig) -> dict:
 
 def format_results(results: dict) -> str:
     lines = [f"{'path':<10} {'metric':<42} value"]
-    for side in ("mbpo_lit", "rowwise", "trl", "pgd", "ratios"):
+    for side in ("mbpo_lit", "rowwise", "trl", "pgd", "padding", "ratios"):
         for k, v in results[side].items():
             lines.append(f"{side:<10} {k:<42} {v:.3f}" if isinstance(v, float) else f"{side:<10} {k:<42} {v}")
     return "\n".join(lines)

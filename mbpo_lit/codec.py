@@ -54,20 +54,31 @@ class PixelCodec:
         return x * self.std.to(x).view(-1, 1, 1) + self.mean.to(x).view(-1, 1, 1)
 
     def encode(self, raw: list[torch.Tensor] | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Raw images ([3, H, W] each, values in [0, 1]) -> (pixel_values, image_grid_thw or None)."""
+        """Raw images ([3, H, W] each, values in [0, 1]) -> (pixel_values, image_grid_thw or None).
+
+        A [batch, 3, H, W] tensor (images of one size, as PGD attacks them) is encoded in one set of tensor
+        operations; a list may mix sizes and is encoded image by image. Both give the same values.
+        """
         if self.kind == "llava":
-            return torch.stack([self._norm(x) for x in raw]), None
-        rows, grids = [], []
-        p, m, t = self.patch_size, self.merge_size, self.temporal_patch_size
-        for x in raw:
-            c, h, w = x.shape
-            gh, gw = h // p, w // p
-            patches = self._norm(x).reshape(c, gh // m, m, p, gw // m, m, p).permute(1, 4, 2, 5, 0, 3, 6)
-            # One still image fills every temporal slot of the patch (the processor repeats it).
-            patches = patches.unsqueeze(5).expand(*patches.shape[:5], t, p, p)
-            rows.append(patches.reshape(gh * gw, c * t * p * p))
-            grids.append([1, gh, gw])
+            return (self._norm(raw) if torch.is_tensor(raw) else torch.stack([self._norm(x) for x in raw])), None
+        if torch.is_tensor(raw) and raw.dim() == 4:
+            rows = self._patchify(raw)
+            n, _, h, w = raw.shape
+            grid = torch.tensor([[1, h // self.patch_size, w // self.patch_size]] * n, device=raw.device)
+            return rows, grid
+        rows = [self._patchify(x[None]) for x in raw]
+        grids = [[1, x.shape[1] // self.patch_size, x.shape[2] // self.patch_size] for x in raw]
         return torch.cat(rows), torch.tensor(grids, dtype=torch.long, device=rows[0].device)
+
+    def _patchify(self, x: torch.Tensor) -> torch.Tensor:
+        """[n, 3, H, W] raw images of one size -> their Qwen-VL pixel rows, image after image."""
+        p, m, t = self.patch_size, self.merge_size, self.temporal_patch_size
+        n, c, h, w = x.shape
+        gh, gw = h // p, w // p
+        x = self._norm(x).reshape(n, c, gh // m, m, p, gw // m, m, p).permute(0, 2, 5, 3, 6, 1, 4, 7)
+        # One still image fills every temporal slot of the patch (the processor repeats it).
+        x = x.unsqueeze(6).expand(*x.shape[:6], t, p, p)
+        return x.reshape(n * gh * gw, c * t * p * p)
 
     def decode(self, pixel_values: torch.Tensor, image_grid_thw: torch.Tensor | None = None) -> list[torch.Tensor]:
         """Inverse of `encode`: pixel inputs -> raw images [3, H, W] in [0, 1] (first temporal slot)."""

@@ -114,22 +114,49 @@ def load_pairs(path: str) -> list[dict]:
     return pairs
 
 
+def length_key(record: dict) -> tuple[int, int]:
+    """What makes a record's sequences long: image area first (Qwen-VL's image tokens grow with it), then
+    the characters of question and answers."""
+    w, h = record["image"].size
+    text = sum(len(str(record.get(k) or "")) for k in ("question", "answer", "rejected"))
+    return w * h, text
+
+
 class HybridBatches(Dataset):
-    """Batch i = `offline_per_batch` pairs and `online_per_batch` prompts, chosen by (seed, i)."""
+    """Batch i = `offline_per_batch` pairs and `online_per_batch` prompts, chosen by (seed, i).
+
+    With `group_batches` = M > 1 (length grouping), batches come in blocks of M: a block's M x n records
+    are drawn together, sorted by `length_key` and cut into M batches of similar lengths (in a shuffled
+    order), so a batch pads its prompts to a near length. Still a function of (seed, i): resumable.
+    """
 
     def __init__(self, pairs: list[dict], prompts: list[dict], offline_per_batch: int, online_per_batch: int,
-                 length: int, seed: int):
+                 length: int, seed: int, group_batches: int = 1):
         self.pairs, self.prompts, self.length, self.seed = pairs, prompts, length, seed
         self.n_off = offline_per_batch if pairs else 0
         self.n_on = online_per_batch if prompts else 0
+        self.group = group_batches
 
     def __len__(self) -> int:
         return self.length
 
+    def _grouped(self, pool: list[dict], n: int, i: int, stream: int) -> list[dict]:
+        """Batch i's n records of one stream under length grouping (see the class docstring)."""
+        if not n:
+            return []
+        block, slot = divmod(i, self.group)
+        rng = np.random.default_rng([self.seed, block, stream])
+        drawn = rng.choice(len(pool), n * self.group, replace=len(pool) < n * self.group)
+        drawn = sorted(drawn, key=lambda j: length_key(pool[j]))
+        k = int(rng.permutation(self.group)[slot])
+        return [pool[j] for j in drawn[k * n:(k + 1) * n]]
+
     def __getitem__(self, i: int) -> dict:
-        rng = np.random.default_rng([self.seed, i])
-        pick = lambda pool, n: [pool[j] for j in rng.choice(len(pool), n, replace=len(pool) < n)] if n else []  # noqa: E731
-        return {"offline": pick(self.pairs, self.n_off), "online": pick(self.prompts, self.n_on)}
+        if self.group <= 1:  # one generator for both streams (the batches of earlier runs, unchanged)
+            rng = np.random.default_rng([self.seed, i])
+            pick = lambda pool, n: [pool[j] for j in rng.choice(len(pool), n, replace=len(pool) < n)] if n else []  # noqa: E731
+            return {"offline": pick(self.pairs, self.n_off), "online": pick(self.prompts, self.n_on)}
+        return {"offline": self._grouped(self.pairs, self.n_off, i, 0), "online": self._grouped(self.prompts, self.n_on, i, 1)}
 
 
 class HybridDataModule(L.LightningDataModule):
@@ -149,6 +176,9 @@ class HybridDataModule(L.LightningDataModule):
             the language prior gets wrong, the groups where sampled answers disagree and GRPO has a signal.
         offline_per_batch / online_per_batch: the mix of one training batch.
         batches_per_epoch: length of an epoch, in batches.
+        length_group_batches: M > 1 draws batches in blocks of M and sorts each block by length (image area,
+            then text), so a batch's prompts pad to a near length; 1 (default) draws each batch on its own.
+            Worth it for datasets of mixed image sizes; the embedded world's images are all one size.
         val_n: validation records per eval split (in-prior, counter-prior).
         bad_records: "skip" (report and skip) or "error" (report and stop).
     """
@@ -165,6 +195,7 @@ class HybridDataModule(L.LightningDataModule):
         offline_per_batch: int = 2,
         online_per_batch: int = 2,
         batches_per_epoch: int = 200,
+        length_group_batches: int = 1,
         val_n: int = 64,
         bad_records: Literal["skip", "error"] = "skip",
         world: WorldConfig | None = None,
@@ -180,6 +211,9 @@ class HybridDataModule(L.LightningDataModule):
         self.n_online, self.val_n, self.bad_records, self.seed = n_online, val_n, bad_records, seed
         self.offline_per_batch, self.online_per_batch = offline_per_batch, online_per_batch
         self.batches_per_epoch = batches_per_epoch
+        if length_group_batches < 1:
+            raise ValueError(f"length_group_batches={length_group_batches}: must be >= 1 (1: no length grouping)")
+        self.length_group_batches = length_group_batches
         self.world = world
         self.skipped: list[dict] = []
 
@@ -225,7 +259,7 @@ class HybridDataModule(L.LightningDataModule):
         if not pairs and not prompts:
             raise ValueError("no training data: give pairs=DIR (mined pairs) and/or online='world'")
         self.train_set = HybridBatches(pairs, prompts, self.offline_per_batch, self.online_per_batch,
-                                       self.batches_per_epoch, self.seed)
+                                       self.batches_per_epoch, self.seed, self.length_group_batches)
         self.val_records = [r for split in ("eval_in_prior", "eval_counter_prior")
                             for r in build_records(self._world(), split, self.val_n, ("attribute",))]
 

@@ -116,7 +116,7 @@ class Miner:
         batch, mask = batch.to(self.device), mask.to(self.device)
 
         def value(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            pixel_values, _ = self.codec.encode(list(images))
+            pixel_values, _ = self.codec.encode(images)
             inputs = dict(batch, pixel_values=pixel_values.to(batch["pixel_values"].dtype))
             logp, greedy = completion_scores(self.model, inputs, mask)
             return logp.sum(1), greedy
@@ -126,7 +126,7 @@ class Miner:
     @torch.no_grad()
     def answer(self, prompts, images: torch.Tensor) -> list[str]:
         """The model's answers given perturbed raw images."""
-        pixel_values, _ = self.codec.encode(list(images))
+        pixel_values, _ = self.codec.encode(images)
         batch = dict(prompts.to(self.device), pixel_values=pixel_values.to(prompts["pixel_values"].dtype))
         sample = self.cfg.decode == "sample"
         ids = self.model.generate(**batch, max_new_tokens=self.cfg.max_new_tokens, do_sample=sample,

@@ -29,6 +29,9 @@ def test_codec_round_trips_exactly(tiny_path):
     assert torch.allclose(pixels, batch["pixel_values"], atol=1e-5)
     if grid is not None:
         assert torch.equal(grid, batch["image_grid_thw"])
+    # A same-size batch as one tensor (PGD's path) encodes to the same values as image by image.
+    stacked, stacked_grid = codec.encode(torch.stack(raw))
+    assert torch.equal(stacked, pixels) and (grid is None or torch.equal(stacked_grid, grid))
     # ... and raw images survive encode -> decode, and the resized image is the processor's input.
     x = [torch.rand_like(r) for r in raw]
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(codec.decode(*codec.encode(x)), x))
