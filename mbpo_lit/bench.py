@@ -100,8 +100,8 @@ def bench_mbpo(cfg: BenchConfig, path: str, share_prefix: bool = True) -> dict:
 
     world = default_world()
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    module = MBPOModule(ModelConfig(path, precision=cfg.precision, quantization=cfg.quantization, lora=LoraSettings(r=8, alpha=16),
-                                    device=device),
+    module = MBPOModule(ModelConfig(path, precision=cfg.precision, quantization=cfg.quantization,
+                                    lora=LoraSettings(r=8, alpha=16), device=device),
                         group_size=cfg.group_size, max_new_tokens=cfg.max_new_tokens, beta=cfg.beta, mu=cfg.mu,
                         sample_table_every=0, evaluate_after_fit=False, vocabulary=world.colors,
                         share_prefix=share_prefix)
@@ -202,7 +202,8 @@ def bench_padding(cfg: BenchConfig, path: str, batches: int = 32, group: int = 1
         pad = total = 0
         for i in range(batches):
             online = data[i]["online"]
-            mask = encode_prompts(processor, [r["question"] for r in online], [r["image"] for r in online])["attention_mask"]
+            questions, images = [r["question"] for r in online], [r["image"] for r in online]
+            mask = encode_prompts(processor, questions, images)["attention_mask"]
             pad, total = pad + int((mask == 0).sum()), total + mask.numel()
         out[f"{name}_padding_fraction"] = pad / total
     return out

@@ -156,7 +156,8 @@ class HybridBatches(Dataset):
             rng = np.random.default_rng([self.seed, i])
             pick = lambda pool, n: [pool[j] for j in rng.choice(len(pool), n, replace=len(pool) < n)] if n else []  # noqa: E731
             return {"offline": pick(self.pairs, self.n_off), "online": pick(self.prompts, self.n_on)}
-        return {"offline": self._grouped(self.pairs, self.n_off, i, 0), "online": self._grouped(self.prompts, self.n_on, i, 1)}
+        return {"offline": self._grouped(self.pairs, self.n_off, i, 0),
+                "online": self._grouped(self.prompts, self.n_on, i, 1)}
 
 
 class HybridDataModule(L.LightningDataModule):
