@@ -38,8 +38,9 @@ from mbpo_lit.arch import arch_of
 class BenchConfig:
     """Settings shared by every measured path (each is a command-line option)."""
 
-    model: str | None = None  # a checkpoint directory; None writes the tiny Qwen2.5-VL under runs/checkpoints
+    model: str | None = None  # a checkpoint directory; None writes a random one of `size` under runs/checkpoints
     arch: str = "qwen2_5_vl"
+    size: str = "tiny"  # "tiny" (CPU) or "small" (a 1024-wide, 8-layer LM with a 448-px vision tower, for GPUs)
     quantization: str = "4bit"
     precision: str = "fp32"  # bf16 for GPU runs
     group_size: int = 8
@@ -233,13 +234,25 @@ def ratios(results: dict) -> dict:
     }
 
 
+def checkpoint(cfg: BenchConfig) -> str:
+    """`cfg.model`, or a random checkpoint of `cfg.size` written (once) under runs/checkpoints."""
+    if cfg.model is not None:
+        return cfg.model
+    from mbpo_lit.tiny import TinySpec, ensure_tiny_checkpoint
+
+    sizes = {"tiny": ("runs/checkpoints/bench", TinySpec(image_size=112)),
+             "small": ("runs/checkpoints/bench-small",
+                       TinySpec(hidden_size=1024, intermediate_size=2816, num_layers=8, num_heads=16, num_kv_heads=4,
+                                vision_hidden_size=512, vision_layers=8, image_size=448))}
+    if cfg.size not in sizes:
+        raise ValueError(f"size={cfg.size!r} is not one of {list(sizes)}")
+    root, spec = sizes[cfg.size]
+    return str(ensure_tiny_checkpoint(cfg.arch, root, spec))
+
+
 def run(cfg: BenchConfig) -> dict:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    path = cfg.model
-    if path is None:
-        from mbpo_lit.tiny import TinySpec, ensure_tiny_checkpoint
-
-        path = str(ensure_tiny_checkpoint(cfg.arch, "runs/checkpoints/bench", TinySpec(image_size=112)))
+    path = checkpoint(cfg)
     results = {"config": asdict(cfg), "device": "cuda" if torch.cuda.is_available() else "cpu",
                "mbpo_lit": _isolated(bench_mbpo, cfg, path, True), "rowwise": _isolated(bench_mbpo, cfg, path, False),
                "trl": bench_trl(cfg, path), "pgd": _isolated(bench_pgd, cfg, path), "padding": bench_padding(cfg, path)}
