@@ -4,8 +4,8 @@
 rejected for each offline pair), score (verified rewards online, 2 / 0 offline), advantages (group-relative),
 loss (clipped surrogate + KL to the adapter-disabled reference), repeated for `mu` inner iterations over the
 same rollout. By default each distinct image is encoded once per step and each prompt prefilled once for all
-its completions (`share_prefix`, see prefix.py); the result is the same as one row per completion. The model is built in `configure_model`, so `--help` and `--print_config` stay fast, and
-checkpoints hold only what trains (the LoRA weights) and the optimizer state.
+its completions (`share_prefix`, see prefix.py); the result is the same as one row per completion. The model
+is built in `configure_model`, so `--help` and `--print_config` stay fast, and checkpoints hold only what trains (the LoRA weights) and the optimizer state.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ import lightning as L
 import torch
 from torchmetrics import MeanMetric
 
-from mbpo_lit.answers import is_correct
 from mbpo_lit import prefix
+from mbpo_lit.answers import is_correct
 from mbpo_lit.chat import answer_token_ids, append_completions, encode_prompts, vision_token_ids
 from mbpo_lit.grpo import LossParts, group_advantages, grpo_loss, offline_pair_rewards
 from mbpo_lit.logprobs import completion_logprobs
@@ -179,7 +179,9 @@ class MBPOModule(L.LightningModule):
         return out
 
     @torch.no_grad()
-    def rollout(self, online: list[dict], prompts: prefix.Prompts | None = None) -> tuple[list[dict], list[list[int]], list[str]]:
+    def rollout(
+        self, online: list[dict], prompts: prefix.Prompts | None = None
+    ) -> tuple[list[dict], list[list[int]], list[str]]:
         """G sampled completions per online prompt: (records repeated G times, token ids, texts).
 
         With `prompts` (the online prompts, already encoded) each prompt is prefilled once for its G samples;
@@ -195,9 +197,9 @@ class MBPOModule(L.LightningModule):
         else:
             batch = encode_prompts(p, [r["question"] for r in online], [r["image"] for r in online],
                                    record_ids=[r.get("id") for r in online]).to(self.device)
-            ids = self.model.generate(**batch, do_sample=True, num_return_sequences=g, max_new_tokens=hp.max_new_tokens,
-                                      temperature=hp.temperature, top_p=hp.top_p, top_k=None,
-                                      suppress_tokens=vision_token_ids(p))
+            ids = self.model.generate(**batch, do_sample=True, num_return_sequences=g,
+                                      max_new_tokens=hp.max_new_tokens, temperature=hp.temperature, top_p=hp.top_p,
+                                      top_k=None, suppress_tokens=vision_token_ids(p))
             completions = self._cut(ids[:, batch["input_ids"].shape[1]:])
         self.model.train()
         texts = p.batch_decode(completions, skip_special_tokens=True)
@@ -218,10 +220,6 @@ class MBPOModule(L.LightningModule):
             seq, mask = self.sequence_batch(scored.records, scored.ids)
             logp = completion_logprobs(self.model, seq, mask)
             return logp, mask[:, -logp.shape[1]:]
-        if self.model_config.gradient_checkpointing and torch.is_grad_enabled():
-            # Checkpointed layers drop the KV cache while training (transformers), so the prompt cannot be
-            # shared: one row per completion, the image features still reused.
-            return prefix.rowwise_logprobs(self.model, scored.prompts, scored.ids, scored.repeats, pad)
         return prefix.completion_logprobs(self.model, scored.prompts, scored.ids, scored.repeats, pad)
 
     # ---------------------------------------------------------------------------------------- training
@@ -234,7 +232,8 @@ class MBPOModule(L.LightningModule):
             records = online + offline
             prompts = prefix.encode(self.model, self.processor, [r["question"] for r in records],
                                     [r["image"] for r in records], [r.get("id") for r in records])
-        on_records, on_ids, on_texts = self.rollout(online, prompts.take(range(len(online))) if prompts is not None else None)
+        online_prompts = prompts.take(range(len(online))) if prompts is not None else None
+        on_records, on_ids, on_texts = self.rollout(online, online_prompts)
         off_records = [r for r in offline for _ in range(2)]
         off_texts = [t for r in offline for t in (r["answer"], r["rejected"])]
         on_rewards, parts = compose(self.rewards, on_texts, on_records) if on_records else ([], {})

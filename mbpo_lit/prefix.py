@@ -27,13 +27,14 @@ from dataclasses import dataclass
 
 import torch
 from peft import PeftModel
-from transformers import BatchFeature, PreTrainedModel, ProcessorMixin
+from transformers import BatchFeature, Cache, PreTrainedModel, ProcessorMixin
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from mbpo_lit.arch import Arch
 from mbpo_lit.chat import append_completions, encode_prompts, pad_right
 from mbpo_lit.logprobs import completion_logprobs as logprob_pass
 from mbpo_lit.logprobs import token_logprobs
+from mbpo_lit.model import is_vision_parameter
 
 
 @dataclass
@@ -61,16 +62,24 @@ class Prompts:
         return dict(self.batch, mm_encoder_outputs={"image": BaseModelOutputWithPooling(pooler_output=self.features)})
 
 
+def _unwrapped(model: PreTrainedModel | PeftModel) -> PreTrainedModel:
+    """The transformers `...ForConditionalGeneration`, peft's wrapper removed."""
+    return model.get_base_model() if isinstance(model, PeftModel) else model
+
+
 def core(model: PreTrainedModel | PeftModel) -> torch.nn.Module:
     """The transformers `...Model` inside a (peft-wrapped) `...ForConditionalGeneration`."""
-    base = model.get_base_model() if isinstance(model, PeftModel) else model
-    return base.model
+    return _unwrapped(model).model
+
+
+def checkpointing(model: PreTrainedModel | PeftModel) -> bool:
+    """Whether gradient checkpointing is active now, i.e. transformers' checkpointed layers drop a KV cache."""
+    base = _unwrapped(model)
+    return base.is_gradient_checkpointing and base.training and torch.is_grad_enabled()
 
 
 def check_frozen_vision(model: torch.nn.Module, arch: Arch) -> None:
     """Fail, naming a parameter, if the vision side trains: its output could then not be reused in a step."""
-    from mbpo_lit.model import is_vision_parameter
-
     for name, p in model.named_parameters():
         if p.requires_grad and is_vision_parameter(name, arch):
             raise ValueError(f"share_prefix=True reuses the vision tower's output within a step, but vision "
@@ -122,7 +131,7 @@ class Prefix:
     """The prompts after one prefill, repeated to one row per completion."""
 
     logits: torch.Tensor  # [rows, vocab]: the next-token logits after each prompt
-    cache: object  # transformers' DynamicCache, rows repeated
+    cache: Cache  # transformers' DynamicCache, rows repeated
     attention_mask: torch.Tensor  # [rows, prompt length]
     start: torch.Tensor | None  # [rows] position id of the first completion token (M-RoPE models)
 
@@ -143,6 +152,26 @@ def prefill(model: torch.nn.Module, prompts: Prompts, repeats: Sequence[int] | i
     )
 
 
+def rowwise_logprobs(
+    model: torch.nn.Module,
+    prompts: Prompts,
+    completions: Sequence[Sequence[int]],
+    repeats: Sequence[int],
+    pad_id: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`completion_logprobs` with one row per completion (each prompt repeated), the image features reused.
+
+    For gradient checkpointing: transformers' checkpointed layers drop a KV cache while training, so the
+    prompt cannot be shared there, but the vision tower still need not run again. The log-probs are
+    [rows, width] and zero outside the returned mask, like `completion_logprobs`.
+    """
+    rows = [i for i, k in enumerate(repeats) for _ in range(k)]
+    seq = prompts.take(rows)
+    batch, mask = append_completions(seq.batch, completions, pad_id)
+    logp = logprob_pass(model, dict(batch, mm_encoder_outputs=seq.inputs()["mm_encoder_outputs"]), mask)
+    return logp, mask[:, -logp.shape[1]:]
+
+
 def completion_logprobs(
     model: torch.nn.Module,
     prompts: Prompts,
@@ -154,8 +183,11 @@ def completion_logprobs(
     """Per-token log-probs of `completions`, `repeats[i]` of them (consecutive) continuing prompt i.
 
     Returns ([rows, width] log-probs, zero outside the mask; [rows, width] mask), the layout of
-    `logprobs.completion_logprobs` over the straightforward batch.
+    `logprobs.completion_logprobs` over the straightforward batch. Under active gradient checkpointing, whose
+    layers drop the cache, it falls back to `rowwise_logprobs` (same numbers).
     """
+    if checkpointing(model):
+        return rowwise_logprobs(model, prompts, completions, repeats, pad_id)
     prefix = prefill(model, prompts, repeats)
     ids, mask = (t.to(prefix.logits.device) for t in pad_right(completions, pad_id))
     logits = prefix.logits[:, None]  # the prompt's last position predicts the first completion token
@@ -165,25 +197,6 @@ def completion_logprobs(
                     use_cache=True)
         logits = torch.cat([logits, out.logits], dim=1)
     return token_logprobs(logits, ids, temperature) * mask, mask
-
-
-def rowwise_logprobs(
-    model: torch.nn.Module,
-    prompts: Prompts,
-    completions: Sequence[Sequence[int]],
-    repeats: Sequence[int],
-    pad_id: int,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """`completion_logprobs` with one row per completion (each prompt repeated), the image features reused.
-
-    For gradient checkpointing: transformers' checkpointed layers drop a KV cache while training, so the
-    prompt cannot be shared there, but the vision tower still need not run again.
-    """
-    rows = [i for i, k in enumerate(repeats) for _ in range(k)]
-    seq = prompts.take(rows)
-    batch, mask = append_completions(seq.batch, completions, pad_id)
-    logp = logprob_pass(model, dict(batch, mm_encoder_outputs=seq.inputs()["mm_encoder_outputs"]), mask)
-    return logp, mask[:, -logp.shape[1]:]
 
 
 def _draw(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None) -> torch.Tensor:
