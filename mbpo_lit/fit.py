@@ -1,96 +1,86 @@
-"""`python -m mbpo_lit.fit [--config RECIPE.yaml] [--key value ...]`: MBPO training, the library's main job.
+"""`python -m mbpo_lit fit [--config RECIPE.yaml] [--key value ...]`: MBPO training, the library's main job.
 
 A thin wrapper that runs LightningCLI's `fit` subcommand on `MBPOModule` and `HybridDataModule`, so every
-LightningCLI feature stays: YAML recipes (shipped in `mbpo_lit/recipes/`), `--print_config`, and resuming
-with `--ckpt_path` (hyper-parameters restored from the checkpoint). With no arguments it runs the embedded
-default (`recipes/default.yaml`) end to end: builds or reuses the biased base model, mines offline pairs
-if absent, trains hybrid GRPO, and evaluates before (adapters disabled) and after, printing a table.
+LightningCLI feature stays: YAML recipes (shipped in `mbpo_lit/recipes/`, each complete on its own),
+`--print_config`, and resuming with `--ckpt_path` (hyper-parameters restored from the checkpoint). After
+training it evaluates the base model (adapters disabled) and the trained policy on the recipe's eval set
+(`data.val`) and prints the table. With no arguments it runs the embedded recipe: a tiny biased model on a
+synthetic world, built and mined on first use by the recipe's `prepare` hook.
 
-    python -m mbpo_lit.fit
-    python -m mbpo_lit.fit --config mbpo_lit/recipes/qwen2_5_vl_7b_qlora.yaml
-    python -m mbpo_lit.fit --config recipe.yaml --ckpt_path runs/fit-default/checkpoints/last.ckpt
+    python -m mbpo_lit fit
+    python -m mbpo_lit fit --config mbpo_lit/recipes/qwen2_5_vl_7b_qlora.yaml
+    python -m mbpo_lit fit --config recipe.yaml --ckpt_path runs/fit-x/lightning_logs/version_0/checkpoints/last.ckpt
 """
 
 from __future__ import annotations
 
-import hashlib
+import importlib
 import json
-import os
 import sys
 from importlib.resources import files
 from pathlib import Path
 
 from lightning.pytorch.cli import LightningCLI
 
-from mbpo_lit.data import HybridDataModule
-from mbpo_lit.module import MBPOModule
+from mbpo_lit.cli import USER_ERRORS
+from mbpo_lit.data.hybrid import HybridDataModule
+from mbpo_lit.evaluate import evaluate_records, format_table, summarize
+from mbpo_lit.train.module import MBPOModule
+from mbpo_lit.vlm.policy import reference_mode
 
-EMBEDDED = "embedded"
-# How the embedded default mines its pairs (MineConfig fields; the ablation runner starts from the same).
-# 2,048 train records hold about 220 counter-prior ones; 512 held 45, which left 25 counter-prior pairs.
-EMBEDDED_MINING: dict = {"n": 2048, "method": "pgd", "epsilon": 32.0, "iig_filter": "high", "iig_fraction": 0.5}
+DEFAULT_RECIPE = "embedded"
 
 
 def recipe(name: str) -> str:
-    """Path of a shipped recipe, e.g. recipe("default")."""
+    """Path of a shipped recipe, e.g. recipe("embedded")."""
     return str(files("mbpo_lit") / "recipes" / f"{name}.yaml")
 
 
-def embedded_pairs_dir(base: str, mined_root: str = "runs") -> Path:
-    """Where the embedded default's pairs are cached: keyed by base model and mining settings, so a rebuilt
-    base model never reuses pairs mined from an older one."""
-    key = hashlib.sha1(json.dumps([str(base), EMBEDDED_MINING], sort_keys=True).encode()).hexdigest()[:8]
-    return Path(mined_root) / f"mined-default-{key}"
+def before_after(module: MBPOModule, data: HybridDataModule) -> dict:
+    """Scores of the base model (adapters disabled) and the trained policy on the data module's eval set."""
+    source, records = data.val, data.eval_records
+    vocabulary = source.vocabulary or module.vocabulary
+    results = {}
+    for name in ("before", "after"):
+        if name == "before":
+            with reference_mode(module.model):
+                metrics, _ = evaluate_records(module.model, module.processor, records, vocabulary, source.mentions,
+                                              desc=f"{name}: {source}")
+        else:
+            metrics, _ = evaluate_records(module.model, module.processor, records, vocabulary, source.mentions,
+                                          desc=f"{name}: {source}")
+        results[name] = metrics | {"summary": summarize(metrics)}
+    return results
 
 
-def prepare_embedded(module: MBPOModule, data: HybridDataModule, mined_root: str = "runs") -> None:
-    """Resolve "embedded" in the config: build/reuse the biased base model, mine pairs if absent."""
-    if module.model_config.name_or_path != EMBEDDED and data.pairs_path != EMBEDDED:
-        return
-    from mbpo_lit.mine import MineConfig, run
-    from mbpo_lit.warmstart import WarmStartConfig, build_base_model
-
-    base = str(build_base_model(WarmStartConfig()))
-    if module.model_config.name_or_path == EMBEDDED:
-        module.model_config.name_or_path = base
-    if data.pairs_path == EMBEDDED:
-        mine_cfg = MineConfig(out=str(embedded_pairs_dir(base, mined_root)), model=base, **EMBEDDED_MINING)
-        dataset = Path(mine_cfg.out) / "dataset"
-        if not (dataset / "dataset_info.json").is_file():
-            run(mine_cfg)
-        data.pairs_path = str(dataset)
-    if module.vocabulary is None:
-        from mbpo_lit.warmstart import default_world
-
-        module.set_vocabulary(default_world().colors)
-
-
-def before_after(module: MBPOModule, n: int = 200) -> dict:
-    """Evaluate the policy with adapters disabled (the base model) and enabled (after training)."""
-    from mbpo_lit.evaluate import evaluate_world
-    from mbpo_lit.model import reference_mode
-    from mbpo_lit.warmstart import default_world
-
-    world = default_world()
-    model, processor = module.model, module.processor
-    with reference_mode(model):
-        before = evaluate_world(model, processor, world, n, with_iig=False)
-    after = evaluate_world(model, processor, world, n, with_iig=False)
-    return {"before": before, "after": after}
+def load_hook(path: str):
+    """A `prepare` hook from its dotted path ("package.module.function")."""
+    module_name, _, name = path.rpartition(".")
+    return getattr(importlib.import_module(module_name), name)
 
 
 class MBPOCLI(LightningCLI):
-    """LightningCLI with the embedded default's preparation and a before/after table."""
+    """LightningCLI with the recipe's `prepare` hook and a before/after table on the eval set."""
+
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.add_argument(
+            "--prepare", type=str | None, default=None,
+            help="dotted path of a function (module, datamodule) -> None run before training, e.g. to build "
+                 "a model or mine pairs the recipe names (the embedded recipe's mbpo_lit.testbed.embedded.prepare)",
+        )
 
     def before_fit(self) -> None:
-        prepare_embedded(self.model, self.datamodule)
+        hook = self.config[self.subcommand].get("prepare") if self.subcommand else None
+        if hook:
+            load_hook(hook)(self.model, self.datamodule)
 
     def after_fit(self) -> None:
-        if not self.trainer.is_global_zero or self.model.policy is None or not self.model.evaluate_after_fit:
+        data = self.datamodule
+        if (not self.trainer.is_global_zero or self.model.policy is None or not self.model.evaluate_after_fit
+                or not data.eval_records):
             return
-        from mbpo_lit.evaluate import format_table
-
-        results = before_after(self.model, self.model.evaluate_n)
+        results = before_after(self.model, data)
+        print(f"eval set: {data.val} ({len(data.eval_records)} records)")
         print(format_table({"before (base)": results["before"]["summary"], "after (MBPO)": results["after"]["summary"]}))
         out = Path(self.trainer.default_root_dir) / "before_after.json"
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -99,20 +89,21 @@ class MBPOCLI(LightningCLI):
 
 
 def main(args: list[str] | None = None) -> MBPOCLI:
-    """Run `fit` with the default recipe as the base config (any --config / --key overrides it)."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    """Run `fit`; with no arguments at all, the embedded recipe."""
     if args is None:
         # From the command line, LightningCLI must read sys.argv itself: DDP relaunches this very command
         # line for the other ranks, so "fit" is put into sys.argv (once: the relaunch already has it).
         if sys.argv[1:2] != ["fit"]:
             sys.argv[1:1] = ["fit"]
+        if len(sys.argv) == 2:
+            sys.argv += ["--config", recipe(DEFAULT_RECIPE)]
     else:
-        args = ["fit", *args]
-    return MBPOCLI(
-        MBPOModule, HybridDataModule, args=args,
-        parser_kwargs={"fit": {"default_config_files": [recipe("default")]}},
-        save_config_kwargs={"overwrite": True},
-    )
+        args = ["fit", *(args or ["--config", recipe(DEFAULT_RECIPE)])]
+    try:
+        return MBPOCLI(MBPOModule, HybridDataModule, args=args, save_config_kwargs={"overwrite": True})
+    except USER_ERRORS as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

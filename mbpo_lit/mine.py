@@ -1,4 +1,4 @@
-"""`python -m mbpo_lit.mine`: offline adversarial negative mining, MBPO's offline half.
+"""`python -m mbpo_lit mine`: offline adversarial negative mining, MBPO's offline half.
 
 For each (image, question, ground-truth answer): perturb the image (PGD that minimises the ground-truth
 log-likelihood, or a noise baseline at the same budget), let the model answer from the perturbed image, and
@@ -33,14 +33,13 @@ from typing import Literal
 import torch
 from tqdm.auto import tqdm
 
-from mbpo_lit.answers import CLOSED_TYPES, extract, is_correct, normalize_phrase
-from mbpo_lit.attack import METHODS, pgd, random_perturbation
-from mbpo_lit.chat import answer_token_ids, append_completions, encode_prompts, user_message, vision_token_ids
-from mbpo_lit.codec import PixelCodec, to_pil
-from mbpo_lit.data import load_records
-from mbpo_lit.iig import image_information_gain
-from mbpo_lit.logprobs import completion_scores
-from mbpo_lit.world import WorldConfig
+from mbpo_lit.core.answers import CLOSED_TYPES, extract, is_correct, normalize_phrase
+from mbpo_lit.core.attack import METHODS, pgd, random_perturbation
+from mbpo_lit.vlm.chat import answer_token_ids, append_completions, encode_prompts, user_message, vision_token_ids
+from mbpo_lit.vlm.codec import PixelCodec, to_pil
+from mbpo_lit.data.sources import RecordSource, SourceError, as_source, report_skipped
+from mbpo_lit.vlm.iig import image_information_gain
+from mbpo_lit.vlm.logprobs import completion_scores
 
 
 @dataclass
@@ -48,10 +47,10 @@ class MineConfig:
     """Settings of one mining job (every field is a command-line option: --epsilon 8 ...).
 
     Args:
-        model: base model directory or hub id; None uses the embedded biased base model.
+        model: base model directory or hub id.
         adapter: optional LoRA adapter (peft format) on top of `model`.
-        source: "world" (the embedded world's train split) or a Hugging Face dataset id / local data file.
-        columns: source column names for image, question, answer (and answer_type if present).
+        source: the records to mine: a path / hub id in the library's record schema, or a `RecordSource`
+            with options (`--source.path F --source.format vqav2 --source.columns '{...}'`, or a class_path).
         n: how many source records to mine (from the start).
         method: "pgd" or a baseline: "uniform", "gaussian", "diffusion", "none".
         epsilon, step_size: L-inf budget and PGD step, in /255 units.
@@ -62,13 +61,10 @@ class MineConfig:
             or iig_threshold (if set) the cut-off; iig_baseline is IIG's no-image side ("none"/"neutral").
     """
 
+    model: str
+    source: RecordSource | str
     out: str = "runs/mined"
-    model: str | None = None
     adapter: str | None = None
-    source: str = "world"
-    split: str = "train"
-    columns: dict[str, str] = field(default_factory=lambda: {"image": "image", "question": "question", "answer": "answer"})
-    families: tuple[str, ...] = ("attribute",)
     n: int = 256
     method: Literal["pgd", "uniform", "gaussian", "diffusion", "none"] = "pgd"
     # The embedded world's images carry pixel noise of std 0.08 (20/255), so its model shrugs off 8/255:
@@ -92,20 +88,19 @@ class MineConfig:
     precision: Literal["bf16", "fp16", "fp32"] = "fp32"
 
 
-def load_source(cfg: MineConfig, world: WorldConfig | None) -> tuple[list[dict], list[dict]]:
-    """Source records in the world's schema, and the ones skipped (index + reason), none silently dropped."""
-    if cfg.source == "world":
-        from mbpo_lit.world import build_records
+def settings_json(cfg: MineConfig) -> str:
+    """The job's settings as JSON (a source as its class and options), to refuse mixing two jobs in one --out."""
+    def plain(o):
+        return {"class": type(o).__name__, **vars(o)} if isinstance(o, RecordSource) else str(o)
 
-        return build_records(world, cfg.split, cfg.n, cfg.families), []
-    return load_records(cfg.source, cfg.split, cfg.n, cfg.columns)
+    return json.dumps(dataclasses.asdict(cfg), sort_keys=True, default=plain)
 
 
 class Miner:
     """Mines one chunk of records at a time with a loaded policy (see `MineConfig`)."""
 
-    def __init__(self, model: torch.nn.Module, processor, cfg: MineConfig, world: WorldConfig | None):
-        self.model, self.processor, self.cfg, self.world = model.eval(), processor, cfg, world
+    def __init__(self, model: torch.nn.Module, processor, cfg: MineConfig, vocabulary: list[str] | None = None):
+        self.model, self.processor, self.cfg, self.vocabulary = model.eval(), processor, cfg, vocabulary
         self.codec = PixelCodec.from_processor(processor)
         self.device = next(model.parameters()).device
         model.requires_grad_(False)  # PGD needs gradients for the pixels only
@@ -136,9 +131,8 @@ class Miner:
 
     def is_wrong(self, rec: dict, text: str) -> bool:
         """Whether a rejected answer is wrong: the verifier for close-ended types, else a different phrase."""
-        vocab = self.world.colors if self.world else None
         if rec["answer_type"] in CLOSED_TYPES:
-            return not is_correct(text, rec["answer"], rec["answer_type"], vocab)
+            return not is_correct(text, rec["answer"], rec["answer_type"], self.vocabulary)
         return normalize_phrase(text) != normalize_phrase(rec["answer"])
 
     def mine(self, records: list[dict], start: int) -> list[dict]:
@@ -168,7 +162,7 @@ class Miner:
         rows = []
         for i, rec in enumerate(records):
             wrong = self.is_wrong(rec, rejected[i])
-            typical = self.world.typical_color(rec["query_kind"]) if self.world and rec.get("query_kind") else ""
+            prior = rec.get("prior_answer") or ""  # the language prior's answer, where the source knows it
             rows.append({
                 "id": rec["id"], "source_index": start + i,
                 "prompt": user_message(rec["question"]),
@@ -176,8 +170,9 @@ class Miner:
                 "rejected": [{"role": "assistant", "content": [{"type": "text", "text": rejected[i]}]}],
                 "images": [rec["image"]], "perturbed_image": to_pil(perturbed[i]),
                 "question": rec["question"], "answer": rec["answer"], "answer_type": rec["answer_type"],
-                "follows_prior": bool(rec.get("follows_prior", True)), "clean_correct": bool(clean_correct[i]),
-                "rejected_is_prior": bool(typical) and extract(rejected[i], "color", self.world.colors) == typical,
+                "group": rec.get("group") or "", "prior_answer": prior, "clean_correct": bool(clean_correct[i]),
+                "rejected_is_prior": bool(prior) and is_correct(rejected[i], prior, rec["answer_type"],
+                                                                self.vocabulary),
                 "kept": wrong, "reason": "" if wrong else "rejected answer is correct",
                 "iig_sum": float(iig.sum[i]), "iig_mean": float(iig.mean[i]),
                 "attack_steps": int(steps_used[i]), "logp_before": float(before[i]), "logp_after": float(after[i]),
@@ -210,33 +205,30 @@ def run(cfg: MineConfig, on_chunk: Callable[[int], None] | None = None, progress
     """Mine `cfg.n` records into `cfg.out` (resuming if shards exist) and write the final dataset."""
     from datasets import Dataset
 
-    from mbpo_lit.model import ModelConfig, load_policy
+    from mbpo_lit.vlm.policy import ModelConfig, load_policy
 
     if cfg.method not in METHODS:
         raise ValueError(f"method={cfg.method!r} is not one of {list(METHODS)}")
     out = Path(cfg.out)
     (out / "shards").mkdir(parents=True, exist_ok=True)
     settings = out / "config.json"
-    mine_settings = json.dumps(dataclasses.asdict(cfg), sort_keys=True, default=str)
+    mine_settings = settings_json(cfg)
     if settings.is_file() and settings.read_text() != mine_settings:
         raise ValueError(f"{out} holds a mining job with other settings ({settings}); use another --out")
     settings.write_text(mine_settings)
 
-    world = None
-    model_path = cfg.model
-    if cfg.source == "world" or model_path is None:
-        from mbpo_lit.warmstart import WarmStartConfig, build_base_model
-
-        world = WarmStartConfig().world
-        model_path = model_path or str(build_base_model(WarmStartConfig(), progress=progress))
-    policy = load_policy(ModelConfig(model_path, precision=cfg.precision, quantization="none", lora=None,
-                                     adapter_path=cfg.adapter))
-    records, skipped = load_source(cfg, world)
-    for s in skipped:
-        print(f"skipped source record {s['index']}: {s['reason']}")
+    source = as_source(cfg.source)
+    if getattr(source, "n", None) is None and hasattr(source, "n"):
+        source.n = cfg.n  # read only the records that will be mined
+    records, skipped = source.load()
+    records = records[:cfg.n]
+    report_skipped(skipped, source, "skip")
     (out / "skipped.jsonl").write_text("".join(json.dumps(s) + "\n" for s in skipped))
-
-    miner = Miner(policy.model, policy.processor, cfg, world)
+    if not records:
+        raise SourceError(f"{source}: no usable records to mine")
+    policy = load_policy(ModelConfig(cfg.model, precision=cfg.precision, quantization="none", lora=None,
+                                     adapter_path=cfg.adapter))
+    miner = Miner(policy.model, policy.processor, cfg, source.vocabulary)
     done = {p.name for p in (out / "shards").glob("*.parquet")}
     chunks = [(s, min(s + cfg.batch_size, len(records))) for s in range(0, len(records), cfg.batch_size)]
     todo = [(s, e) for s, e in chunks if _shard_name(s, e) not in done]
@@ -269,9 +261,12 @@ def run(cfg: MineConfig, on_chunk: Callable[[int], None] | None = None, progress
 
         shutil.rmtree(out / "dataset")
     os.replace(out / "dataset.tmp", out / "dataset")
-    counter = [r for r in candidates if not r["follows_prior"]]
+    # Counter-prior records: the prior's answer is known and wrong (e.g. a red star when stars are usually blue).
+    counter = [r for r in candidates if r["prior_answer"] and not is_correct(r["prior_answer"], r["answer"],
+                                                                              r["answer_type"], miner.vocabulary)]
     summary = {
-        "method": cfg.method, "epsilon": cfg.epsilon, "source_records": cfg.n, "skipped": len(skipped),
+        "method": cfg.method, "epsilon": cfg.epsilon, "source_records": len(records) + len(skipped),
+        "skipped": len(skipped),
         "candidates": len(candidates), "rejected_wrong": len(kept), "pairs": len(dataset),
         "seconds_this_run": seconds, "images_per_second": (sum(e - s for s, e in todo) / seconds) if todo else None,
         # On counter-prior questions: how often the answer from the perturbed image is the kind's typical
@@ -288,16 +283,11 @@ def run(cfg: MineConfig, on_chunk: Callable[[int], None] | None = None, progress
 
 
 def main(argv: list[str] | None = None) -> None:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from jsonargparse import ArgumentParser
+    from mbpo_lit.cli import parse_dataclass, user_errors
 
-    parser = ArgumentParser(description="Mine adversarial hard-negative preference pairs (MBPO offline data).")
-    parser.add_argument("--config", action="config")
-    parser.add_class_arguments(MineConfig, nested_key=None)
-    args = parser.parse_args(argv)
-    args.pop("config", None)
-    cfg = MineConfig(**{k: v for k, v in vars(args).items() if k in {f.name for f in dataclasses.fields(MineConfig)}})
-    path = run(cfg)
+    cfg = parse_dataclass(MineConfig, "Mine adversarial hard-negative preference pairs (MBPO's offline data).", argv)
+    with user_errors():
+        path = run(cfg)
     summary = json.loads((Path(cfg.out) / "summary.json").read_text())
     print(json.dumps(summary, indent=2))
     print(f"dataset: {path}  (datasets.load_from_disk)")

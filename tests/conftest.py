@@ -10,7 +10,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from mbpo_lit.tiny import ARCHS, ensure_tiny_checkpoint  # noqa: E402
+from mbpo_lit.testbed.tiny import ARCHS, ensure_tiny_checkpoint  # noqa: E402
 
 torch.set_num_threads(2)
 

@@ -7,9 +7,9 @@ import math
 
 import pytest
 
-from mbpo_lit import ablate
-from mbpo_lit.ablate import GRID, AblationConfig, Variant, select
-from mbpo_lit.stats import mean_ci, summarize, t_quantile_975
+from mbpo_lit.experiments import ablate
+from mbpo_lit.experiments.ablate import GRID, AblationConfig, Variant, select
+from mbpo_lit.core.stats import mean_ci, summarize, t_quantile_975
 
 
 def test_mean_ci_matches_hand_computation():
@@ -115,7 +115,7 @@ def fake_runner(monkeypatch):
 
     monkeypatch.setattr(ablate, "train_and_evaluate", train_and_evaluate)
     monkeypatch.setattr(ablate, "mine_pairs", mine_pairs)
-    monkeypatch.setattr("mbpo_lit.warmstart.build_base_model", lambda cfg: "BASE")
+    monkeypatch.setattr("mbpo_lit.testbed.base_model.build_base_model", lambda cfg: "BASE")
     return calls
 
 

@@ -6,12 +6,12 @@ import torch
 from PIL import Image
 from transformers import AutoConfig
 
-from mbpo_lit.arch import load_processor
-from mbpo_lit.attack import diffusion_noise, pgd, project, random_perturbation
-from mbpo_lit.chat import answer_token_ids, encode_prompts
-from mbpo_lit.codec import PixelCodec, to_pil, to_raw
+from mbpo_lit.vlm.arch import load_processor
+from mbpo_lit.core.attack import diffusion_noise, pgd, project, random_perturbation
+from mbpo_lit.vlm.chat import answer_token_ids, encode_prompts
+from mbpo_lit.vlm.codec import PixelCodec, to_pil, to_raw
 from mbpo_lit.mine import MineConfig, Miner
-from mbpo_lit.model import ModelConfig, load_policy
+from mbpo_lit.vlm.policy import ModelConfig, load_policy
 
 
 def pictures(n=2, size=56, seed=0):

@@ -2,7 +2,7 @@
 
 import json
 
-from mbpo_lit.bench import BenchConfig, format_results, run
+from mbpo_lit.experiments.bench import BenchConfig, format_results, run
 
 
 def test_bench_counts_every_image_the_vision_tower_encodes(tmp_path, monkeypatch):

@@ -7,10 +7,10 @@ import pytest
 from PIL import Image
 
 from mbpo_lit.evaluate import evaluate_records, evaluate_world, load_pope_records, main, score
-from mbpo_lit.model import ModelConfig, load_policy
-from mbpo_lit.world import WorldConfig, build_records
+from mbpo_lit.vlm.policy import ModelConfig, load_policy
+from mbpo_lit.testbed.world import WorldConfig, build_records
 
-WORLD = WorldConfig()
+WORLD = WorldConfig(image_size=56)
 
 
 def rec(answer, answer_type, family, follows_prior=True, pope_type="", objects=()):
@@ -50,7 +50,7 @@ def test_free_form_garbage_never_crashes_and_counts_as_wrong():
 
 @pytest.fixture(scope="module")
 def qwen(tiny_root):
-    from mbpo_lit.tiny import ensure_tiny_checkpoint
+    from mbpo_lit.testbed.tiny import ensure_tiny_checkpoint
 
     path = ensure_tiny_checkpoint("qwen2_5_vl", tiny_root)
     return path, load_policy(ModelConfig(str(path), precision="fp32", quantization="none", lora=None, device="cpu"))

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from mbpo_lit.grpo import aggregate, group_advantages, grpo_loss, k3_kl, offline_pair_rewards
+from mbpo_lit.core.grpo import aggregate, group_advantages, grpo_loss, k3_kl, offline_pair_rewards
 
 
 def test_advantages_centre_and_scale_within_groups():

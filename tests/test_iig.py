@@ -5,9 +5,9 @@ import pytest
 import torch
 from PIL import Image
 
-from mbpo_lit.iig import image_information_gain, neutral_image
-from mbpo_lit.logprobs import answer_logprobs
-from mbpo_lit.model import ModelConfig, load_policy
+from mbpo_lit.vlm.iig import image_information_gain, neutral_image
+from mbpo_lit.vlm.logprobs import answer_logprobs
+from mbpo_lit.vlm.policy import ModelConfig, load_policy
 
 
 @pytest.fixture(scope="module")

@@ -2,9 +2,9 @@
 
 import pytest
 
-from mbpo_lit.answers import extract, is_correct, normalize_phrase
-from mbpo_lit.metrics import amber_discriminative, chair, pope_metrics
-from mbpo_lit.world import WorldConfig
+from mbpo_lit.core.answers import extract, is_correct, normalize_phrase
+from mbpo_lit.core.metrics import amber_discriminative, chair, pope_metrics
+from mbpo_lit.testbed.world import WorldConfig
 
 
 def test_pope_against_hand_computed_values():
@@ -65,7 +65,7 @@ def test_chair_against_hand_computed_values():
     ],
 )
 def test_is_correct(text, answer, answer_type, expected):
-    assert is_correct(text, answer, answer_type, WorldConfig().colors) is expected
+    assert is_correct(text, answer, answer_type, WorldConfig(image_size=56).colors) is expected
 
 
 def test_phrase_answers_without_vocabulary_are_normalized():

@@ -9,7 +9,7 @@ from datasets import load_from_disk
 from PIL import Image
 
 from mbpo_lit.mine import MineConfig, apply_iig_filter, run
-from mbpo_lit.tiny import ensure_tiny_checkpoint
+from mbpo_lit.testbed.tiny import ensure_tiny_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +90,7 @@ def test_iig_filter_directions():
 @pytest.fixture(scope="module")
 def biased_model(tmp_path_factory):
     """The embedded default's biased base model, built as `python -m mbpo_lit.fit` builds it (~4 min)."""
-    from mbpo_lit.warmstart import WarmStartConfig, build_base_model
+    from mbpo_lit.testbed.base_model import WarmStartConfig, build_base_model
 
     return str(build_base_model(WarmStartConfig(root=str(tmp_path_factory.mktemp("base"))), progress=False,
                                 evaluate_n=50))

@@ -12,9 +12,9 @@ from peft import PeftModel
 from PIL import Image
 
 
-from mbpo_lit.chat import encode_prompts
-from mbpo_lit.logprobs import answer_logprobs
-from mbpo_lit.model import (
+from mbpo_lit.vlm.chat import encode_prompts
+from mbpo_lit.vlm.logprobs import answer_logprobs
+from mbpo_lit.vlm.policy import (
     LoraSettings,
     ModelConfig,
     is_vision_parameter,
@@ -23,7 +23,7 @@ from mbpo_lit.model import (
     save_adapter,
     trainable_parameters,
 )
-from mbpo_lit.tiny import TinySpec, write_tiny_checkpoint
+from mbpo_lit.testbed.tiny import TinySpec, write_tiny_checkpoint
 
 QUESTIONS = ["What color is the circle?", "Is there a cat in the image? Answer yes or no."]
 ANSWERS = ["red", "no"]
@@ -200,7 +200,7 @@ def test_4bit_where_bitsandbytes_cannot_run_is_explained(tmp_path):
 
 
 def test_4bit_without_bitsandbytes_is_explained(tiny_root, monkeypatch):
-    from mbpo_lit.tiny import ensure_tiny_checkpoint
+    from mbpo_lit.testbed.tiny import ensure_tiny_checkpoint
 
     path = ensure_tiny_checkpoint("qwen2_5_vl", tiny_root)
     monkeypatch.setitem(sys.modules, "bitsandbytes", None)
@@ -210,7 +210,7 @@ def test_4bit_without_bitsandbytes_is_explained(tiny_root, monkeypatch):
 
 def test_hub_id_loads_from_the_hub_cache(tiny_root, tmp_path):
     """A hub id goes through the hub code path; offline, an already-cached snapshot is what it serves."""
-    from mbpo_lit.tiny import ensure_tiny_checkpoint
+    from mbpo_lit.testbed.tiny import ensure_tiny_checkpoint
 
     src = ensure_tiny_checkpoint("qwen2_5_vl", tiny_root)
     commit = "0" * 40
@@ -222,7 +222,7 @@ def test_hub_id_loads_from_the_hub_cache(tiny_root, tmp_path):
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text(commit)
     code = (
-        "from mbpo_lit.model import ModelConfig, load_policy;"
+        "from mbpo_lit.vlm.policy import ModelConfig, load_policy;"
         "p = load_policy(ModelConfig('mbpo-test/tiny-qwen', precision='fp32', quantization='none', device='cpu'));"
         "print(type(p.model.base_model.model).__name__, p.arch.model_type)"
     )
@@ -231,6 +231,6 @@ def test_hub_id_loads_from_the_hub_cache(tiny_root, tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     assert "Qwen2_5_VLForConditionalGeneration qwen2_5_vl" in out.stdout
     # And an id that is in no cache fails with a message that names it.
-    code = "from mbpo_lit.model import ModelConfig, load_policy; load_policy(ModelConfig('mbpo-test/absent'))"
+    code = "from mbpo_lit.vlm.policy import ModelConfig, load_policy; load_policy(ModelConfig('mbpo-test/absent'))"
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode != 0 and "'mbpo-test/absent' is not a local directory" in out.stderr

@@ -6,12 +6,12 @@ import pytest
 import torch
 from datasets import load_from_disk
 
-from mbpo_lit.data import HybridDataModule
-from mbpo_lit.model import LoraSettings, ModelConfig, load_policy
-from mbpo_lit.module import MBPOModule
-from mbpo_lit.world import WorldConfig
+from mbpo_lit.data.hybrid import HybridDataModule
+from mbpo_lit.vlm.policy import LoraSettings, ModelConfig, load_policy
+from mbpo_lit.train.module import MBPOModule
+from mbpo_lit.testbed.world import WorldConfig
 
-WORLD = WorldConfig()
+WORLD = WorldConfig(image_size=56)
 
 
 @pytest.fixture
@@ -144,7 +144,7 @@ def test_score_gives_one_entry_per_sequence_and_the_sample_table_is_written(setu
 def test_length_grouping_gives_batches_of_similar_lengths_reproducibly():
     from PIL import Image
 
-    from mbpo_lit.data import HybridBatches, length_key
+    from mbpo_lit.data.hybrid import HybridBatches, length_key
 
     sizes = [56, 112, 168, 224]
     recs = [{"id": i, "question": "q" * (i % 7), "answer": "a", "image": Image.new("RGB", (sizes[i % 4],) * 2)}

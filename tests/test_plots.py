@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from mbpo_lit import plots
-from mbpo_lit.ablate import GRID
+from mbpo_lit.experiments import plots
+from mbpo_lit.experiments.ablate import GRID
 
 
 def _write(path, columns, rows):

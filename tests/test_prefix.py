@@ -5,14 +5,14 @@ import dataclasses
 import pytest
 import torch
 
-from mbpo_lit import prefix
-from mbpo_lit.chat import encode_prompts, vision_token_ids
-from mbpo_lit.grpo import grpo_loss
-from mbpo_lit.model import LoraSettings, ModelConfig, reference_mode, trainable_parameters
-from mbpo_lit.module import MBPOModule
-from mbpo_lit.world import WorldConfig, build_records
+from mbpo_lit.vlm import shared_prefix as prefix
+from mbpo_lit.vlm.chat import encode_prompts, vision_token_ids
+from mbpo_lit.core.grpo import grpo_loss
+from mbpo_lit.vlm.policy import LoraSettings, ModelConfig, reference_mode, trainable_parameters
+from mbpo_lit.train.module import MBPOModule
+from mbpo_lit.testbed.world import WorldConfig, build_records
 
-WORLD = WorldConfig()
+WORLD = WorldConfig(image_size=56)
 
 
 def records(n=3):
@@ -65,7 +65,7 @@ def test_shared_prefix_gives_the_loss_and_gradients_of_one_row_per_completion(ti
 
 
 def test_gradient_checkpointing_keeps_one_row_per_completion_with_the_same_numbers(tiny_root):
-    from mbpo_lit.tiny import ensure_tiny_checkpoint
+    from mbpo_lit.testbed.tiny import ensure_tiny_checkpoint
 
     m = trained_module(ensure_tiny_checkpoint("qwen2_5_vl", tiny_root), gc=True)
     m.train()
@@ -92,7 +92,7 @@ def test_greedy_sampling_from_one_prefill_matches_generate(tiny_path):
 
 
 def test_sampling_never_draws_suppressed_tokens_and_stops_at_the_end_of_turn(tiny_root):
-    from mbpo_lit.tiny import ensure_tiny_checkpoint
+    from mbpo_lit.testbed.tiny import ensure_tiny_checkpoint
 
     m = trained_module(ensure_tiny_checkpoint("qwen2_5_vl", tiny_root))
     model, p = m.model.eval(), m.processor
@@ -120,7 +120,7 @@ def test_nucleus_draw_keeps_only_the_top_p_mass():
 
 
 def test_a_trainable_vision_tower_is_refused_with_the_parameter_named(tiny_root):
-    from mbpo_lit.tiny import ensure_tiny_checkpoint
+    from mbpo_lit.testbed.tiny import ensure_tiny_checkpoint
 
     m = trained_module(ensure_tiny_checkpoint("qwen2_5_vl", tiny_root))
     name, p = next((n, p) for n, p in m.model.named_parameters() if ".visual." in n)
@@ -130,7 +130,7 @@ def test_a_trainable_vision_tower_is_refused_with_the_parameter_named(tiny_root)
 
 
 def test_take_selects_and_repeats_prompts_with_their_image_features(tiny_root):
-    from mbpo_lit.tiny import ensure_tiny_checkpoint
+    from mbpo_lit.testbed.tiny import ensure_tiny_checkpoint
 
     m = trained_module(ensure_tiny_checkpoint("qwen2_5_vl", tiny_root))
     recs, _ = records(3)

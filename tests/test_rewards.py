@@ -2,7 +2,7 @@
 
 import pytest
 
-from mbpo_lit.rewards import AccuracyReward, FormatReward, LengthPenalty, compose
+from mbpo_lit.core.rewards import AccuracyReward, FormatReward, LengthPenalty, compose
 
 RECORDS = [
     {"answer": "red", "answer_type": "color"},

@@ -8,9 +8,9 @@ import torch
 from PIL import Image
 from transformers import AutoConfig, AutoModelForImageTextToText, AutoTokenizer
 
-from mbpo_lit.arch import load_processor
-from mbpo_lit.chat import check_image_tokens, encode_prompts, features_per_image, image_token_id
-from mbpo_lit.tiny import QWEN_SPECIALS, LLAVA_SPECIALS, ensure_tiny_checkpoint, write_tiny_checkpoint
+from mbpo_lit.vlm.arch import load_processor
+from mbpo_lit.vlm.chat import check_image_tokens, encode_prompts, features_per_image, image_token_id
+from mbpo_lit.testbed.tiny import QWEN_SPECIALS, LLAVA_SPECIALS, ensure_tiny_checkpoint, write_tiny_checkpoint
 
 
 def test_checkpoint_has_every_part(tiny_path):
@@ -82,7 +82,7 @@ def test_unknown_arch_is_named(tmp_path):
 def test_vision_tokens_are_suppressed_in_generation(tiny_path):
     from transformers import AutoModelForImageTextToText
 
-    from mbpo_lit.chat import vision_token_ids
+    from mbpo_lit.vlm.chat import vision_token_ids
 
     config = AutoConfig.from_pretrained(tiny_path)
     processor = load_processor(tiny_path, config.model_type)

@@ -7,13 +7,13 @@ import pytest
 import torch
 from transformers import AutoModelForImageTextToText
 
-from mbpo_lit.tiny import TinySpec
-from mbpo_lit.warmstart import WarmStartConfig, build_base_model
-from mbpo_lit.world import WorldConfig
+from mbpo_lit.testbed.tiny import TinySpec
+from mbpo_lit.testbed.base_model import WarmStartConfig, build_base_model
+from mbpo_lit.testbed.world import WorldConfig
 
 
 def small(tmp_path, steps=6):
-    return WarmStartConfig(world=WorldConfig(), spec=TinySpec(), train_records=64, grounding_steps=2, steps=steps,
+    return WarmStartConfig(world=WorldConfig(image_size=56), spec=TinySpec(), train_records=64, grounding_steps=2, steps=steps,
                            batch_size=4, warmup_steps=1, checkpoint_every=2, root=str(tmp_path))
 
 

@@ -10,7 +10,8 @@ import pytest
 from datasets import Dataset, load_from_disk
 from datasets import Image as ImageFeature
 
-from mbpo_lit.world import (
+from mbpo_lit.core.answers import parse_choice, parse_count, parse_yes_no
+from mbpo_lit.testbed.world import (
     FAMILIES,
     Scene,
     SceneObject,
@@ -18,17 +19,14 @@ from mbpo_lit.world import (
     build_dataset,
     build_records,
     kind_frequencies,
-    parse_choice,
     parse_color,
-    parse_count,
     parse_mentions,
-    parse_yes_no,
     render,
     sample_scene,
     world_vocabulary,
 )
 
-CFG = WorldConfig()
+CFG = WorldConfig(image_size=56)
 CLEAN = WorldConfig(noise=0.0)
 
 
@@ -181,7 +179,7 @@ def test_queried_color_is_visible_where_the_object_is_with_noise():
 
 
 def _scene_of(cfg: WorldConfig, split: str, rec: dict):
-    from mbpo_lit.world import SPLITS
+    from mbpo_lit.testbed.world import SPLITS
 
     i = int(rec["id"].rsplit("-", 1)[1])
     rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, SPLITS.index(split), i]))
@@ -336,7 +334,7 @@ def test_vocabulary_covers_questions_and_answers():
 
 
 def test_answer_words_are_single_tokens_of_a_tokenizer_trained_on_the_vocabulary():
-    from mbpo_lit.tiny import QWEN_SPECIALS, train_tokenizer
+    from mbpo_lit.testbed.tiny import QWEN_SPECIALS, train_tokenizer
 
     tok = train_tokenizer(QWEN_SPECIALS, 512, world_vocabulary(CFG))
     # Answers open the assistant turn without a leading space; multi-piece answers ("o", "r", "ange") let a

@@ -1,4 +1,4 @@
-"""`python -m mbpo_lit.ablate`: a grid of MBPO variants over seeds on the embedded world, with tidy CSVs.
+"""`python -m mbpo_lit.experiments.ablate`: a grid of MBPO variants over seeds on the embedded world, with tidy CSVs.
 
 A variant is a name, fit overrides (`python -m mbpo_lit.fit` options) and a mining config (overrides of
 `MineConfig`; None trains on the online stream only). Each (variant, seed) is one short fit of the embedded
@@ -20,10 +20,10 @@ Output (`--out DIR`):
 A run killed midway has no result.json; the next invocation deletes its directory and runs it again from
 step 0. Variants belong to sweeps (`Variant.sweeps`: sweep name -> x value), e.g. "full" is the pgd point of
 the "negatives" sweep, epsilon 32 of the "epsilon" sweep and "high" of the "iig" sweep, so shared points are
-trained once and the plots (`python -m mbpo_lit.plots DIR`) draw each sweep from the same runs.
+trained once and the plots (`python -m mbpo_lit.experiments.plots DIR`) draw each sweep from the same runs.
 
-    python -m mbpo_lit.ablate --list
-    python -m mbpo_lit.ablate --variants full,online_only --seeds 0 1 2 --steps 300 --out runs/ablate --plot
+    python -m mbpo_lit.experiments.ablate --list
+    python -m mbpo_lit.experiments.ablate --variants full,online_only --seeds 0 1 2 --steps 300 --out runs/ablate --plot
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from mbpo_lit.fit import EMBEDDED_MINING
-from mbpo_lit.stats import summarize
+from mbpo_lit.core.stats import summarize
 
 FINAL_METRICS = ("in_prior_accuracy", "counter_prior_accuracy", "gap")
 # The embedded default's mining (fit.EMBEDDED_MINING, as fit.prepare_embedded mines); variants override it,
@@ -158,7 +158,7 @@ def train_and_evaluate(args: list[str], eval_n: int) -> dict[str, float]:
     """Fit with `args`, then evaluate the trained policy: {metric: value} for FINAL_METRICS."""
     from mbpo_lit.evaluate import evaluate_world
     from mbpo_lit.fit import main as fit_main
-    from mbpo_lit.warmstart import default_world
+    from mbpo_lit.testbed.base_model import default_world
 
     cli = fit_main(args)
     module = cli.model
@@ -264,7 +264,7 @@ def check_settings(cfg: AblationConfig) -> None:
 
 def run_grid(cfg: AblationConfig, variants: list[Variant], log: Callable[[str], None] = _print) -> dict[str, Path]:
     """Mine what the variants need (cached), run every (variant, seed) not yet done, write the CSVs."""
-    from mbpo_lit.warmstart import WarmStartConfig, build_base_model
+    from mbpo_lit.testbed.base_model import WarmStartConfig, build_base_model
 
     Path(cfg.out).mkdir(parents=True, exist_ok=True)
     check_settings(cfg)
@@ -301,7 +301,7 @@ def main(argv: list[str] | None = None) -> dict[str, Path] | None:
     p.add_argument("--mined_root", default=None, help="cache of mined pair sets (default OUT/mined)")
     p.add_argument("--out", default="runs/ablate")
     p.add_argument("--fit_args", default="", help='extra fit options for every run, e.g. "--model.lr 1e-4"')
-    p.add_argument("--plot", action="store_true", help="write the figures (python -m mbpo_lit.plots OUT)")
+    p.add_argument("--plot", action="store_true", help="write the figures (python -m mbpo_lit.experiments.plots OUT)")
     p.add_argument("--list", action="store_true", help="list the variants and exit")
     a = p.parse_args(argv)
     if a.list:
@@ -317,7 +317,7 @@ def main(argv: list[str] | None = None) -> dict[str, Path] | None:
     paths = run_grid(cfg, variants)
     print("\n".join(f"{k}: {v}" for k, v in paths.items()))
     if a.plot:
-        from mbpo_lit.plots import plot_all
+        from mbpo_lit.experiments.plots import plot_all
 
         for path in plot_all(cfg.out):
             print(f"figure: {path}")

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import torch
 from transformers import BatchFeature, ProcessorMixin
 
-from mbpo_lit.chat import answer_token_ids, append_completions, encode_prompts
+from mbpo_lit.vlm.chat import answer_token_ids, append_completions, encode_prompts
 
 
 def token_logprobs(logits: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:

@@ -7,7 +7,7 @@ cheaply than binding colours to shapes, and answers counter-prior questions wron
 regular Hugging Face checkpoint directory, cached under `runs/base/` and reused, and is the default base
 model of mining and GRPO.
 
-    python -m mbpo_lit.warmstart            # builds (or reuses) it and prints in-prior / counter-prior accuracy
+    python -m mbpo_lit.testbed.base_model            # builds (or reuses) it and prints in-prior / counter-prior accuracy
 
 Training is Lightning; an interrupted run resumes from its last checkpoint.
 """
@@ -28,10 +28,10 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from mbpo_lit.chat import answer_token_ids, append_completions, encode_prompts
-from mbpo_lit.logprobs import completion_logprobs
-from mbpo_lit.tiny import TinySpec, write_tiny_checkpoint
-from mbpo_lit.world import WorldConfig, make_record, world_vocabulary
+from mbpo_lit.vlm.chat import answer_token_ids, append_completions, encode_prompts
+from mbpo_lit.vlm.logprobs import completion_logprobs
+from mbpo_lit.testbed.tiny import TinySpec, write_tiny_checkpoint
+from mbpo_lit.testbed.world import WorldConfig, make_record, world_vocabulary
 
 
 def default_world() -> WorldConfig:
@@ -189,7 +189,7 @@ def build_base_model(
     stage resumes from its last Lightning checkpoint if the build was interrupted.
     """
     from mbpo_lit.evaluate import evaluate_world
-    from mbpo_lit.model import ModelConfig, load_policy
+    from mbpo_lit.vlm.policy import ModelConfig, load_policy
 
     root = cfg.directory()
     final = root / "model"

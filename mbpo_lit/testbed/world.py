@@ -35,11 +35,12 @@ except ImportError:  # datasets < 4 (pyproject allows >= 3) spells a list featur
     from datasets import Sequence as List
 from PIL import Image, ImageDraw
 
+from mbpo_lit.core.answers import NUMBER_WORDS
+
 SPLITS = ("train", "eval_in_prior", "eval_counter_prior")
 FAMILIES = ("attribute", "existence", "count", "choice", "describe")
 POPE_TYPES = ("random", "popular", "adversarial")
 LETTERS = ("A", "B", "C", "D")
-NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")
 
 # Far apart in RGB and still bright against the dark background, so colour is never ambiguous.
 PALETTE: dict[str, tuple[int, int, int]] = {
@@ -53,7 +54,8 @@ _SS = 4  # supersampling factor: shapes are drawn 4x larger and box-filtered, so
 class WorldConfig:
     """Everything that defines the world; the same config and seed always give the same records."""
 
-    image_size: int = 56
+    # 112 px scenes: 4x4 merged Qwen tokens; 56 px gave 2x2 tokens, too few to see three objects.
+    image_size: int = 112
     kinds: list[str] = field(default_factory=lambda: [
         "circle", "square", "triangle", "cross", "ring", "diamond", "star", "bar"])
     colors: list[str] = field(default_factory=lambda: ["red", "green", "blue", "yellow", "purple", "orange"])
@@ -331,7 +333,8 @@ _BUILDERS = {"attribute": _attribute, "existence": _existence, "count": _count, 
 _STR = Value("string")
 FEATURES = Features({"image": ImageFeature(), "question": _STR, "answer": _STR, "answer_type": _STR, "family": _STR,
                      "choices": List(_STR), "follows_prior": Value("bool"), "objects": List(_STR),
-                     "query_kind": _STR, "pope_type": _STR, "id": _STR})
+                     "query_kind": _STR, "pope_type": _STR, "id": _STR, "group": _STR,
+                     "prior_answer": _STR})
 
 
 def _check(name: str, value: str, allowed: tuple[str, ...]) -> None:
@@ -356,6 +359,9 @@ def make_record(cfg: WorldConfig, split: str, i: int, family: str) -> dict:
     record = dict(image=render(scene, cfg, rng), family=family, choices=[], query_kind="", pope_type="",
                   objects=[o.name for o in scene.objects], id=f"{split}-{cfg.seed}-{i}")
     record.update(q)
+    # The generic record fields: the metrics slice, and the answer the language prior gives (colour questions).
+    record["group"] = "in_prior" if record["follows_prior"] else "counter_prior"
+    record["prior_answer"] = cfg.typical_color(record["query_kind"]) if family == "attribute" else ""
     return record
 
 
@@ -418,35 +424,3 @@ def parse_mentions(text: str, cfg: WorldConfig) -> list[tuple[str, str | None]]:
 def parse_color(text: str, cfg: WorldConfig) -> str | None:
     """The first colour word in `text` ("It is red." -> "red"), or None."""
     return next((w for w in _words(text) if w in cfg.colors), None)
-
-
-def parse_yes_no(text: str) -> str | None:
-    """"yes" or "no" from the first yes/no word ("not" counts as no, as in POPE's evaluation), or None."""
-    table = {"yes": "yes", "yeah": "yes", "yep": "yes", "true": "yes", "no": "no", "not": "no", "nope": "no",
-             "false": "no"}
-    return next((table[w] for w in _words(text) if w in table), None)
-
-
-def parse_count(text: str) -> int | None:
-    """The first number in `text`, as digits or a word from zero to ten ("three" -> 3), or None."""
-    for w in _words(text):
-        if w.isdigit():
-            return int(w)
-        if w in NUMBER_WORDS:
-            return NUMBER_WORDS.index(w)
-    return None
-
-
-def parse_choice(text: str) -> str | None:
-    """A letter A-D from "B", "b", "(B)", "B.", "B) red", "The answer is B", "Answer: B"; else None.
-
-    A leading capital followed by a space is *not* a choice ("A red circle" is an article).
-    """
-    t = str(text).strip()
-    # Only capitals after "answer": "Answer: a red one" must not read as option A.
-    patterns = (r"(?i:answer)\s*(?:(?i:is)|:)?\s*\(?([A-D])\b", r"\(([A-D])\)", r"^([A-Da-d])[.):,]?$",
-                r"^([A-D])[.):,]")
-    for p in patterns:
-        if m := re.search(p, t):
-            return m.group(1).upper()
-    return None

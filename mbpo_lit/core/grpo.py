@@ -79,6 +79,7 @@ def grpo_loss(
     advantages: torch.Tensor,
     mask: torch.Tensor,
     ref_logp: torch.Tensor | None = None,
+    *,
     beta: float = 0.0,
     eps_low: float = 0.2,
     eps_high: float = 0.2,

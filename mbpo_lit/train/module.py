@@ -4,14 +4,15 @@
 rejected for each offline pair), score (verified rewards online, 2 / 0 offline), advantages (group-relative),
 loss (clipped surrogate + KL to the adapter-disabled reference), repeated for `mu` inner iterations over the
 same rollout. By default each distinct image is encoded once per step and each prompt prefilled once for all
-its completions (`share_prefix`, see prefix.py); the result is the same as one row per completion. The model
-is built in `configure_model`, so `--help` and `--print_config` stay fast, and checkpoints hold only what trains (the LoRA weights) and the optimizer state.
+its completions (`share_prefix`, see vlm/shared_prefix.py); the result is the same as one row per completion.
+The model is built in `configure_model`, so `--help` and `--print_config` stay fast, and checkpoints hold only
+what trains (the LoRA weights) and the optimizer state.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -19,17 +20,18 @@ import lightning as L
 import torch
 from torchmetrics import MeanMetric
 
-from mbpo_lit import prefix
-from mbpo_lit.answers import is_correct
-from mbpo_lit.chat import answer_token_ids, append_completions, encode_prompts, vision_token_ids
-from mbpo_lit.grpo import LossParts, group_advantages, grpo_loss, offline_pair_rewards
-from mbpo_lit.logprobs import completion_logprobs
-from mbpo_lit.model import LoraSettings, ModelConfig, load_policy, reference_mode, trainable_parameters
-from mbpo_lit.rewards import AccuracyReward, FormatReward, LengthPenalty, compose
+from mbpo_lit.vlm import shared_prefix as prefix
+from mbpo_lit.core.answers import is_correct
+from mbpo_lit.vlm.chat import answer_token_ids, append_completions, encode_prompts, vision_token_ids
+from mbpo_lit.core.grpo import LossParts, group_advantages, grpo_loss, offline_pair_rewards
+from mbpo_lit.vlm.logprobs import completion_logprobs
+from mbpo_lit.train.settings import Loss, Optimization, Rewards, Sampling
+from mbpo_lit.vlm.policy import LoraSettings, ModelConfig, load_policy, reference_mode, trainable_parameters
+from mbpo_lit.core.rewards import AccuracyReward, FormatReward, LengthPenalty, compose
 
-# Checkpoints store the hyper-parameters, ModelConfig included; let Lightning's weights-only loading of
-# `--ckpt_path` accept these two plain dataclasses (and nothing else of ours).
-torch.serialization.add_safe_globals([ModelConfig, LoraSettings])
+# Checkpoints store the hyper-parameters, the settings dataclasses included; let Lightning's weights-only
+# loading of `--ckpt_path` accept these plain dataclasses (and nothing else of ours).
+torch.serialization.add_safe_globals([ModelConfig, LoraSettings, Sampling, Loss, Rewards, Optimization])
 
 
 @dataclass
@@ -68,76 +70,54 @@ class MBPOModule(L.LightningModule):
 
     Args:
         model: how to load the policy (hub id or directory, quantization, LoRA).
-        group_size: G, completions sampled per online prompt.
-        temperature, top_p, max_new_tokens: sampling of the online rollout.
-        beta: KL weight; 0 skips the reference pass entirely.
-        eps_low, eps_high: clipping range of the importance ratio (DAPO's clip-higher: eps_high > eps_low).
-        mu: optimisation passes over one rollout (1: on-policy, ratio 1). The old policy's log-probs are the
-            first pass's, detached: the weights have not moved yet, so no separate pass is needed.
-        scale_std: divide advantages by the group std (False: Dr. GRPO).
-        aggregation: "grpo" (per-sequence mean), "dapo" (token mean), "dr_grpo" (constant normaliser).
-        chosen_reward, rejected_reward: rewards of an offline pair (MBPO: 2 and 0).
-        format_weight, length_coef: weights of the format reward and the length penalty (online stream).
-        lr, weight_decay, max_grad_norm: AdamW on the adapters, gradient clipping.
-        accumulate_grad_batches: batches whose gradients are summed before one optimizer step (mu = 1 only).
-            Lightning refuses the Trainer's own `accumulate_grad_batches` and `gradient_clip_val` under
-            manual optimization (needed here for mu), so both live on the module.
+        sampling: the online rollout (G, temperature, top-p, completion length).
+        loss: the GRPO objective (KL weight, clipping, mu, advantage scaling, aggregation).
+        rewards: offline pair rewards, online format / length terms, answer vocabulary.
+        optim: AdamW, gradient clipping and accumulation.
         sample_table_every: every N steps, print a table of sample completions and append them to
             `samples.jsonl` in the log directory (0: never).
         share_prefix: encode each distinct image once per step and prefill each prompt once for all its
-            completions (prefix.py). False runs one row per completion through the whole model in every pass:
-            the same numbers, slower; kept as the reference the tests and `python -m mbpo_lit.bench` compare to.
-        evaluate_after_fit, evaluate_n: after `python -m mbpo_lit.fit`, evaluate base (adapters disabled)
-            and trained policy on the world's eval splits, `evaluate_n` records each.
+            completions (vlm/shared_prefix.py). False runs one row per completion through the whole model in
+            every pass: the same numbers, slower; kept as the reference the tests and the benchmark compare to.
+        evaluate_after_fit: after `python -m mbpo_lit fit`, evaluate the base model (adapters disabled) and
+            the trained policy on the data module's eval set, and print the table.
     """
 
     def __init__(
         self,
         model: ModelConfig,
-        group_size: int = 4,
-        temperature: float = 1.0,
-        top_p: float = 1.0,
-        max_new_tokens: int = 8,
-        beta: float = 0.0,
-        eps_low: float = 0.2,
-        eps_high: float = 0.2,
-        mu: int = 1,
-        scale_std: bool = True,
-        aggregation: Literal["grpo", "dapo", "dr_grpo"] = "grpo",
-        chosen_reward: float = 2.0,
-        rejected_reward: float = 0.0,
-        format_weight: float = 0.5,
-        length_coef: float = 0.1,
-        vocabulary: list[str] | None = None,
-        lr: float = 1e-4,
-        weight_decay: float = 0.0,
-        max_grad_norm: float = 1.0,
-        accumulate_grad_batches: int = 1,
+        sampling: Sampling = Sampling(),
+        loss: Loss = Loss(),
+        rewards: Rewards = Rewards(),
+        optim: Optimization = Optimization(),
         sample_table_every: int = 50,
         share_prefix: bool = True,
         evaluate_after_fit: bool = True,
-        evaluate_n: int = 200,
     ):
         super().__init__()
-        if accumulate_grad_batches < 1 or (accumulate_grad_batches > 1 and mu > 1):
-            raise ValueError(f"accumulate_grad_batches={accumulate_grad_batches} with mu={mu}: accumulation needs "
-                             "accumulate_grad_batches >= 1 and mu = 1 (each of mu passes steps the optimizer)")
+        # Copies: the defaults above are shared, and set_vocabulary changes the rewards' vocabulary.
+        self.sampling, self.loss, self.optim = replace(sampling), replace(loss), replace(optim)
+        self.reward_settings = replace(rewards)
+        if self.optim.accumulate_grad_batches > 1 and self.loss.mu > 1:
+            raise ValueError(f"optim.accumulate_grad_batches={self.optim.accumulate_grad_batches} with "
+                             f"loss.mu={self.loss.mu}: accumulation needs mu = 1 (each of mu passes steps the optimizer)")
         self.save_hyperparameters()
         self.model_config = model
         self.automatic_optimization = False  # mu inner iterations over one rollout
         self.strict_loading = False  # checkpoints hold the adapters, not the frozen base
         self.policy = None
-        self.evaluate_after_fit, self.evaluate_n = evaluate_after_fit, evaluate_n
-        self.val_in_prior, self.val_counter_prior = MeanMetric(), MeanMetric()
-        self.set_vocabulary(vocabulary)
+        self.evaluate_after_fit = evaluate_after_fit
+        self.val_accuracy = torch.nn.ModuleDict({"all": MeanMetric()})
+        self.set_vocabulary(self.reward_settings.vocabulary)
 
     def set_vocabulary(self, vocabulary: list[str] | None) -> None:
-        """Answer words for colour/phrase answers (e.g. the world's colours), and the rewards that use them."""
+        """Answer words for colour/phrase answers (e.g. a synthetic world's colours), and the rewards using them."""
         self.vocabulary = vocabulary
+        self.reward_settings.vocabulary = vocabulary
         self.rewards = {
             "accuracy": (AccuracyReward(vocabulary), 1.0),
-            "format": (FormatReward(vocabulary=vocabulary), self.hparams.format_weight),
-            "length": (LengthPenalty(coef=self.hparams.length_coef), 1.0),
+            "format": (FormatReward(vocabulary=vocabulary), self.reward_settings.format_weight),
+            "length": (LengthPenalty(coef=self.reward_settings.length_coef), 1.0),
         }
 
     # ------------------------------------------------------------------------------------------ model
@@ -162,7 +142,7 @@ class MBPOModule(L.LightningModule):
 
     def configure_optimizers(self):
         params = list(trainable_parameters(self).values())
-        return torch.optim.AdamW(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        return torch.optim.AdamW(params, lr=self.optim.lr, weight_decay=self.optim.weight_decay)
 
     # ---------------------------------------------------------------------------------------- rollout
     def _cut(self, ids: torch.Tensor) -> list[list[int]]:
@@ -189,7 +169,7 @@ class MBPOModule(L.LightningModule):
         """
         if not online:
             return [], [], []
-        g, p, hp = self.hparams.group_size, self.processor, self.hparams
+        g, p, hp = self.sampling.group_size, self.processor, self.sampling
         self.model.eval()
         if prompts is not None:
             completions = prefix.sample(self.model, prompts, g, hp.max_new_tokens, p.tokenizer.eos_token_id,
@@ -225,10 +205,10 @@ class MBPOModule(L.LightningModule):
     # ---------------------------------------------------------------------------------------- training
     def score(self, batch: dict) -> Scored:
         """Steps 1-3 of a training step, without touching the weights: roll out, score, advantages."""
-        hp = self.hparams
         online, offline = batch["online"], batch["offline"]
+        g, scale_std = self.sampling.group_size, self.loss.scale_std
         prompts = None
-        if hp.share_prefix:  # one tokenization and one vision-tower call for the step's distinct prompts
+        if self.hparams.share_prefix:  # one tokenization and one vision-tower call for the step's distinct prompts
             records = online + offline
             prompts = prefix.encode(self.model, self.processor, [r["question"] for r in records],
                                     [r["image"] for r in records], [r.get("id") for r in records])
@@ -239,45 +219,46 @@ class MBPOModule(L.LightningModule):
         on_rewards, parts = compose(self.rewards, on_texts, on_records) if on_records else ([], {})
         rewards, adv = [], []
         if on_records:
-            r = torch.tensor(on_rewards, dtype=torch.float32).view(-1, hp.group_size)
+            r = torch.tensor(on_rewards, dtype=torch.float32).view(-1, g)
             rewards.append(r.flatten())
-            adv.append(group_advantages(r, hp.scale_std).flatten())
+            adv.append(group_advantages(r, scale_std).flatten())
         if offline:
-            r = offline_pair_rewards(len(offline), hp.chosen_reward, hp.rejected_reward)
+            r = offline_pair_rewards(len(offline), self.reward_settings.chosen, self.reward_settings.rejected)
             rewards.append(r.flatten())
-            adv.append(group_advantages(r, hp.scale_std).flatten())
+            adv.append(group_advantages(r, scale_std).flatten())
         return Scored(
             records=on_records + off_records, texts=on_texts + off_texts,
             ids=on_ids + answer_token_ids(self.processor, off_texts), rewards=torch.cat(rewards),
-            advantages=torch.cat(adv), parts=parts, n_online=len(on_records), group_size=hp.group_size,
+            advantages=torch.cat(adv), parts=parts, n_online=len(on_records), group_size=g,
             prompts=prompts,
         )
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        hp = self.hparams
+        loss, optim = self.loss, self.optim
         # 1-3. Roll out (G samples per online prompt; chosen and rejected per offline pair), score, advantages.
         scored = self.score(batch)
         advantages = scored.advantages.to(self.device)
         # 4. Loss, mu times over the same rollout.
         ref = None
-        if hp.beta != 0:
+        if loss.beta != 0:
             with reference_mode(self.model):
                 ref, _ = self.logprobs(scored)
         opt, old = self.optimizers(), None
-        for _ in range(hp.mu):
+        for _ in range(loss.mu):
             logp, mask = self.logprobs(scored)
             if old is None:  # the weights that sampled the rollout: the first pass's, before any update
                 old = logp.detach()
-            out = grpo_loss(logp, old, advantages, mask, ref, hp.beta, hp.eps_low, hp.eps_high, hp.aggregation,
-                            hp.max_new_tokens)
+            out = grpo_loss(logp, old, advantages, mask, ref, beta=loss.beta, eps_low=loss.eps_low,
+                            eps_high=loss.eps_high, aggregation=loss.aggregation,
+                            max_tokens=self.sampling.max_new_tokens)
             if not torch.isfinite(out.loss):
                 raise FloatingPointError(
                     f"non-finite GRPO loss ({out.loss.item()}) at step {self.global_step}; training stopped. "
                     f"The last good checkpoint is the last one the ModelCheckpoint callback wrote."
                 )
-            self.manual_backward(out.loss / hp.accumulate_grad_batches)
-            if (batch_idx + 1) % hp.accumulate_grad_batches == 0:
-                self.clip_gradients(opt, gradient_clip_val=hp.max_grad_norm, gradient_clip_algorithm="norm")
+            self.manual_backward(out.loss / optim.accumulate_grad_batches)
+            if (batch_idx + 1) % optim.accumulate_grad_batches == 0:
+                self.clip_gradients(opt, gradient_clip_val=optim.max_grad_norm, gradient_clip_algorithm="norm")
                 opt.step()
                 opt.zero_grad()
         self._log_step(out, scored, mask)
@@ -313,16 +294,24 @@ class MBPOModule(L.LightningModule):
             f.writelines(json.dumps(x) + "\n" for x in rows)
 
     # -------------------------------------------------------------------------------------- validation
+    def setup(self, stage: str) -> None:
+        """One accuracy metric per group of the eval set (known once the data module is set up), so the same
+        keys are logged on every rank: a key logged on one rank only would hang a distributed sync."""
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        for group in getattr(datamodule, "val_groups", []):
+            if group not in self.val_accuracy:
+                self.val_accuracy[group] = MeanMetric()
+
     def validation_step(self, batch: list[dict], batch_idx: int) -> None:
         p = self.processor
         enc = encode_prompts(p, [r["question"] for r in batch], [r["image"] for r in batch]).to(self.device)
-        ids = self.model.generate(**enc, do_sample=False, max_new_tokens=self.hparams.max_new_tokens,
+        ids = self.model.generate(**enc, do_sample=False, max_new_tokens=self.sampling.max_new_tokens,
                                   suppress_tokens=vision_token_ids(p))
         texts = p.batch_decode(ids[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
         for r, t in zip(batch, texts):
-            metric = self.val_in_prior if r.get("follows_prior", True) else self.val_counter_prior
-            metric.update(float(is_correct(t, r["answer"], r["answer_type"], self.vocabulary)))
-        # Log both on every rank and step: a key logged on one rank only would hang a distributed sync.
-        self.log("val/in_prior_accuracy", self.val_in_prior, on_epoch=True, on_step=False)
-        self.log("val/counter_prior_accuracy", self.val_counter_prior, on_epoch=True, on_step=False)
-
+            correct = float(is_correct(t, r["answer"], r["answer_type"], self.vocabulary))
+            self.val_accuracy["all"].update(correct)
+            if r.get("group") in self.val_accuracy:
+                self.val_accuracy[r["group"]].update(correct)
+        for name, metric in self.val_accuracy.items():
+            self.log("val/accuracy" if name == "all" else f"val/{name}_accuracy", metric, on_epoch=True, on_step=False)

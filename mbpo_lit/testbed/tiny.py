@@ -9,7 +9,7 @@ configuration of Qwen2.5-VL, Qwen2-VL or LLaVA-1.5. Everything downstream then l
 Widths are multiples of 64 on purpose: bitsandbytes' CPU 4-bit kernels reject a linear layer whose input
 width is below its block size (64), and we want the QLoRA path tested on the CPU, not skipped.
 
-    python -m mbpo_lit.tiny --arch qwen2_5_vl --out checkpoints/tiny-qwen2_5_vl
+    python -m mbpo_lit.testbed.tiny --arch qwen2_5_vl --out checkpoints/tiny-qwen2_5_vl
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from mbpo_lit.answers import extract, is_correct, normalize_phrase
+from mbpo_lit.core.answers import extract, is_correct, normalize_phrase
 
 RewardFn = Callable[[list[str], list[dict]], list[float]]
 

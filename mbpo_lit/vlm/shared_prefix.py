@@ -3,7 +3,7 @@
 A GRPO step scores k completions per prompt (G sampled ones online; chosen and rejected offline) in up to
 three passes: generation, the policy pass, the reference pass. Laid out the straightforward way, one row per
 completion with the prompt repeated, every pass re-runs the vision tower on each row's copy of the image and
-the language model on each row's copy of the prompt. `python -m mbpo_lit.bench` counted 68 image encodings
+the language model on each row's copy of the prompt. `python -m mbpo_lit.experiments.bench` counted 68 image encodings
 per step for 4 distinct images at G = 8. Here instead:
 
 1. `encode`: the step's distinct prompts are tokenized once, and the vision tower runs once over their images.
@@ -30,11 +30,11 @@ from peft import PeftModel
 from transformers import BatchFeature, Cache, PreTrainedModel, ProcessorMixin
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-from mbpo_lit.arch import Arch
-from mbpo_lit.chat import append_completions, encode_prompts, pad_right
-from mbpo_lit.logprobs import completion_logprobs as logprob_pass
-from mbpo_lit.logprobs import token_logprobs
-from mbpo_lit.model import is_vision_parameter
+from mbpo_lit.vlm.arch import Arch
+from mbpo_lit.vlm.chat import append_completions, encode_prompts, pad_right
+from mbpo_lit.vlm.logprobs import completion_logprobs as logprob_pass
+from mbpo_lit.vlm.logprobs import token_logprobs
+from mbpo_lit.vlm.policy import is_vision_parameter
 
 
 @dataclass

@@ -23,7 +23,7 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import AutoConfig, AutoModelForImageTextToText, BitsAndBytesConfig, PreTrainedModel, ProcessorMixin
 
-from mbpo_lit.arch import Arch, arch_of, load_processor
+from mbpo_lit.vlm.arch import Arch, arch_of, load_processor
 
 Precision = Literal["bf16", "fp16", "fp32"]
 Quantization = Literal["4bit", "8bit", "none"]

@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 from transformers import ProcessorMixin
 
-from mbpo_lit.logprobs import answer_logprobs
+from mbpo_lit.vlm.logprobs import answer_logprobs
 
 Baseline = Literal["none", "neutral"]
 

@@ -1,4 +1,4 @@
-"""`python -m mbpo_lit.bench`: how fast the two hot paths run, in numbers (a benchmark command, not a test).
+"""`python -m mbpo_lit.experiments.bench`: how fast the two hot paths run, in numbers (a benchmark command, not a test).
 
 1. The hybrid GRPO step (`MBPOModule.training_step` under a real Lightning Trainer), twice on the same
    settings: as shipped (`share_prefix=True`: each distinct image encoded once per step, each prompt prefilled
@@ -15,7 +15,7 @@ TRL's GRPOTrainer itself is the comparison issue 7 asks for; `trl` is not instal
 machines (no network), so that side reports "unavailable" rather than a guess. Results print as a table with
 the ratios and go to `--out` as JSON.
 
-    python -m mbpo_lit.bench --group_size 8 --steps 5
+    python -m mbpo_lit.experiments.bench --group_size 8 --steps 5
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from mbpo_lit.arch import arch_of
+from mbpo_lit.vlm.arch import arch_of
 
 
 @dataclass
@@ -94,10 +94,10 @@ def peak_memory_mb(device: torch.device) -> float:
 
 def bench_mbpo(cfg: BenchConfig, path: str, share_prefix: bool = True) -> dict:
     """Time `cfg.steps` hybrid GRPO steps of MBPOModule on online prompts of the embedded world."""
-    from mbpo_lit.data import HybridDataModule
-    from mbpo_lit.model import LoraSettings, ModelConfig
-    from mbpo_lit.module import MBPOModule
-    from mbpo_lit.warmstart import default_world
+    from mbpo_lit.data.hybrid import HybridDataModule
+    from mbpo_lit.vlm.policy import LoraSettings, ModelConfig
+    from mbpo_lit.train.module import MBPOModule
+    from mbpo_lit.testbed.base_model import default_world
 
     world = default_world()
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -142,13 +142,13 @@ def bench_trl(cfg: BenchConfig, path: str) -> dict:
 
 def bench_pgd(cfg: BenchConfig, path: str) -> dict:
     """PGD images/s and its time over the bare forward+backward of the same steps on the same batch."""
-    from mbpo_lit.attack import pgd
-    from mbpo_lit.chat import answer_token_ids, append_completions, encode_prompts
-    from mbpo_lit.logprobs import completion_logprobs
+    from mbpo_lit.core.attack import pgd
+    from mbpo_lit.vlm.chat import answer_token_ids, append_completions, encode_prompts
+    from mbpo_lit.vlm.logprobs import completion_logprobs
     from mbpo_lit.mine import MineConfig, Miner
-    from mbpo_lit.model import ModelConfig, load_policy
-    from mbpo_lit.warmstart import default_world
-    from mbpo_lit.world import build_records
+    from mbpo_lit.vlm.policy import ModelConfig, load_policy
+    from mbpo_lit.testbed.base_model import default_world
+    from mbpo_lit.testbed.world import build_records
 
     world = default_world()
     policy = load_policy(ModelConfig(path, precision=cfg.precision, quantization="none", lora=None))
@@ -185,11 +185,11 @@ def bench_pgd(cfg: BenchConfig, path: str) -> dict:
 def bench_padding(cfg: BenchConfig, path: str, batches: int = 32, group: int = 16) -> dict:
     """Share of prompt tokens that are padding, in batches of `cfg.prompts` world prompts whose images come
     in four sizes (112-280 px, as a dataset of mixed resolutions), drawn plainly and length-grouped."""
-    from mbpo_lit.arch import load_processor
-    from mbpo_lit.chat import encode_prompts
-    from mbpo_lit.data import HybridBatches
-    from mbpo_lit.warmstart import default_world
-    from mbpo_lit.world import build_records
+    from mbpo_lit.vlm.arch import load_processor
+    from mbpo_lit.vlm.chat import encode_prompts
+    from mbpo_lit.data.hybrid import HybridBatches
+    from mbpo_lit.testbed.base_model import default_world
+    from mbpo_lit.testbed.world import build_records
 
     processor = load_processor(path, cfg.arch)
     sizes = (112, 168, 224, 280)
@@ -238,7 +238,7 @@ def checkpoint(cfg: BenchConfig) -> str:
     """`cfg.model`, or a random checkpoint of `cfg.size` written (once) under runs/checkpoints."""
     if cfg.model is not None:
         return cfg.model
-    from mbpo_lit.tiny import TinySpec, ensure_tiny_checkpoint
+    from mbpo_lit.testbed.tiny import TinySpec, ensure_tiny_checkpoint
 
     sizes = {"tiny": ("runs/checkpoints/bench", TinySpec(image_size=112)),
              "small": ("runs/checkpoints/bench-small",

@@ -10,10 +10,14 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from mbpo_lit.world import parse_choice, parse_count, parse_yes_no
 
 CLOSED_TYPES = ("color", "phrase", "yes_no", "number", "choice")
 _ARTICLES = {"a", "an", "the"}
+NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")
+
+
+def _words(text: str) -> list[str]:
+    return re.findall(r"[a-z]+|\d+", str(text).lower())
 
 
 def normalize_phrase(text: str) -> str:
@@ -55,3 +59,35 @@ def is_correct(text: str, answer: str, answer_type: str, vocabulary: Sequence[st
     if answer_type == "yes_no":
         return got == parse_yes_no(answer)
     return got == normalize_phrase(answer)
+
+
+def parse_yes_no(text: str) -> str | None:
+    """"yes" or "no" from the first yes/no word ("not" counts as no, as in POPE's evaluation), or None."""
+    table = {"yes": "yes", "yeah": "yes", "yep": "yes", "true": "yes", "no": "no", "not": "no", "nope": "no",
+             "false": "no"}
+    return next((table[w] for w in _words(text) if w in table), None)
+
+
+def parse_count(text: str) -> int | None:
+    """The first number in `text`, as digits or a word from zero to ten ("three" -> 3), or None."""
+    for w in _words(text):
+        if w.isdigit():
+            return int(w)
+        if w in NUMBER_WORDS:
+            return NUMBER_WORDS.index(w)
+    return None
+
+
+def parse_choice(text: str) -> str | None:
+    """A letter A-D from "B", "b", "(B)", "B.", "B) red", "The answer is B", "Answer: B"; else None.
+
+    A leading capital followed by a space is *not* a choice ("A red circle" is an article).
+    """
+    t = str(text).strip()
+    # Only capitals after "answer": "Answer: a red one" must not read as option A.
+    patterns = (r"(?i:answer)\s*(?:(?i:is)|:)?\s*\(?([A-D])\b", r"\(([A-D])\)", r"^([A-Da-d])[.):,]?$",
+                r"^([A-D])[.):,]")
+    for p in patterns:
+        if m := re.search(p, t):
+            return m.group(1).upper()
+    return None

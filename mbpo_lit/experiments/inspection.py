@@ -19,13 +19,13 @@ from dataclasses import dataclass
 
 import torch
 
-from mbpo_lit.attack import pgd, random_perturbation
-from mbpo_lit.chat import answer_token_ids, encode_prompts
-from mbpo_lit.grpo import clipped_tokens, grpo_loss
-from mbpo_lit.iig import image_information_gain
+from mbpo_lit.core.attack import pgd, random_perturbation
+from mbpo_lit.vlm.chat import answer_token_ids, encode_prompts
+from mbpo_lit.core.grpo import clipped_tokens, grpo_loss
+from mbpo_lit.vlm.iig import image_information_gain
 from mbpo_lit.mine import MineConfig, Miner
-from mbpo_lit.model import reference_mode, trainable_parameters
-from mbpo_lit.world import WorldConfig, build_records
+from mbpo_lit.vlm.policy import reference_mode, trainable_parameters
+from mbpo_lit.testbed.world import WorldConfig, build_records
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""`python -m mbpo_lit.plots DIR`: figures of an ablation directory (what `python -m mbpo_lit.ablate` writes).
+"""`python -m mbpo_lit.experiments.plots DIR`: figures of an ablation directory (what `python -m mbpo_lit.experiments.ablate` writes).
 
 Reads DIR/curves.csv, DIR/final.csv and DIR/variants.json and writes PNGs (headless, Agg) into DIR/figures:
 
@@ -25,7 +25,7 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
-from mbpo_lit.stats import mean_ci
+from mbpo_lit.core.stats import mean_ci
 
 CURVE_METRICS = ("val/counter_prior_accuracy", "val/in_prior_accuracy", "online/accuracy", "loss")
 FINAL_METRICS = ("counter_prior_accuracy", "in_prior_accuracy", "gap")
@@ -170,7 +170,7 @@ def plot_all(directory: str | Path, out: str | Path | None = None) -> list[Path]
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description="PNG figures of an ablation directory (python -m mbpo_lit.ablate --out DIR).")
+    p = argparse.ArgumentParser(description="PNG figures of an ablation directory (python -m mbpo_lit.experiments.ablate --out DIR).")
     p.add_argument("directory")
     p.add_argument("--out", default=None, help="where the PNGs go (default DIR/figures)")
     a = p.parse_args(argv)

@@ -1,0 +1,202 @@
+"""Hybrid batches for MBPO: offline preference pairs (from mining) and online close-ended prompts.
+
+Each training batch is a dict {"offline": [pair records], "online": [prompt records]} with a fixed number
+of each, drawn deterministically from (seed, batch index), so a run and its resumption see the same data.
+Records stay Python dicts with PIL images: the LightningModule encodes them with the policy's processor,
+because the rollout (generation) and the log-prob passes must share one encoding (left padding, same
+chat template). Online prompts and the validation set come from any `RecordSource` (see sources.py).
+
+Bad records are never dropped silently: a record with a missing answer or an unreadable image is reported
+by source and index, and then skipped (`bad_records="skip"`, the list is kept in `skipped`) or raised
+(`bad_records="error"`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import lightning as L
+import numpy as np
+from torch.utils.data import DataLoader, Dataset
+
+from mbpo_lit.data.sources import RecordSource, SourceError, as_source, report_skipped
+
+
+def _checked(record: dict) -> str | None:
+    """Why a pair record cannot be used, or None if it can."""
+    if not str(record.get("question") or "").strip():
+        return "empty question"
+    if record.get("answer") is None or str(record["answer"]).strip() == "":
+        return "missing answer"
+    if not str(record.get("rejected") or "").strip():
+        return "missing rejected answer"
+    try:
+        image = record["image"]
+        image.load() if hasattr(image, "load") else None
+        if not hasattr(image, "size"):
+            return f"unreadable image ({type(image).__name__})"
+    except Exception as err:  # noqa: BLE001 - any decoding failure is reported with its index
+        return f"unreadable image ({err})"
+    return None
+
+
+def load_pairs(path: str) -> list[dict]:
+    """Offline pairs from a mining output (`mine.py` writes `DIR/dataset`), as flat records."""
+    from datasets import load_from_disk
+
+    data = load_from_disk(str(Path(path)))
+    pairs = []
+    for i in range(len(data)):
+        try:
+            row = data[i]
+        except Exception as err:  # noqa: BLE001 - an undecodable row (corrupt image bytes) is reported
+            pairs.append({"id": f"{path}#{i}", "_error": f"unreadable record ({err})"})
+            continue
+        pairs.append({
+            "id": row.get("id", str(i)), "image": (row.get("images") or [None])[0], "question": row["question"],
+            "answer": row["chosen"][0]["content"][0]["text"] if row.get("chosen") else None,
+            "rejected": row["rejected"][0]["content"][0]["text"] if row.get("rejected") else None,
+            "answer_type": row.get("answer_type", "phrase"),
+        })
+    return pairs
+
+
+def length_key(record: dict) -> tuple[int, int]:
+    """What makes a record's sequences long: image area first (Qwen-VL's image tokens grow with it), then
+    the characters of question and answers."""
+    w, h = record["image"].size
+    text = sum(len(str(record.get(k) or "")) for k in ("question", "answer", "rejected"))
+    return w * h, text
+
+
+class HybridBatches(Dataset):
+    """Batch i = `offline_per_batch` pairs and `online_per_batch` prompts, chosen by (seed, i).
+
+    With `group_batches` = M > 1 (length grouping), batches come in blocks of M: a block's M x n records
+    are drawn together, sorted by `length_key` and cut into M batches of similar lengths (in a shuffled
+    order), so a batch pads its prompts to a near length. Still a function of (seed, i): resumable.
+    """
+
+    def __init__(self, pairs: list[dict], prompts: list[dict], offline_per_batch: int, online_per_batch: int,
+                 length: int, seed: int, group_batches: int = 1):
+        self.pairs, self.prompts, self.length, self.seed = pairs, prompts, length, seed
+        self.n_off = offline_per_batch if pairs else 0
+        self.n_on = online_per_batch if prompts else 0
+        self.group = group_batches
+
+    def __len__(self) -> int:
+        return self.length
+
+    def _grouped(self, pool: list[dict], n: int, i: int, stream: int) -> list[dict]:
+        """Batch i's n records of one stream under length grouping (see the class docstring)."""
+        if not n:
+            return []
+        block, slot = divmod(i, self.group)
+        rng = np.random.default_rng([self.seed, block, stream])
+        drawn = rng.choice(len(pool), n * self.group, replace=len(pool) < n * self.group)
+        drawn = sorted(drawn, key=lambda j: length_key(pool[j]))
+        k = int(rng.permutation(self.group)[slot])
+        return [pool[j] for j in drawn[k * n:(k + 1) * n]]
+
+    def __getitem__(self, i: int) -> dict:
+        if self.group <= 1:  # one generator for both streams (the batches of earlier runs, unchanged)
+            rng = np.random.default_rng([self.seed, i])
+            pick = lambda pool, n: [pool[j] for j in rng.choice(len(pool), n, replace=len(pool) < n)] if n else []  # noqa: E731
+            return {"offline": pick(self.pairs, self.n_off), "online": pick(self.prompts, self.n_on)}
+        return {"offline": self._grouped(self.pairs, self.n_off, i, 0),
+                "online": self._grouped(self.prompts, self.n_on, i, 1)}
+
+
+def interleave_groups(records: list[dict], n: int | None) -> list[dict]:
+    """The first n records taking each group in turn (in-prior, counter-prior, in-prior, ...), so a
+    validation limited to a few batches still sees every group."""
+    groups: dict[str, list[dict]] = {}
+    for r in records:
+        groups.setdefault(r.get("group") or "", []).append(r)
+    out = [g[i] for i in range(max(map(len, groups.values()), default=0)) for g in groups.values() if i < len(g)]
+    return out[:n] if n is not None else out
+
+
+class HybridDataModule(L.LightningDataModule):
+    """Offline pairs + online prompts for training, an eval set for validation.
+
+    Args:
+        pairs: directory of mined pairs (`python -m mbpo_lit mine --out DIR` writes `DIR/dataset`); None
+            trains on the online stream only.
+        online: close-ended prompts for the online stream: a path / hub id (the library's record schema) or a
+            `RecordSource` (e.g. `Records` with a benchmark format and column map); None: offline pairs only.
+        val: the eval set validated on during training and scored before / after by `python -m mbpo_lit fit`;
+            None: no validation. Metrics are named by its records' groups (val/<group>_accuracy).
+        offline_per_batch / online_per_batch: the mix of one training batch.
+        batches_per_epoch: length of an epoch, in batches.
+        length_group_batches: M > 1 draws batches in blocks of M and sorts each block by length (image area,
+            then text), so a batch's prompts pad to a near length; 1 (default) draws each batch on its own.
+            Worth it for datasets of mixed image sizes.
+        val_n: records validated on (taken from the eval set's groups in turn); None: all of them.
+        bad_records: "skip" (report and skip) or "error" (report them all and stop).
+    """
+
+    def __init__(
+        self,
+        pairs: str | None = None,
+        online: RecordSource | str | None = None,
+        val: RecordSource | str | None = None,
+        offline_per_batch: int = 2,
+        online_per_batch: int = 2,
+        batches_per_epoch: int = 200,
+        length_group_batches: int = 1,
+        val_n: int | None = 64,
+        bad_records: Literal["skip", "error"] = "skip",
+        seed: int = 0,
+    ):
+        super().__init__()
+        if length_group_batches < 1:
+            raise ValueError(f"length_group_batches={length_group_batches}: must be >= 1 (1: no length grouping)")
+        self.pairs_path, self.online, self.val = pairs, as_source(online), as_source(val)
+        self.offline_per_batch, self.online_per_batch = offline_per_batch, online_per_batch
+        self.batches_per_epoch, self.length_group_batches = batches_per_epoch, length_group_batches
+        self.val_n, self.bad_records, self.seed = val_n, bad_records, seed
+        self.skipped: list[dict] = []
+        self.val_records: list[dict] = []
+        self.eval_records: list[dict] = []
+
+    def _load(self, source: RecordSource) -> list[dict]:
+        records, skipped = source.load()
+        report_skipped(skipped, source, self.bad_records)
+        self.skipped += [{"source": str(source), **s} for s in skipped]
+        return records
+
+    def _pairs(self) -> list[dict]:
+        good, skipped = [], []
+        for i, rec in enumerate(load_pairs(self.pairs_path)):
+            why = rec.get("_error") or _checked(rec)
+            if why is None:
+                good.append(rec)
+            else:
+                skipped.append({"index": i, "id": rec.get("id"), "reason": why})
+        report_skipped(skipped, self.pairs_path, self.bad_records)
+        self.skipped += [{"source": str(self.pairs_path), **s} for s in skipped]
+        return good
+
+    @property
+    def val_groups(self) -> list[str]:
+        """The eval set's groups (metric names), known after `setup`."""
+        return sorted({r.get("group") or "" for r in self.val_records} - {""})
+
+    def setup(self, stage: str | None = None) -> None:
+        self.skipped = []
+        pairs = self._pairs() if self.pairs_path else []
+        prompts = self._load(self.online) if self.online is not None else []
+        if not pairs and not prompts:
+            raise SourceError("no training data: give data.pairs (mined pairs) and/or data.online (prompts)")
+        self.train_set = HybridBatches(pairs, prompts, self.offline_per_batch, self.online_per_batch,
+                                       self.batches_per_epoch, self.seed, self.length_group_batches)
+        self.eval_records = self._load(self.val) if self.val is not None else []
+        self.val_records = interleave_groups(self.eval_records, self.val_n)
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(self.train_set, batch_size=None, shuffle=False, collate_fn=lambda b: b)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(self.val_records, batch_size=32, shuffle=False, collate_fn=lambda b: b)

@@ -1,0 +1,266 @@
+"""Where records come from: one loader for mining, evaluation and the training data module.
+
+A record is a dict: `image` (PIL, RGB), `question`, `answer`, `answer_type` ("yes_no", "number", "choice",
+"phrase", "color", or "description" for open-ended captions), `id`, and optionally `family` (the question
+family, e.g. "existence") and `group` (the slice metrics are reported by: POPE's random / popular /
+adversarial, or a synthetic world's in-prior / counter-prior).
+
+Sources are classes with a `load()`, so a LightningCLI recipe names one by `class_path` (as torchgeo's
+datasets are named) and a new kind of data is a new subclass, not an edit here. `Records` reads
+
+* a Hugging Face hub dataset id (with `split` and config `name`),
+* a local .jsonl / .json / .csv / .parquet file, or a `datasets` `save_to_disk` folder,
+
+in the library's schema or in a benchmark's published layout (`format`): "pope" (POPE's files: question_id,
+image, text, label; or lmms-lab/POPE's question / answer / category), "aokvqa" (A-OKVQA: question, choices,
+correct_choice_idx, rendered as a lettered multiple-choice prompt) and "vqav2" (VQAv2: question,
+multiple_choice_answer, answer_type). `columns` renames a source's columns on top of the format's.
+
+Nothing is dropped silently: a record that cannot be used (no question, no answer, an unreadable image) is
+returned in the `skipped` list with its index, id and reason, and the caller reports or refuses it.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from PIL import Image
+
+from mbpo_lit.core.answers import CLOSED_TYPES, extract
+
+FormatName = Literal["records", "pope", "aokvqa", "vqav2"]
+LETTERS = "ABCDEFGH"
+
+
+class SourceError(ValueError):
+    """A data source that cannot be opened (missing path, unreachable hub id, unknown column)."""
+
+
+@dataclass(frozen=True)
+class Format:
+    """A dataset layout: candidate source columns for each record field (first present wins)."""
+
+    columns: dict[str, tuple[str, ...]]
+    answer_type: str | None = None  # fixed answer type of the whole format
+    family: str | None = None
+    answer_types: dict[str, str] = field(default_factory=dict)  # the source's answer-type names -> ours
+
+
+FORMATS: dict[str, Format] = {
+    "records": Format({"image": ("image",), "question": ("question",), "answer": ("answer",),
+                       "answer_type": ("answer_type",), "id": ("id",), "family": ("family",), "group": ("group",)}),
+    # POPE's own jsonl files (github.com/RUCAIBox/POPE: question_id, image, text, label; the category is in the
+    # file name, coco_pope_adversarial.json) and the hub copy lmms-lab/POPE (question, answer, category).
+    "pope": Format({"image": ("image",), "question": ("text", "question"), "answer": ("label", "answer"),
+                    "id": ("question_id", "id"), "group": ("category",)}, answer_type="yes_no", family="existence"),
+    # A-OKVQA (HuggingFaceM4/A-OKVQA): four choices and the index of the correct one.
+    "aokvqa": Format({"image": ("image",), "question": ("question",), "choices": ("choices",),
+                      "answer": ("correct_choice_idx",), "id": ("question_id", "id")}, answer_type="choice",
+                     family="choice"),
+    # VQAv2 (HuggingFaceM4/VQAv2): the consensus answer and the question's answer type.
+    "vqav2": Format({"image": ("image",), "question": ("question",), "answer": ("multiple_choice_answer", "answer"),
+                     "answer_type": ("answer_type",), "id": ("question_id", "id")},
+                    answer_types={"yes/no": "yes_no", "number": "number", "other": "phrase"}),
+}
+
+
+def looks_local(name: str) -> bool:
+    """A hub id is `name` or `org/name`; anything else (absolute, ./, ~, deeper paths, a file) is local."""
+    return (os.path.isabs(name) or name.startswith((".", "~")) or name.count("/") > 1 or Path(name).exists()
+            or Path(name).suffix in (".jsonl", ".json", ".csv", ".parquet"))
+
+
+def open_dataset(source: str, split: str = "train", name: str | None = None):
+    """A `datasets.Dataset` from a local data file, a `save_to_disk` folder or a hub dataset id.
+
+    Raises `SourceError` with one line that says which it was: a local path that does not exist, or a hub id
+    that could not be loaded (offline, private, misspelt).
+    """
+    from datasets import load_dataset, load_from_disk
+
+    if looks_local(source):
+        path = Path(source).expanduser()
+        if path.is_file():
+            fmt = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}.get(path.suffix, "json")
+            return load_dataset(fmt, data_files=str(path), split="train")
+        if path.is_dir():
+            return load_from_disk(str(path))
+        raise SourceError(f"data path {source!r} does not exist (a local file or save_to_disk folder was expected)")
+    try:
+        return load_dataset(source, name, split=split)
+    except Exception as err:  # noqa: BLE001 - any hub failure becomes one line naming the id
+        offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise SourceError(f"dataset {source!r} is not a local path and could not be loaded from the hub"
+                          f"{' (HF_HUB_OFFLINE is set)' if offline else ''}: {reason}") from err
+
+
+def open_image(value, root: Path | None) -> Image.Image:
+    """An RGB image from a decoded image, `datasets`' {"bytes", "path"} dict, or a path (relative to `root`)."""
+    if isinstance(value, dict):
+        value = io.BytesIO(value["bytes"]) if value.get("bytes") else value.get("path")
+    if isinstance(value, str):
+        path = Path(value).expanduser()
+        value = path if path.is_absolute() or root is None else root / path
+    if isinstance(value, (str, Path, io.BytesIO)):
+        value = Image.open(value)
+    if not hasattr(value, "convert"):
+        raise ValueError(f"not an image ({type(value).__name__})")
+    return value.convert("RGB")
+
+
+class RecordSource:
+    """Base class of record sources. Subclasses implement `load`; the rest has defaults.
+
+    `vocabulary`: the answer words of "color"/"phrase" answers when the source has a closed set (the first such
+    word in a completion is its answer); None compares whole normalized phrases.
+    """
+
+    vocabulary: list[str] | None = None
+
+    def load(self) -> tuple[list[dict], list[dict]]:
+        """(records, skipped): usable records, and {"index", "id", "reason"} for each one that is not."""
+        raise NotImplementedError
+
+    def mentions(self, text: str) -> list[str] | None:
+        """Object mentions in a free-form description (for CHAIR), or None if the source cannot parse them."""
+        return None
+
+    def __str__(self) -> str:
+        return type(self).__name__
+
+
+class Records(RecordSource):
+    """Records from a hub dataset id, a local file or a `save_to_disk` folder (see the module docstring).
+
+    Args:
+        path: hub dataset id (e.g. "lmms-lab/POPE"), local .jsonl/.json/.csv/.parquet file, or folder.
+        split: split of a hub dataset.
+        name: config name of a hub dataset (e.g. "Full" for lmms-lab/POPE).
+        format: the layout: "records" (this library's schema), "pope", "aokvqa" or "vqav2".
+        columns: record field -> source column, on top of the format's (e.g. {"question": "prompt"}).
+        image_root: folder that relative image paths are resolved against (default: the data file's folder).
+        answer_type: answer type of records whose source has none ("yes_no", "number", "choice", "phrase").
+        answer_types: keep only records of these answer types; the others are skipped *and listed*.
+        group: metrics slice of every record when the source has none (POPE: taken from the file name).
+        n: at most this many records (None: all): the first n, or with `spread` n spread evenly over the data.
+        spread: take every (len / n)-th record instead of the first n, so a file ordered by category (POPE's
+            hub copy: adversarial, then popular, then random) gives a sample of every category.
+        vocabulary: closed answer vocabulary for "color"/"phrase" answers (see `RecordSource`).
+    """
+
+    def __init__(self, path: str, split: str = "train", name: str | None = None, format: FormatName = "records",
+                 columns: dict[str, str] | None = None, image_root: str | None = None,
+                 answer_type: str | None = None, answer_types: list[str] | None = None, group: str | None = None,
+                 n: int | None = None, spread: bool = False, vocabulary: list[str] | None = None):
+        if format not in FORMATS:
+            raise SourceError(f"format={format!r}: one of {sorted(FORMATS)}")
+        if n is not None and n < 1:
+            raise SourceError(f"n={n}: must be >= 1 (or None for all records)")
+        self.path, self.split, self.name, self.format = path, split, name, format
+        self.columns, self.image_root, self.answer_type = dict(columns or {}), image_root, answer_type
+        self.answer_types, self.group, self.n, self.spread = answer_types, group, n, spread
+        self.vocabulary = vocabulary
+
+    def __str__(self) -> str:
+        return self.path if self.split == "train" or looks_local(self.path) else f"{self.path}[{self.split}]"
+
+    def _column_map(self, available: list[str]) -> dict[str, str]:
+        """Record field -> source column present in the data; a user-named column must exist."""
+        fmt = FORMATS[self.format]
+        unknown = {k: v for k, v in self.columns.items() if v not in available}
+        if unknown:
+            raise SourceError(f"{self}: columns {unknown} not in the data; its columns are {available}")
+        found = {k: next((c for c in cands if c in available), None) for k, cands in fmt.columns.items()}
+        mapping = {k: c for k, c in found.items() if c is not None} | self.columns
+        missing = [k for k in ("image", "question", "answer") if k not in mapping]
+        if missing:
+            raise SourceError(f"{self}: no column for {missing} (format {self.format!r}); its columns are "
+                              f"{available}; map them with columns={{field: column}}")
+        return mapping
+
+    def _default_group(self) -> str:
+        if self.group is not None:
+            return self.group
+        if self.format == "pope" and (m := re.search(r"(random|popular|adversarial)", Path(self.path).name)):
+            return m.group(1)
+        return ""
+
+    def record(self, row: dict, i: int, cols: dict[str, str], root: Path | None) -> dict:
+        """One source row as a record; raises ValueError with the reason if it cannot be used."""
+        fmt = FORMATS[self.format]
+        question = row.get(cols["question"])
+        if question is None or not str(question).strip():
+            raise ValueError("empty question")
+        answer = row.get(cols["answer"])
+        if answer is None or not str(answer).strip():
+            raise ValueError("missing answer")
+        answer_type = (fmt.answer_type or fmt.answer_types.get(str(row.get(cols.get("answer_type", ""), "")), None)
+                       or row.get(cols.get("answer_type", "")) or self.answer_type or "phrase")
+        question = str(question)
+        if self.format == "aokvqa":  # a lettered multiple-choice prompt; the answer is the correct letter
+            choices = list(row[cols["choices"]])
+            question += "\n" + "\n".join(f"{LETTERS[j]}. {c}" for j, c in enumerate(choices))
+            question += "\nAnswer with the option's letter from the given choices directly."
+            answer = LETTERS[int(answer)]
+        if answer_type == "yes_no":
+            label = extract(str(answer), "yes_no")
+            if label is None:
+                raise ValueError(f"answer {answer!r} is not yes or no")
+            answer = label
+        if answer_type not in (*CLOSED_TYPES, "description"):
+            raise ValueError(f"answer_type {answer_type!r} is not one of {(*CLOSED_TYPES, 'description')}")
+        if self.answer_types is not None and answer_type not in self.answer_types:
+            raise ValueError(f"answer_type {answer_type!r} not in answer_types={self.answer_types}")
+        try:
+            image = open_image(row.get(cols["image"]), root)
+        except Exception as err:  # noqa: BLE001 - any decoding failure is this record's reason
+            raise ValueError(f"unreadable image: {err}") from err
+        rid = row.get(cols["id"]) if "id" in cols else None
+        return dict(image=image, question=question, answer=str(answer), answer_type=answer_type,
+                    id=str(rid if rid is not None else i), source_index=i,
+                    family=row.get(cols.get("family", "")) or fmt.family or answer_type,
+                    group=str(row.get(cols.get("group", "")) or self._default_group()))
+
+    def load(self) -> tuple[list[dict], list[dict]]:
+        data = open_dataset(self.path, self.split, self.name)
+        cols = self._column_map(list(data.column_names))
+        local = Path(self.path).expanduser()
+        root = Path(self.image_root) if self.image_root else (local.parent if local.is_file() else None)
+        records, skipped = [], []
+        n = len(data) if self.n is None else min(self.n, len(data))
+        for i in (range(n) if not self.spread else sorted({k * len(data) // n for k in range(n)})):
+            try:
+                row = data[i]
+            except Exception as err:  # noqa: BLE001 - an undecodable row (e.g. corrupt image bytes)
+                skipped.append({"index": i, "id": str(i), "reason": f"unreadable record: {err}"})
+                continue
+            try:
+                records.append(self.record(row, i, cols, root))
+            except ValueError as err:
+                rid = row.get(cols["id"]) if "id" in cols else None
+                skipped.append({"index": i, "id": str(rid if rid is not None else i), "reason": str(err)})
+        return records, skipped
+
+
+def as_source(source: RecordSource | str | None) -> RecordSource | None:
+    """A source from a config value: a `RecordSource`, a path / hub id string (`Records(path)`), or None."""
+    if source is None or isinstance(source, RecordSource):
+        return source
+    return Records(str(source))
+
+
+def report_skipped(skipped: list[dict], source: object, bad_records: Literal["skip", "error"]) -> None:
+    """Print every skipped record with its reason; with bad_records="error", refuse them all in one error."""
+    if not skipped:
+        return
+    lines = [f"{source}: record {s['index']} (id {s.get('id')}): {s['reason']}" for s in skipped]
+    if bad_records == "error":
+        raise SourceError(f"{len(skipped)} unusable records (bad_records='error'):\n  " + "\n  ".join(lines))
+    more = f"\n  ... and {len(lines) - 20} more" if len(lines) > 20 else ""
+    print(f"skipping {len(skipped)} unusable records:\n  " + "\n  ".join(lines[:20]) + more)
