@@ -6,7 +6,7 @@ per group (e.g. POPE's random / popular / adversarial) and per question family, 
 and yes-ratio on yes/no questions, CHAIR on descriptions when the source can parse object mentions.
 
     python -m mbpo_lit evaluate --model Qwen/Qwen2.5-VL-7B-Instruct --adapter runs/fit/adapter \
-        --data.path coco_pope_adversarial.json --data.format pope --data.image_root val2014/
+        --data Records --data.path coco_pope_adversarial.json --data.format pope --data.image_root val2014/
     python -m mbpo_lit evaluate --model DIR --data pope.jsonl --out results.json
 """
 
@@ -180,7 +180,7 @@ def evaluate(
     Args:
         model: checkpoint directory or hub id.
         data: the eval set: a path / hub id (this library's record schema), or a source with options, e.g.
-            `--data.path FILE --data.format pope` or a `class_path` of another `RecordSource`.
+            `--data Records --data.path FILE --data.format pope`, or another `RecordSource` class.
         adapter: a LoRA adapter folder (peft format) to apply on top of `model`.
         batch_size, max_new_tokens: greedy generation.
         precision, quantization: how to load `model`.

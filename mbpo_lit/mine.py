@@ -50,7 +50,7 @@ class MineConfig:
         model: base model directory or hub id.
         adapter: optional LoRA adapter (peft format) on top of `model`.
         source: the records to mine: a path / hub id in the library's record schema, or a `RecordSource`
-            with options (`--source.path F --source.format vqav2 --source.columns '{...}'`, or a class_path).
+            with options (`--source Records --source.path F --source.format vqav2`, or another class_path).
         n: how many source records to mine (from the start).
         method: "pgd" or a baseline: "uniform", "gaussian", "diffusion", "none".
         epsilon, step_size: L-inf budget and PGD step, in /255 units.

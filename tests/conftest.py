@@ -2,7 +2,8 @@
 
 import os
 
-# No hub is reachable here: make every Hugging Face library fail fast instead of retrying the network.
+# No hub is reachable here: make every Hugging Face library fail fast instead of retrying the network. The
+# library itself never sets these (a user with a network must be able to download hub ids).
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -24,10 +25,12 @@ def tiny_root(tmp_path_factory):
 def tiny_pairs(tiny_root, tmp_path_factory):
     """(tiny Qwen2.5-VL checkpoint, directory of 4 pairs mined from it): inputs of short fits."""
     from mbpo_lit.mine import MineConfig, run
+    from mbpo_lit.testbed.world_source import WorldSource
 
     path = str(ensure_tiny_checkpoint("qwen2_5_vl", tiny_root))
     out = tmp_path_factory.mktemp("pairs")
-    pairs = run(MineConfig(out=str(out), model=path, n=4, batch_size=4, steps=1, iig_filter="none"), progress=False)
+    pairs = run(MineConfig(out=str(out), model=path, source=WorldSource(["train"], 4), n=4, batch_size=4, steps=1,
+                           iig_filter="none"), progress=False)
     return path, str(pairs)
 
 
@@ -35,3 +38,16 @@ def tiny_pairs(tiny_root, tmp_path_factory):
 def tiny_path(request, tiny_root):
     """Path of a tiny checkpoint, once per architecture (tests using it run for each)."""
     return ensure_tiny_checkpoint(request.param, tiny_root)
+
+
+@pytest.fixture(scope="session")
+def photos():
+    """Real photographs of mixed sizes and aspect ratios (scikit-image's samples), shrunk so that the tiny
+    models stay fast: 160x160, 160x107, 160x106 and 160x107 pixels (width x height)."""
+    from PIL import Image
+    from skimage import data
+
+    images = [Image.fromarray(getattr(data, name)()) for name in ("astronaut", "coffee", "chelsea", "rocket")]
+    for im in images:
+        im.thumbnail((160, 160))
+    return images

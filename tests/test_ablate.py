@@ -7,9 +7,9 @@ import math
 
 import pytest
 
+from mbpo_lit.core.stats import mean_ci, summarize, t_quantile_975
 from mbpo_lit.experiments import ablate
 from mbpo_lit.experiments.ablate import GRID, AblationConfig, Variant, select
-from mbpo_lit.core.stats import mean_ci, summarize, t_quantile_975
 
 
 def test_mean_ci_matches_hand_computation():
@@ -60,13 +60,30 @@ def test_grid_has_the_required_variants_and_sweeps():
 
 
 def test_fit_args_carry_seed_pairs_and_variant_overrides(tmp_path):
-    cfg = AblationConfig(out=str(tmp_path), steps=50, fit_args=("--model.lr", "1e-4"))
+    from mbpo_lit.fit import recipe
+
+    cfg = AblationConfig(out=str(tmp_path), steps=50, fit_args=("--model.optim.lr", "1e-4"))
     offline = next(v for v in GRID if v.name == "offline_only")
     args = ablate.fit_args(offline, 2, None, tmp_path / "r", cfg)
     flags = dict(zip(args[::2], args[1::2]))
+    assert args[:2] == ["--config", recipe("embedded")]  # the embedded recipe first, every option overrides it
     assert flags["--seed_everything"] == "2" and flags["--data.seed"] == "2" and flags["--data.pairs"] == "null"
     assert flags["--trainer.max_steps"] == "50" and flags["--trainer.val_check_interval"] == "10"
-    assert flags["--data.online"] == "none" and args[-2:] == ["--model.lr", "1e-4"]  # user's options come last
+    assert flags["--data.online"] == "null" and args[-2:] == ["--model.optim.lr", "1e-4"]  # user's options last
+
+
+def test_fit_args_parse_against_the_fit_command(tmp_path):
+    """Every option the runner writes is one `python -m mbpo_lit fit` accepts (nothing is trained)."""
+    from mbpo_lit.fit import MBPOCLI
+    from mbpo_lit.data.hybrid import HybridDataModule
+    from mbpo_lit.train.module import MBPOModule
+
+    cfg = AblationConfig(out=str(tmp_path), steps=50, fit_args=("--model.optim.lr", "3e-5"))
+    offline = next(v for v in GRID if v.name == "offline_only")
+    args = ablate.fit_args(offline, 1, str(tmp_path / "pairs"), tmp_path / "r", cfg)
+    cli = MBPOCLI(MBPOModule, HybridDataModule, args=args, run=False, save_config_callback=None)
+    assert cli.model.optim.lr == 3e-5 and not cli.datamodule.online  # no online stream
+    assert cli.datamodule.pairs_path == str(tmp_path / "pairs") and cli.trainer.max_steps == 50
 
 
 def test_mining_cache_is_keyed_by_config(tmp_path):
@@ -175,10 +192,31 @@ def test_other_settings_in_the_same_directory_are_refused(fake_runner, tmp_path)
         ablate.run_grid(AblationConfig(out=str(tmp_path), seeds=(0,), steps=40), select("online_only"), log=lambda m: None)
 
 
-def test_cli_rejects_an_unknown_variant(capsys):
-    with pytest.raises(SystemExit):
-        ablate.main(["--variants", "fulll"])
-    assert "fulll" in capsys.readouterr().err
+def test_cli_rejects_an_unknown_variant(capsys, tmp_path):
+    with pytest.raises(SystemExit) as exit_:
+        ablate.main(["--variants", "fulll", "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "fulll" in err and "Traceback" not in err
+
+
+def test_cli_lists_variants_and_prints_its_config(capsys):
+    assert ablate.main(["--list", "true"]) is None
+    out = capsys.readouterr().out
+    assert all(v.name in out for v in GRID)
+    with pytest.raises(SystemExit) as exit_:
+        ablate.main(["--seeds", "[3,4]", "--steps", "7", "--print_config"])
+    assert exit_.value.code == 0
+    printed = capsys.readouterr().out
+    assert "steps: 7" in printed and "- 3" in printed and "variants: all" in printed
+
+
+def test_cli_runs_the_grid_with_its_options(fake_runner, tmp_path, capsys):
+    paths = ablate.main(["--variants", "online_only", "--seeds", "[1]", "--steps", "20", "--out", str(tmp_path),
+                         "--fit_args=--model.optim.lr 1e-4 --model.loss.beta 0.04"])
+    assert set(paths) == {"curves", "final", "summary"}
+    settings = json.loads((tmp_path / "settings.json").read_text())
+    assert settings["steps"] == 20 and settings["fit_args"] == ["--model.optim.lr", "1e-4", "--model.loss.beta", "0.04"]
+    assert [d.split("/")[-1] for d, _ in fake_runner["fit"]] == ["seed1"]
 
 
 def test_variant_defaults_train_on_the_default_mining():

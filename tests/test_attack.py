@@ -81,7 +81,7 @@ def test_diffusion_noise_grows_with_the_step():
 @pytest.mark.parametrize("quantization", ["none", "4bit"])
 def test_pgd_on_a_real_model_lowers_ground_truth_likelihood(tiny_path, quantization):
     policy = load_policy(ModelConfig(str(tiny_path), precision="fp32", quantization=quantization, lora=None, device="cpu"))
-    miner = Miner(policy.model, policy.processor, MineConfig(), None)
+    miner = Miner(policy.model, policy.processor, MineConfig("model", "source"))
     qs, answers = ["What color is the circle?", "Is there a star?"], ["red", "no"]
     prompts = encode_prompts(policy.processor, qs, pictures())
     raw = torch.stack(miner.codec.raw_images(prompts))

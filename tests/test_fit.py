@@ -1,4 +1,5 @@
-"""The fit CLI: every shipped recipe parses; a short CLI fit runs, also on DDP with 2 CPU processes."""
+"""The fit CLI: every shipped recipe parses; a short fit on the world and one on benchmark files (no world
+involved) run end to end, also on DDP with 2 CPU processes."""
 
 import json
 import os
@@ -8,61 +9,124 @@ from importlib.resources import files
 from pathlib import Path
 
 import pytest
+import yaml
 
+import benchmark_files as bf
 from mbpo_lit.fit import main
+from mbpo_lit.mine import MineConfig, run
 
 RECIPES = sorted(p.name for p in (files("mbpo_lit") / "recipes").iterdir() if p.name.endswith(".yaml"))
+COLORS = ["red", "green", "blue", "yellow", "purple", "orange"]
 
 
 def test_recipes_are_shipped():
-    assert {"default.yaml", "qwen2_5_vl_7b_qlora.yaml", "qwen2_vl_7b_qlora.yaml", "llava_1_5_7b_qlora.yaml",
+    assert {"embedded.yaml", "qwen2_5_vl_7b_qlora.yaml", "qwen2_vl_7b_qlora.yaml", "llava_1_5_7b_qlora.yaml",
             "qwen2_5_vl_7b_ddp.yaml"} <= set(RECIPES)
 
 
 @pytest.mark.parametrize("name", RECIPES)
-def test_every_shipped_recipe_parses(name, capsys):
+def test_every_shipped_recipe_parses_on_its_own(name, capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["--config", str(files("mbpo_lit") / "recipes" / name), "--print_config"])
     assert exit_.value.code in (0, None)
-    printed = capsys.readouterr().out
-    assert "name_or_path:" in printed and "group_size:" in printed
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["model"]["model"]["name_or_path"] and printed["model"]["sampling"]["group_size"] >= 2
+    assert printed["data"]["val"] and (printed["data"]["online"] or name == "embedded.yaml")
 
 
-@pytest.fixture
-def tiny_job(tiny_pairs):
-    return tiny_pairs
+def tiny_config(path, pairs, root, data: dict, steps=2) -> dict:
+    """A complete config of a 2-step CPU fit of the tiny checkpoint (written as YAML, as a user would)."""
+    return {
+        "seed_everything": 0,
+        "trainer": {"accelerator": "cpu", "devices": 1, "max_steps": steps, "default_root_dir": str(root),
+                    "val_check_interval": 2, "limit_val_batches": 1, "num_sanity_val_steps": 0,
+                    "enable_progress_bar": False, "enable_model_summary": False,
+                    "callbacks": [{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                                   "init_args": {"save_last": True, "save_top_k": 0, "every_n_train_steps": 1}}]},
+        "model": {"model": {"name_or_path": path, "precision": "fp32", "quantization": "4bit",
+                            "lora": {"r": 4, "alpha": 8, "dropout": 0.0}},
+                  "sampling": {"group_size": 2, "max_new_tokens": 4}, "optim": {"lr": 1e-3},
+                  "sample_table_every": 0},
+        "data": {"pairs": pairs, "offline_per_batch": 1, "online_per_batch": 1, "val_n": 2} | data,
+    }
 
 
-def cli_args(path, pairs, root, steps=2):
-    return ["--model.model.name_or_path", path, "--data.pairs", pairs, "--data.world", json.dumps({"image_size": 56}),
-            "--trainer.max_steps", str(steps), "--trainer.default_root_dir", str(root), "--trainer.val_check_interval", "2",
-            "--trainer.limit_val_batches", "1", "--model.evaluate_n", "4", "--model.group_size", "2",
-            "--data.offline_per_batch", "1", "--data.online_per_batch", "1", "--data.n_online", "8",
-            "--data.val_n", "2", "--model.vocabulary", json.dumps(["red", "green", "blue", "yellow", "purple", "orange"])]
+def world(splits, n, families=("attribute",)):
+    return {"class_path": "mbpo_lit.testbed.world_source.WorldSource",
+            "init_args": {"splits": list(splits), "n": n, "families": list(families), "world": {"image_size": 56}}}
 
 
-def test_short_cli_fit_writes_checkpoint_and_before_after(tiny_job, tmp_path):
-    path, pairs = tiny_job
-    main(cli_args(path, pairs, tmp_path))
+def write_config(tmp_path, config) -> str:
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return str(path)
+
+
+def test_short_cli_fit_on_the_world_writes_checkpoint_and_before_after(tiny_pairs, tmp_path):
+    path, pairs = tiny_pairs
+    config = tiny_config(path, pairs, tmp_path, {"online": world(["train"], 8),
+                                                 "val": world(["eval_in_prior", "eval_counter_prior"], 2)})
+    config["model"]["rewards"] = {"vocabulary": COLORS}
+    main(["--config", write_config(tmp_path, config)])
     results = json.loads((tmp_path / "before_after.json").read_text())
-    assert set(results) == {"before", "after"} and "in_prior_accuracy" in results["after"]["summary"]
-    assert list(tmp_path.rglob("last.ckpt"))
+    assert set(results) == {"before", "after"}
+    assert {"in_prior_accuracy", "counter_prior_accuracy"} <= set(results["after"]["summary"])
+    assert results["before"]["all"]["n"] == 4 and list(tmp_path.rglob("last.ckpt"))
+    metrics = (next(tmp_path.rglob("metrics.csv"))).read_text().splitlines()[0]
+    assert "val/in_prior_accuracy" in metrics and "val/counter_prior_accuracy" in metrics
 
 
-def test_ddp_on_two_cpu_processes(tiny_job, tmp_path):
-    path, pairs = tiny_job
-    args = cli_args(path, pairs, tmp_path) + ["--trainer.strategy", "ddp", "--trainer.devices", "2",
-                                               "--model.evaluate_after_fit", "false"]
+def test_a_fit_on_benchmark_files_of_real_photographs_never_touches_the_world(tiny_root, tmp_path, photos):
+    """Online prompts from a POPE-layout file and a VQA file with renamed columns, pairs mined from that VQA
+    file, validation on a POPE file: the whole path runs without the synthetic world being imported."""
+    from mbpo_lit.testbed.tiny import ensure_tiny_checkpoint
+
+    path = str(ensure_tiny_checkpoint("qwen2_5_vl", tiny_root))
+    pope = bf.pope_github(tmp_path / "pope", photos, "adversarial")
+    for i, photo in enumerate(photos):
+        photo.save(tmp_path / f"{i}.jpg")
+    vqa = tmp_path / "vqa.jsonl"
+    vqa.write_text("".join(json.dumps({"picture": f"{i}.jpg", "prompt": "How many cups are there?", "gt": str(i)}) + "\n"
+                           for i in range(len(photos))))
+    vqa_source = {"class_path": "mbpo_lit.data.sources.Records",
+                  "init_args": {"path": str(vqa), "answer_type": "number",
+                                "columns": {"image": "picture", "question": "prompt", "answer": "gt"}}}
+    mine_args = dict(vqa_source["init_args"])
+    from mbpo_lit.data.sources import Records
+
+    # batch_size 1: mining batches of mixed image sizes is not supported yet (torch.stack of the raw images).
+    pairs = run(MineConfig(model=path, source=Records(**mine_args), out=str(tmp_path / "mined"), n=4, batch_size=1,
+                           steps=1, iig_filter="none"), progress=False)
+    pope_source = {"class_path": "mbpo_lit.data.sources.Records",
+                   "init_args": {"path": str(pope), "format": "pope", "image_root": str(tmp_path / "pope" / "val2014")}}
+    config = tiny_config(path, str(pairs), tmp_path / "run", {"online": [pope_source, vqa_source], "val": pope_source})
+    script = ("import sys; from mbpo_lit.fit import main; main(['--config', sys.argv[1]]); "
+              "leaked = [m for m in sys.modules if m.startswith('mbpo_lit.testbed')]; "
+              "assert not leaked, leaked; print('no testbed module imported')")
+    out = subprocess.run([sys.executable, "-c", script, write_config(tmp_path, config)], capture_output=True, text=True,
+                         timeout=900, env=dict(os.environ, HF_HUB_OFFLINE="1"))
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "no testbed module imported" in out.stdout
+    results = json.loads((tmp_path / "run" / "before_after.json").read_text())
+    assert results["after"]["pope"]["n"] == 2 * len(photos)
+    assert {"adversarial_accuracy", "pope_f1"} <= set(results["after"]["summary"])
+
+
+def test_ddp_on_two_cpu_processes(tiny_pairs, tmp_path):
+    path, pairs = tiny_pairs
+    config = tiny_config(path, pairs, tmp_path, {"online": world(["train"], 8), "val": world(["eval_in_prior"], 2)})
+    config["trainer"] |= {"strategy": "ddp", "devices": 2}
+    config["model"]["evaluate_after_fit"] = False
     env = dict(os.environ, HF_HUB_OFFLINE="1")
-    out = subprocess.run([sys.executable, "-m", "mbpo_lit.fit", *args], env=env, capture_output=True, text=True,
-                         timeout=600)
+    out = subprocess.run([sys.executable, "-m", "mbpo_lit", "fit", "--config", write_config(tmp_path, config)],
+                         env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "GLOBAL_RANK: 1, MEMBER: 2/2" in out.stderr + out.stdout  # the second rank joined this run
     assert list(tmp_path.rglob("last.ckpt"))
 
 
 def test_embedded_pairs_are_cached_per_base_model():
-    from mbpo_lit.fit import embedded_pairs_dir
+    from mbpo_lit.testbed.embedded import embedded_pairs_dir
 
     a, b = embedded_pairs_dir("runs/base/qwen2_5_vl-aaa/model"), embedded_pairs_dir("runs/base/qwen2_5_vl-bbb/model")
     assert a != b and a.parent == b.parent == Path("runs")

@@ -10,6 +10,7 @@ from PIL import Image
 
 from mbpo_lit.mine import MineConfig, apply_iig_filter, run
 from mbpo_lit.testbed.tiny import ensure_tiny_checkpoint
+from mbpo_lit.testbed.world_source import WorldSource
 
 
 @pytest.fixture(scope="module")
@@ -18,7 +19,8 @@ def qwen_path(tiny_root):
 
 
 def small(out, model, **kw):
-    kw = dict(out=str(out), model=model, n=6, batch_size=3, steps=2, iig_filter="none") | kw
+    kw = dict(out=str(out), model=model, source=WorldSource(["train"], 6), n=6, batch_size=3, steps=2,
+              iig_filter="none") | kw
     return MineConfig(**kw)
 
 
@@ -33,7 +35,7 @@ def test_dataset_has_trl_columns_and_stats(qwen_path, tmp_path):
     assert {"iig_sum", "iig_mean", "attack_steps", "logp_before", "logp_after", "linf"} <= set(data.column_names)
     row = data[0]
     assert row["prompt"][0]["content"][0]["type"] == "image" and row["chosen"][0]["role"] == "assistant"
-    assert row["linf"] <= MineConfig().epsilon + 1e-3 and row["chosen"] != row["rejected"]
+    assert row["linf"] <= MineConfig("m", "s").epsilon + 1e-3 and row["chosen"] != row["rejected"]
     summary = json.loads((tmp_path / "m" / "summary.json").read_text())
     assert summary["candidates"] == 6 and summary["pairs"] == len(data)
 
@@ -77,7 +79,7 @@ def test_bad_source_records_are_reported_by_index_and_counted(qwen_path, tmp_pat
 
 def test_iig_filter_directions():
     rows = [{"iig_mean": v, "source_index": i} for i, v in enumerate([0.1, 2.0, -1.0, 0.5])]
-    cfg = MineConfig(iig_fraction=0.5)
+    cfg = MineConfig("model", "source", iig_fraction=0.5)
     assert [r["source_index"] for r in apply_iig_filter(rows, cfg)] == [1, 3]
     cfg.iig_filter = "low"
     assert [r["source_index"] for r in apply_iig_filter(rows, cfg)] == [0, 2]
@@ -89,7 +91,7 @@ def test_iig_filter_directions():
 
 @pytest.fixture(scope="module")
 def biased_model(tmp_path_factory):
-    """The embedded default's biased base model, built as `python -m mbpo_lit.fit` builds it (~4 min)."""
+    """The embedded default's biased base model, built as `python -m mbpo_lit fit` builds it (~4 min)."""
     from mbpo_lit.testbed.base_model import WarmStartConfig, build_base_model
 
     return str(build_base_model(WarmStartConfig(root=str(tmp_path_factory.mktemp("base"))), progress=False,
@@ -100,8 +102,8 @@ def test_adversarial_negatives_follow_the_prior_far_more_than_uniform_noise(bias
     summaries = {}
     for method in ("pgd", "uniform"):
         out = tmp_path / method
-        run(MineConfig(out=str(out), model=biased_model, method=method, split="eval_counter_prior", n=256,
-                       iig_filter="none"), progress=False)
+        run(MineConfig(out=str(out), model=biased_model, method=method, n=256, iig_filter="none",
+                       source=WorldSource(["eval_counter_prior"], 256)), progress=False)
         summaries[method] = json.loads((out / "summary.json").read_text())
     pgd, uniform = summaries["pgd"], summaries["uniform"]
     # Same records, same budget: the clean-image behaviour is the same, so compare what the perturbation did

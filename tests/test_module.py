@@ -8,8 +8,10 @@ from datasets import load_from_disk
 
 from mbpo_lit.data.hybrid import HybridDataModule
 from mbpo_lit.vlm.policy import LoraSettings, ModelConfig, load_policy
-from mbpo_lit.train.module import MBPOModule
 from mbpo_lit.testbed.world import WorldConfig
+from mbpo_lit.testbed.world_source import WorldSource
+from mbpo_lit.train.module import MBPOModule
+from mbpo_lit.train.settings import Loss, Optimization, Rewards, Sampling
 
 WORLD = WorldConfig(image_size=56)
 
@@ -19,15 +21,16 @@ def setup(tiny_pairs):
     return tiny_pairs
 
 
-def module(path, **kw):
+def module(path, loss: dict | None = None, optim: dict | None = None, sample_table_every: int = 0) -> MBPOModule:
+    """The tiny 4-bit module; `loss` and `optim` override fields of those settings groups."""
     cfg = ModelConfig(path, precision="fp32", quantization="4bit", lora=LoraSettings(r=4, alpha=8, dropout=0.0), device="cpu")
-    kw = dict(group_size=2, max_new_tokens=4, beta=0.04, mu=2, lr=1e-2, sample_table_every=0,
-              vocabulary=WORLD.colors) | kw
-    return MBPOModule(cfg, **kw)
+    return MBPOModule(cfg, Sampling(group_size=2, max_new_tokens=4), Loss(**({"beta": 0.04, "mu": 2} | (loss or {}))),
+                      Rewards(vocabulary=WORLD.colors), Optimization(**({"lr": 1e-2} | (optim or {}))),
+                      sample_table_every=sample_table_every)
 
 
 def datamodule(pairs, **kw):
-    kw = dict(pairs=pairs, world=WORLD, n_online=8, offline_per_batch=1, online_per_batch=1,
+    kw = dict(pairs=pairs, online=WorldSource(["train"], 8, world=WORLD), offline_per_batch=1, online_per_batch=1,
               batches_per_epoch=4, val_n=2) | kw
     return HybridDataModule(**kw)
 
@@ -55,21 +58,21 @@ def test_checkpoint_holds_adapters_and_optimizer_only(setup, tmp_path):
     ckpt = L.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path, save_last=True, every_n_train_steps=1)
     trainer = L.Trainer(max_steps=1, accelerator="cpu", logger=False, callbacks=[ckpt], limit_val_batches=0,
                         enable_progress_bar=False, enable_model_summary=False)
-    trainer.fit(module(path, mu=1, beta=0.0), datamodule(pairs))
+    trainer.fit(module(path, {"mu": 1, "beta": 0.0}), datamodule(pairs))
     state = torch.load(tmp_path / "last.ckpt", weights_only=False)
     assert state["state_dict"] and all("lora_" in k for k in state["state_dict"])
     assert state["optimizer_states"]
     # Resuming restores them into a freshly built 4-bit model.
     trainer2 = L.Trainer(max_steps=2, accelerator="cpu", logger=False, limit_val_batches=0,
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
-    m2 = module(path, mu=1, beta=0.0)
+    m2 = module(path, {"mu": 1, "beta": 0.0})
     trainer2.fit(m2, datamodule(pairs), ckpt_path=str(tmp_path / "last.ckpt"))
     assert trainer2.global_step == 2
 
 
 def test_non_finite_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoint(setup, tmp_path):
     path, pairs = setup
-    m = module(path, mu=1, beta=0.0)
+    m = module(path, {"mu": 1, "beta": 0.0})
     calls = {"n": 0}
 
     def poisoned(completions, records):
@@ -109,19 +112,19 @@ def test_batches_are_deterministic_by_seed(setup):
 
 def test_gradient_accumulation_steps_the_optimizer_once_per_n_batches(setup):
     path, pairs = setup
-    m = module(path, mu=1, beta=0.0, accumulate_grad_batches=2)
+    m = module(path, {"mu": 1, "beta": 0.0}, {"accumulate_grad_batches": 2})
     trainer = L.Trainer(max_steps=2, accelerator="cpu", logger=False, enable_checkpointing=False,
                         limit_val_batches=0, enable_progress_bar=False, enable_model_summary=False)
     trainer.fit(m, datamodule(pairs))
     # Two optimizer steps took four batches: one epoch of the 4-batch datamodule.
     assert trainer.global_step == 2 and trainer.fit_loop.epoch_loop.batch_progress.total.completed == 4
-    with pytest.raises(ValueError, match="accumulate_grad_batches=2 with mu=2"):
-        module(path, mu=2, accumulate_grad_batches=2)
+    with pytest.raises(ValueError, match="accumulate_grad_batches=2 with loss.mu=2"):
+        module(path, {"mu": 2}, {"accumulate_grad_batches": 2})
 
 
 def test_score_gives_one_entry_per_sequence_and_the_sample_table_is_written(setup, tmp_path):
     path, pairs = setup
-    m = module(path, mu=1, beta=0.0, sample_table_every=1)
+    m = module(path, {"mu": 1, "beta": 0.0}, sample_table_every=1)
     dm = datamodule(pairs, online_per_batch=2, offline_per_batch=1)
     dm.setup("fit")
     m.configure_model()

@@ -46,9 +46,16 @@ def test_plot_all_writes_every_figure(ablation_dir):
 
 
 def test_cli_writes_into_out(ablation_dir, tmp_path, capsys):
-    plots.main([str(ablation_dir), "--out", str(tmp_path / "figs")])
+    plots.main(["--directory", str(ablation_dir), "--out", str(tmp_path / "figs")])
     assert (tmp_path / "figs" / "final.png").is_file()
     assert "final.png" in capsys.readouterr().out
+
+
+def test_cli_reports_a_missing_directory_in_one_line(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        plots.main(["--directory", str(tmp_path / "nope")])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "final.csv" in err and "Traceback" not in err
 
 
 def test_numeric_sweep_is_sorted_by_x_and_drawn_with_ci(ablation_dir):

@@ -10,6 +10,7 @@ from mbpo_lit.vlm.chat import encode_prompts, vision_token_ids
 from mbpo_lit.core.grpo import grpo_loss
 from mbpo_lit.vlm.policy import LoraSettings, ModelConfig, reference_mode, trainable_parameters
 from mbpo_lit.train.module import MBPOModule
+from mbpo_lit.train.settings import Loss, Rewards, Sampling
 from mbpo_lit.testbed.world import WorldConfig, build_records
 
 WORLD = WorldConfig(image_size=56)
@@ -25,8 +26,8 @@ def trained_module(path, quantization="none", **kw) -> MBPOModule:
     """A module whose adapters are not zero (fresh LoRA B is 0, which would hide an adapter bug)."""
     cfg = ModelConfig(str(path), precision="fp32", quantization=quantization, device="cpu",
                       lora=LoraSettings(r=4, alpha=8, dropout=0.0), gradient_checkpointing=kw.pop("gc", False))
-    m = MBPOModule(cfg, **(dict(group_size=3, max_new_tokens=4, beta=0.04, sample_table_every=0,
-                                vocabulary=WORLD.colors) | kw))
+    m = MBPOModule(cfg, Sampling(group_size=3, max_new_tokens=4), Loss(beta=0.04), Rewards(vocabulary=WORLD.colors),
+                   sample_table_every=0, **kw)
     m.configure_model()
     gen = torch.Generator().manual_seed(0)
     for name, p in m.model.named_parameters():
@@ -39,9 +40,9 @@ def loss_and_grads(m: MBPOModule, scored):
     with reference_mode(m.model):
         ref, _ = m.logprobs(scored)
     logp, mask = m.logprobs(scored)
-    hp = m.hparams
-    out = grpo_loss(logp, logp.detach(), scored.advantages, mask, ref, hp.beta, hp.eps_low, hp.eps_high,
-                    hp.aggregation, hp.max_new_tokens)
+    loss = m.loss
+    out = grpo_loss(logp, logp.detach(), scored.advantages, mask, ref, beta=loss.beta, eps_low=loss.eps_low,
+                    eps_high=loss.eps_high, aggregation=loss.aggregation, max_tokens=m.sampling.max_new_tokens)
     params = list(trainable_parameters(m.model).values())
     return out.loss, logp, torch.autograd.grad(out.loss, params)
 

@@ -8,9 +8,9 @@ import torch
 from PIL import Image
 from transformers import AutoConfig, AutoModelForImageTextToText, AutoTokenizer
 
+from mbpo_lit.testbed.tiny import LLAVA_SPECIALS, QWEN_SPECIALS, ensure_tiny_checkpoint, write_tiny_checkpoint
 from mbpo_lit.vlm.arch import load_processor
 from mbpo_lit.vlm.chat import check_image_tokens, encode_prompts, features_per_image, image_token_id
-from mbpo_lit.testbed.tiny import QWEN_SPECIALS, LLAVA_SPECIALS, ensure_tiny_checkpoint, write_tiny_checkpoint
 
 
 def test_checkpoint_has_every_part(tiny_path):
@@ -95,3 +95,14 @@ def test_vision_tokens_are_suppressed_in_generation(tiny_path):
     batch = encode_prompts(processor, ["What color is the circle?"], [img])
     out = model.generate(**batch, max_new_tokens=4, do_sample=False, suppress_tokens=ids)
     assert not set(out[0, batch["input_ids"].shape[1]:].tolist()) & set(ids)
+
+
+def test_cli_writes_a_checkpoint_of_the_given_spec(tmp_path, capsys):
+    from mbpo_lit.testbed import tiny
+
+    path = tiny.main(["--out", str(tmp_path / "ck"), "--arch", "llava", "--spec.image_size", "112"])
+    assert path == tmp_path / "ck" and "wrote tiny llava" in capsys.readouterr().out
+    assert AutoConfig.from_pretrained(path).vision_config.image_size == 112
+    with pytest.raises(SystemExit) as exit_:
+        tiny.main(["--print_config"])  # --out is required, --print_config still answers
+    assert exit_.value.code == 0 and "arch: qwen2_5_vl" in capsys.readouterr().out

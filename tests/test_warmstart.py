@@ -7,8 +7,8 @@ import pytest
 import torch
 from transformers import AutoModelForImageTextToText
 
-from mbpo_lit.testbed.tiny import TinySpec
 from mbpo_lit.testbed.base_model import WarmStartConfig, build_base_model
+from mbpo_lit.testbed.tiny import TinySpec
 from mbpo_lit.testbed.world import WorldConfig
 
 
@@ -64,3 +64,28 @@ def test_interrupted_build_resumes_from_its_last_checkpoint(tmp_path):
     info = json.loads((path / "warmstart.json").read_text())
     assert info["resumed_from_step"] == {"prior": 4}  # grounding was finished and kept, prior resumed
     assert (cfg.directory() / "grounded" / "config.json").is_file()
+
+
+def test_cli_defaults_are_the_cached_base_model_and_options_reach_the_config(tmp_path, monkeypatch, capsys):
+    from mbpo_lit.testbed import base_model
+
+    built = []
+
+    def fake_build(cfg):
+        built.append(cfg)
+        (tmp_path / "warmstart.json").write_text(json.dumps(
+            {"train_seconds": 1.0, "in_prior_accuracy": 1.0, "counter_prior_accuracy": 0.25, "gap": 0.75,
+             "eval_records_per_split": 4}))
+        return tmp_path
+
+    monkeypatch.setattr(base_model, "build_base_model", fake_build)
+    assert base_model.main([]) == tmp_path
+    assert built[0] == WarmStartConfig() and built[0].key() == WarmStartConfig().key()  # the embedded recipe's
+    assert "gap 0.750" in capsys.readouterr().out
+    base_model.main(["--world.p_color", "0.8", "--steps", "12", "--arch", "llava", "--root", str(tmp_path)])
+    cfg = built[1]
+    assert (cfg.world.p_color, cfg.steps, cfg.arch, cfg.root) == (0.8, 12, "llava", str(tmp_path))
+    assert isinstance(cfg.world, WorldConfig) and cfg.world.image_size == 112
+    with pytest.raises(SystemExit):
+        base_model.main(["--arch", "gpt2"])
+    assert "gpt2" in capsys.readouterr().err

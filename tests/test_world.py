@@ -140,7 +140,7 @@ def test_clean_render_has_exact_palette_colors_in_each_object():
     for _ in range(30):
         scene = sample_scene(CLEAN, rng)
         img = render(scene, CLEAN, rng)
-        assert img.size == (56, 56) and img.mode == "RGB"
+        assert img.size == (CLEAN.image_size,) * 2 == (112, 112) and img.mode == "RGB"  # the embedded world's size
         px = _pixels(img)
         for o in scene.objects:
             box = px[o.y:o.y + o.size, o.x:o.x + o.size].reshape(-1, 3)
@@ -148,7 +148,7 @@ def test_clean_render_has_exact_palette_colors_in_each_object():
             assert exact.most_common(1)[0][0] == o.color, (o, exact)
             assert exact[o.color] >= 8  # a real shape, not a few edge pixels
         # Nothing drawn outside the objects' boxes: the rest is pure background.
-        mask = np.ones((56, 56), bool)
+        mask = np.ones((CLEAN.image_size,) * 2, bool)
         for o in scene.objects:
             mask[o.y:o.y + o.size, o.x:o.x + o.size] = False
         assert np.all(px[mask] == CLEAN.background)
@@ -160,7 +160,7 @@ def test_kinds_are_drawn_as_distinct_shapes():
     for k in CLEAN.kinds:
         img = render(Scene([SceneObject(k, "red", 4, 20, 20, 16)]), CLEAN, rng)
         masks[k] = np.any(_pixels(img) != CLEAN.background, axis=2)
-        assert masks[k].sum() >= 60, k  # big enough to see at 56 px
+        assert masks[k].sum() >= 60, k  # a 16 px shape covers enough pixels to tell it apart
     for a, b in itertools.combinations(CLEAN.kinds, 2):
         differ = np.logical_xor(masks[a], masks[b]).sum() / np.logical_or(masks[a], masks[b]).sum()
         assert differ > 0.12, (a, b)

@@ -1,6 +1,6 @@
 """The GRPO objective in plain torch: group-relative advantages and the clipped surrogate with a KL penalty.
 
-MBPO trains one Group Relative Policy Optimization objective over two streams (MBPO.md, step 4): online
+MBPO trains one Group Relative Policy Optimization objective over two streams (Liu et al., arXiv 2506.08022): online
 groups of G completions sampled from the policy and scored by verified rewards, and offline preference pairs
 entering as groups of two whose chosen answer gets reward 2 and rejected answer 0. Everything here works on
 per-token tensors [sequences, tokens] and knows nothing of models or Lightning.

@@ -124,8 +124,9 @@ class HybridDataModule(L.LightningDataModule):
     Args:
         pairs: directory of mined pairs (`python -m mbpo_lit mine --out DIR` writes `DIR/dataset`); None
             trains on the online stream only.
-        online: close-ended prompts for the online stream: a path / hub id (the library's record schema) or a
-            `RecordSource` (e.g. `Records` with a benchmark format and column map); None: offline pairs only.
+        online: close-ended prompts for the online stream: a path / hub id (the library's record schema), a
+            `RecordSource` (e.g. `Records` with a benchmark format and column map), or a list of them (their
+            records pooled); None: offline pairs only.
         val: the eval set validated on during training and scored before / after by `python -m mbpo_lit fit`;
             None: no validation. Metrics are named by its records' groups (val/<group>_accuracy).
         offline_per_batch / online_per_batch: the mix of one training batch.
@@ -140,7 +141,7 @@ class HybridDataModule(L.LightningDataModule):
     def __init__(
         self,
         pairs: str | None = None,
-        online: RecordSource | str | None = None,
+        online: RecordSource | str | list[RecordSource | str] | None = None,
         val: RecordSource | str | None = None,
         offline_per_batch: int = 2,
         online_per_batch: int = 2,
@@ -153,7 +154,8 @@ class HybridDataModule(L.LightningDataModule):
         super().__init__()
         if length_group_batches < 1:
             raise ValueError(f"length_group_batches={length_group_batches}: must be >= 1 (1: no length grouping)")
-        self.pairs_path, self.online, self.val = pairs, as_source(online), as_source(val)
+        self.pairs_path, self.val = pairs, as_source(val)
+        self.online = [as_source(s) for s in (online if isinstance(online, list) else [online]) if s is not None]
         self.offline_per_batch, self.online_per_batch = offline_per_batch, online_per_batch
         self.batches_per_epoch, self.length_group_batches = batches_per_epoch, length_group_batches
         self.val_n, self.bad_records, self.seed = val_n, bad_records, seed
@@ -187,7 +189,7 @@ class HybridDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         self.skipped = []
         pairs = self._pairs() if self.pairs_path else []
-        prompts = self._load(self.online) if self.online is not None else []
+        prompts = [r for source in self.online for r in self._load(source)]
         if not pairs and not prompts:
             raise SourceError("no training data: give data.pairs (mined pairs) and/or data.online (prompts)")
         self.train_set = HybridBatches(pairs, prompts, self.offline_per_batch, self.online_per_batch,

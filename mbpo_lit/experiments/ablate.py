@@ -1,8 +1,9 @@
-"""`python -m mbpo_lit.experiments.ablate`: a grid of MBPO variants over seeds on the embedded world, with tidy CSVs.
+"""`python -m mbpo_lit ablate`: a grid of MBPO variants over seeds on the embedded world, with tidy CSVs.
 
-A variant is a name, fit overrides (`python -m mbpo_lit.fit` options) and a mining config (overrides of
-`MineConfig`; None trains on the online stream only). Each (variant, seed) is one short fit of the embedded
-biased base model followed by a final evaluation (attribute questions, in-prior and counter-prior splits).
+A variant is a name, fit overrides (`python -m mbpo_lit fit` options on top of the embedded recipe,
+`mbpo_lit/recipes/embedded.yaml`) and a mining config (overrides of `MineConfig`; None trains on the online
+stream only). Each (variant, seed) is one short fit of the embedded biased base model followed by a final
+evaluation (attribute questions, in-prior and counter-prior splits).
 
 Mined pair sets are cached by mining config under `--mined_root` (default `OUT/mined/`), one directory per
 distinct config, and shared by every seed of every variant that uses it: the seed varies the fit (LoRA
@@ -14,21 +15,21 @@ Output (`--out DIR`):
   variants.json                the variants of this grid: name, description, sweeps (what the plots read)
   curves.csv                   tidy: variant, seed, step, metric, value (every logged metric of every run)
   final.csv                    tidy: variant, seed, metric, value (final evaluation, and n_pairs)
-  summary.csv                  variant, metric, n_seeds, mean, ci95_low, ci95_high (Student-t, stats.py)
+  summary.csv                  variant, metric, n_seeds, mean, ci95_low, ci95_high (Student-t, core/stats.py)
   settings.json                the shared settings; another invocation with different ones is refused
 
 A run killed midway has no result.json; the next invocation deletes its directory and runs it again from
 step 0. Variants belong to sweeps (`Variant.sweeps`: sweep name -> x value), e.g. "full" is the pgd point of
 the "negatives" sweep, epsilon 32 of the "epsilon" sweep and "high" of the "iig" sweep, so shared points are
-trained once and the plots (`python -m mbpo_lit.experiments.plots DIR`) draw each sweep from the same runs.
+trained once and the plots (`python -m mbpo_lit plots --directory DIR`) draw each sweep from the same runs.
 
-    python -m mbpo_lit.experiments.ablate --list
-    python -m mbpo_lit.experiments.ablate --variants full,online_only --seeds 0 1 2 --steps 300 --out runs/ablate --plot
+    python -m mbpo_lit ablate --list true
+    python -m mbpo_lit ablate --variants full,online_only --seeds [0,1,2] --steps 300 --out runs/ablate --plot true
+    python -m mbpo_lit ablate --variants full --fit_args="--model.optim.lr 5e-5" --out runs/ablate-lr5e-5
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
 import dataclasses
 import hashlib
@@ -36,19 +37,18 @@ import json
 import os
 import shlex
 import shutil
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mbpo_lit.fit import EMBEDDED_MINING
 from mbpo_lit.core.stats import summarize
 
 FINAL_METRICS = ("in_prior_accuracy", "counter_prior_accuracy", "gap")
-# The embedded default's mining (fit.EMBEDDED_MINING, as fit.prepare_embedded mines); variants override it,
-# and --mine_n sets the number of records.
-MINE_DEFAULTS: dict[str, Any] = dict(EMBEDDED_MINING)
+# Every run starts from the embedded recipe; the runner's and the variant's options override it.
+RECIPE = "embedded"
 
 
 @dataclass
@@ -58,8 +58,9 @@ class Variant:
     Args:
         name: identifier (directory name, CSV value, `--variants` entry).
         description: one line for listings and plot legends.
-        fit_args: extra `python -m mbpo_lit.fit` options, e.g. ("--data.online", "none").
-        mine: `MineConfig` overrides on top of MINE_DEFAULTS; None: no offline pairs (`--data.pairs null`).
+        fit_args: extra `python -m mbpo_lit fit` options, e.g. ("--data.online", "null").
+        mine: `MineConfig` overrides on top of the embedded recipe's mining (`testbed.embedded.EMBEDDED_MINING`,
+            with `--mine_n` records); None: no offline pairs (`--data.pairs null`).
         sweeps: sweep name -> this variant's x in that sweep (a number for numeric sweeps such as epsilon).
     """
 
@@ -77,7 +78,7 @@ def _neg(method: str, what: str) -> Variant:
 GRID: tuple[Variant, ...] = (
     Variant("full", "full MBPO: PGD negatives (eps 32), high-IIG filter, offline + online",
             sweeps={"stream": "hybrid", "negatives": "pgd", "epsilon": 32.0, "iig": "high"}),
-    Variant("offline_only", "offline pairs only", fit_args=("--data.online", "none"), sweeps={"stream": "offline"}),
+    Variant("offline_only", "offline pairs only", fit_args=("--data.online", "null"), sweeps={"stream": "offline"}),
     Variant("online_only", "online GRPO only", mine=None, sweeps={"stream": "online"}),
     _neg("uniform", "uniform noise (same eps)"),
     _neg("diffusion", "diffusion noise (POVID, t=200)"),
@@ -118,15 +119,20 @@ class AblationConfig:
 
 # ---------------------------------------------------------------------------------------------- mining
 def mine_config(variant: Variant, cfg: AblationConfig, base_model: str):
-    """The `MineConfig` of a variant (None for online-only), its `out` set to the cache directory."""
-    from mbpo_lit.mine import MineConfig
+    """The `MineConfig` of a variant (None for online-only), its `out` set to the cache directory.
+
+    The embedded recipe's mining settings, `cfg.mine_n` records, then the variant's overrides; the pairs are
+    mined from the first `n` records of the world's train split, as the embedded recipe's are.
+    """
+    from mbpo_lit.mine import MineConfig, settings_json
+    from mbpo_lit.testbed.embedded import EMBEDDED_MINING
+    from mbpo_lit.testbed.world_source import WorldSource
 
     if variant.mine is None:
         return None
-    settings = {**MINE_DEFAULTS, "n": cfg.mine_n, **variant.mine}
-    mc = MineConfig(model=base_model, **settings)
-    key_fields = {k: v for k, v in dataclasses.asdict(mc).items() if k != "out"}
-    key = hashlib.sha1(json.dumps(key_fields, sort_keys=True, default=str).encode()).hexdigest()[:8]
+    settings = {**EMBEDDED_MINING, "n": cfg.mine_n, **variant.mine}
+    mc = MineConfig(model=base_model, source=WorldSource(["train"], settings["n"]), **settings)
+    key = hashlib.sha1(settings_json(dataclasses.replace(mc, out="")).encode()).hexdigest()[:8]
     root = Path(cfg.mined_root) if cfg.mined_root else Path(cfg.out) / "mined"
     mc.out = str(root / f"{mc.method}-eps{mc.epsilon:g}-iig{mc.iig_filter}-n{mc.n}-{key}")
     return mc
@@ -144,11 +150,15 @@ def mine_pairs(mc) -> str:
 
 # -------------------------------------------------------------------------------------------- one run
 def fit_args(variant: Variant, seed: int, pairs: str | None, run_dir: Path, cfg: AblationConfig) -> list[str]:
-    """The `python -m mbpo_lit.fit` options of one (variant, seed) run."""
+    """The `python -m mbpo_lit fit` options of one (variant, seed) run: the embedded recipe, then the runner's
+    settings, then the variant's options, then `cfg.fit_args` (the last one given wins)."""
+    from mbpo_lit.fit import recipe
+
     val_every = cfg.val_every or max(1, cfg.steps // 5)
-    return ["--trainer.default_root_dir", str(run_dir), "--trainer.max_steps", str(cfg.steps),
-            "--trainer.val_check_interval", str(val_every), "--trainer.enable_progress_bar", "false",
-            "--trainer.enable_model_summary", "false", "--data.val_n", str(cfg.val_n),
+    return ["--config", recipe(RECIPE), "--trainer.default_root_dir", str(run_dir),
+            "--trainer.max_steps", str(cfg.steps), "--trainer.val_check_interval", str(val_every),
+            "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
+            "--data.val_n", str(cfg.val_n),
             "--seed_everything", str(seed), "--data.seed", str(seed), "--data.pairs", pairs or "null",
             "--model.evaluate_after_fit", "false", "--model.sample_table_every", "0",
             *variant.fit_args, *cfg.fit_args]
@@ -156,13 +166,13 @@ def fit_args(variant: Variant, seed: int, pairs: str | None, run_dir: Path, cfg:
 
 def train_and_evaluate(args: list[str], eval_n: int) -> dict[str, float]:
     """Fit with `args`, then evaluate the trained policy: {metric: value} for FINAL_METRICS."""
-    from mbpo_lit.evaluate import evaluate_world
     from mbpo_lit.fit import main as fit_main
-    from mbpo_lit.testbed.base_model import default_world
+    from mbpo_lit.testbed.world import WorldConfig
+    from mbpo_lit.testbed.world_source import evaluate_world
 
     cli = fit_main(args)
     module = cli.model
-    summary = evaluate_world(module.model, module.processor, default_world(), eval_n, families=("attribute",),
+    summary = evaluate_world(module.model, module.processor, WorldConfig(), eval_n, families=("attribute",),
                              with_iig=False, progress=False)["summary"]
     return {k: float(summary[k]) for k in FINAL_METRICS}
 
@@ -228,7 +238,9 @@ def collect(cfg: AblationConfig, variants: list[Variant]) -> dict[str, Path]:
             seed = int(result["seed"])
             for metrics_csv in sorted(seed_dir.glob("lightning_logs/version_*/metrics.csv")):
                 curves += curve_rows(v.name, seed, metrics_csv)
-            metrics = dict(result["final"], **({"n_pairs": result["n_pairs"]} if result.get("n_pairs") is not None else {}))
+            metrics = dict(result["final"])
+            if result.get("n_pairs") is not None:
+                metrics["n_pairs"] = result["n_pairs"]
             final += [{"variant": v.name, "seed": seed, "metric": k, "value": val} for k, val in metrics.items()]
     paths = {name: out / f"{name}.csv" for name in ("curves", "final", "summary")}
     write_csv(paths["curves"], curves, ["variant", "seed", "step", "metric", "value"])
@@ -288,40 +300,65 @@ def run_grid(cfg: AblationConfig, variants: list[Variant], log: Callable[[str], 
     return collect(cfg, variants)
 
 
-def main(argv: list[str] | None = None) -> dict[str, Path] | None:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    p = argparse.ArgumentParser(description="Run an ablation grid of MBPO variants over seeds (see module docstring).")
-    p.add_argument("--variants", default="all", help="comma-separated variant names, or 'all' (see --list)")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--steps", type=int, default=300, help="training steps per run")
-    p.add_argument("--val_every", type=int, default=None, help="validation interval (default steps // 5)")
-    p.add_argument("--val_n", type=int, default=32, help="validation records per split (curves)")
-    p.add_argument("--eval_n", type=int, default=100, help="final evaluation records per split")
-    p.add_argument("--mine_n", type=int, default=512, help="records mined per pair set")
-    p.add_argument("--mined_root", default=None, help="cache of mined pair sets (default OUT/mined)")
-    p.add_argument("--out", default="runs/ablate")
-    p.add_argument("--fit_args", default="", help='extra fit options for every run, e.g. "--model.lr 1e-4"')
-    p.add_argument("--plot", action="store_true", help="write the figures (python -m mbpo_lit.experiments.plots OUT)")
-    p.add_argument("--list", action="store_true", help="list the variants and exit")
-    a = p.parse_args(argv)
-    if a.list:
+def ablate(
+    variants: str = "all",
+    seeds: list[int] = [0, 1, 2],
+    steps: int = 300,
+    val_every: int | None = None,
+    val_n: int = 32,
+    eval_n: int = 100,
+    mine_n: int = 512,
+    mined_root: str | None = None,
+    out: str = "runs/ablate",
+    fit_args: str = "",
+    plot: bool = False,
+    list: bool = False,
+) -> dict[str, Path] | None:
+    """Run an ablation grid of MBPO variants over seeds on the embedded world: mined pairs cached and shared,
+    finished runs skipped, tidy CSVs (curves, final, summary with 95% Student-t intervals) written to OUT.
+
+    Args:
+        variants: comma-separated variant names, or "all" (see --list true).
+        seeds: seeds of every variant, e.g. [0,1,2].
+        steps: training steps per run.
+        val_every: validation interval in steps (None: steps // 5).
+        val_n: validation records per run (the curves).
+        eval_n: final evaluation records per split (in-prior, counter-prior).
+        mine_n: records mined per pair set.
+        mined_root: cache of mined pair sets (None: OUT/mined).
+        out: the grid's directory; runs of other settings there are refused.
+        fit_args: extra `python -m mbpo_lit fit` options for every run, one string, e.g.
+            --fit_args="--model.optim.lr 1e-4".
+        plot: also write the figures (as `python -m mbpo_lit plots --directory OUT`).
+        list: list the variants and their sweeps, and exit.
+    """
+    if list:
         for v in GRID:
             print(f"{v.name:<14} {v.description}   sweeps={v.sweeps}")
         return None
-    cfg = AblationConfig(out=a.out, seeds=tuple(a.seeds), steps=a.steps, val_every=a.val_every, val_n=a.val_n,
-                         eval_n=a.eval_n, mine_n=a.mine_n, mined_root=a.mined_root, fit_args=tuple(shlex.split(a.fit_args)))
-    try:
-        variants = select(a.variants)
+    cfg = AblationConfig(out=out, seeds=tuple(seeds), steps=steps, val_every=val_every, val_n=val_n, eval_n=eval_n,
+                         mine_n=mine_n, mined_root=mined_root, fit_args=tuple(shlex.split(fit_args)))
+    try:  # a user's mistake: one line, exit code 2
+        chosen = select(variants)
+        Path(cfg.out).mkdir(parents=True, exist_ok=True)
+        check_settings(cfg)
     except ValueError as err:
-        p.error(str(err))
-    paths = run_grid(cfg, variants)
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    paths = run_grid(cfg, chosen)
     print("\n".join(f"{k}: {v}" for k, v in paths.items()))
-    if a.plot:
+    if plot:
         from mbpo_lit.experiments.plots import plot_all
 
         for path in plot_all(cfg.out):
             print(f"figure: {path}")
     return paths
+
+
+def main(argv: list[str] | None = None) -> dict[str, Path] | None:
+    from mbpo_lit.cli import run_function
+
+    return run_function(ablate, argv)
 
 
 if __name__ == "__main__":

@@ -1,32 +1,34 @@
-"""`python -m mbpo_lit.experiments.bench`: how fast the two hot paths run, in numbers (a benchmark command, not a test).
+"""`python -m mbpo_lit bench`: how fast the two hot paths run, in numbers (a benchmark command, not a test).
 
 1. The hybrid GRPO step (`MBPOModule.training_step` under a real Lightning Trainer), twice on the same
    settings: as shipped (`share_prefix=True`: each distinct image encoded once per step, each prompt prefilled
-   once for its completions; prefix.py) and "rowwise" (`share_prefix=False`: one row per completion, every
-   pass from pixels, the layout of TRL's GRPOTrainer). For each: wall time per optimizer step, samples/s,
-   generated tokens/s, peak memory, and the vision tower's calls and images encoded per step (a forward hook
-   on the architecture's vision module). Each side runs in its own process, so the peak memory is its own.
+   once for its completions; vlm/shared_prefix.py) and "rowwise" (`share_prefix=False`: one row per
+   completion, every pass from pixels, the layout of TRL's GRPOTrainer). For each: wall time per optimizer
+   step, samples/s, generated tokens/s, peak memory, and the vision tower's calls and images encoded per step
+   (a forward hook on the architecture's vision module). Each side runs in its own process, so the peak
+   memory is its own.
 2. PGD mining: images/s, and its time relative to the bare forward+backward of the same number of steps on the
    same batch (PGD adds the projection, the codec and the greedy-match flag on top of that).
 3. Padding: the share of prompt tokens that are padding in batches of mixed image sizes, drawn plainly and
    with length grouping (`HybridDataModule(length_group_batches=...)`).
 
-TRL's GRPOTrainer itself is the comparison issue 7 asks for; `trl` is not installable on the development
-machines (no network), so that side reports "unavailable" rather than a guess. Results print as a table with
-the ratios and go to `--out` as JSON.
+The natural outside baseline is TRL's GRPOTrainer on the same settings; the TRL side is not written (and
+`trl` is not a dependency), so it reports "unavailable" rather than a guess, and the rowwise layout stands in
+for it. Results print as a table with the ratios and go to `--out` as JSON.
 
-    python -m mbpo_lit.experiments.bench --group_size 8 --steps 5
+    python -m mbpo_lit bench --group_size 8 --steps 5
+    python -m mbpo_lit bench --size small --precision bf16 --out runs/bench/gpu.json
 """
 
 from __future__ import annotations
 
 import json
 import multiprocessing
-import os
 import resource
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Literal
 
 import lightning as L
 import torch
@@ -36,19 +38,38 @@ from mbpo_lit.vlm.arch import arch_of
 
 @dataclass
 class BenchConfig:
-    """Settings shared by every measured path (each is a command-line option)."""
+    """Settings shared by every measured path (each is a command-line option).
 
-    model: str | None = None  # a checkpoint directory; None writes a random one of `size` under runs/checkpoints
-    arch: str = "qwen2_5_vl"
-    size: str = "tiny"  # "tiny" (CPU) or "small" (a 1024-wide, 8-layer LM with a 448-px vision tower, for GPUs)
-    quantization: str = "4bit"
-    precision: str = "fp32"  # bf16 for GPU runs
+    Args:
+        model: a checkpoint directory; None writes a random one of `size` under runs/checkpoints.
+        arch: the checkpoint's architecture.
+        size: of the random checkpoint: "tiny" (CPU) or "small" (a 1024-wide, 8-layer LM with a 448-px vision
+            tower, for GPUs).
+        quantization: of the policy's frozen base weights.
+        precision: of the policy (bf16 for GPU runs).
+        group_size: G, completions per online prompt.
+        prompts: online prompts per step (no offline pairs: TRL's GRPOTrainer has none).
+        max_new_tokens: longest completion.
+        beta: KL weight (> 0: the reference pass is timed too).
+        mu: optimisation passes over one rollout.
+        steps: measured steps, after `warmup` unmeasured ones.
+        warmup: unmeasured steps first.
+        pgd_steps: PGD steps of the mining measurement.
+        pgd_images: images attacked together.
+        out: the results as JSON.
+    """
+
+    model: str | None = None
+    arch: Literal["qwen2_5_vl", "qwen2_vl", "llava"] = "qwen2_5_vl"
+    size: Literal["tiny", "small"] = "tiny"
+    quantization: Literal["4bit", "8bit", "none"] = "4bit"
+    precision: Literal["bf16", "fp16", "fp32"] = "fp32"
     group_size: int = 8
-    prompts: int = 4  # online prompts per step (no offline pairs: TRL's GRPOTrainer has none)
+    prompts: int = 4
     max_new_tokens: int = 8
     beta: float = 0.04
     mu: int = 1
-    steps: int = 5  # measured steps, after `warmup` unmeasured ones
+    steps: int = 5
     warmup: int = 1
     pgd_steps: int = 10
     pgd_images: int = 8
@@ -95,19 +116,20 @@ def peak_memory_mb(device: torch.device) -> float:
 def bench_mbpo(cfg: BenchConfig, path: str, share_prefix: bool = True) -> dict:
     """Time `cfg.steps` hybrid GRPO steps of MBPOModule on online prompts of the embedded world."""
     from mbpo_lit.data.hybrid import HybridDataModule
-    from mbpo_lit.vlm.policy import LoraSettings, ModelConfig
+    from mbpo_lit.testbed.world_source import WorldSource
     from mbpo_lit.train.module import MBPOModule
-    from mbpo_lit.testbed.base_model import default_world
+    from mbpo_lit.train.settings import Loss, Rewards, Sampling
+    from mbpo_lit.vlm.policy import LoraSettings, ModelConfig
 
-    world = default_world()
+    online = WorldSource(["train"], 256)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     module = MBPOModule(ModelConfig(path, precision=cfg.precision, quantization=cfg.quantization,
                                     lora=LoraSettings(r=8, alpha=16), device=device),
-                        group_size=cfg.group_size, max_new_tokens=cfg.max_new_tokens, beta=cfg.beta, mu=cfg.mu,
-                        sample_table_every=0, evaluate_after_fit=False, vocabulary=world.colors,
-                        share_prefix=share_prefix)
-    data = HybridDataModule(pairs=None, world=world, online_per_batch=cfg.prompts, n_online=256,
-                            batches_per_epoch=cfg.warmup + cfg.steps, val_n=1)
+                        sampling=Sampling(group_size=cfg.group_size, max_new_tokens=cfg.max_new_tokens),
+                        loss=Loss(beta=cfg.beta, mu=cfg.mu), rewards=Rewards(vocabulary=online.vocabulary),
+                        sample_table_every=0, evaluate_after_fit=False, share_prefix=share_prefix)
+    data = HybridDataModule(pairs=None, online=online, val=None, online_per_batch=cfg.prompts,
+                            batches_per_epoch=cfg.warmup + cfg.steps)
     module.configure_model()
     calls, tokens = count_vision_calls(module.model, cfg.arch), [0]
     rollout = module.rollout
@@ -137,23 +159,23 @@ def bench_trl(cfg: BenchConfig, path: str) -> dict:
         import trl
     except ImportError:
         return {"unavailable": "trl is not installed"}
-    return {"unavailable": f"trl {trl.__version__} is installed, but the TRL side is not written yet (issue 7)"}
+    return {"unavailable": f"trl {trl.__version__} is installed, but the TRL side of this benchmark is not written"}
 
 
 def bench_pgd(cfg: BenchConfig, path: str) -> dict:
     """PGD images/s and its time over the bare forward+backward of the same steps on the same batch."""
     from mbpo_lit.core.attack import pgd
+    from mbpo_lit.mine import MineConfig, Miner
+    from mbpo_lit.testbed.world_source import WorldSource
     from mbpo_lit.vlm.chat import answer_token_ids, append_completions, encode_prompts
     from mbpo_lit.vlm.logprobs import completion_logprobs
-    from mbpo_lit.mine import MineConfig, Miner
     from mbpo_lit.vlm.policy import ModelConfig, load_policy
-    from mbpo_lit.testbed.base_model import default_world
-    from mbpo_lit.testbed.world import build_records
 
-    world = default_world()
+    source = WorldSource(["train"], cfg.pgd_images)
     policy = load_policy(ModelConfig(path, precision=cfg.precision, quantization="none", lora=None))
-    miner = Miner(policy.model, policy.processor, MineConfig(steps=cfg.pgd_steps, early_stop=False), world)
-    records = build_records(world, "train", cfg.pgd_images)
+    mine_cfg = MineConfig(model=path, source=source, n=cfg.pgd_images, steps=cfg.pgd_steps, early_stop=False)
+    miner = Miner(policy.model, policy.processor, mine_cfg, source.vocabulary)
+    records, _ = source.load()
     prompts = encode_prompts(policy.processor, [r["question"] for r in records], [r["image"] for r in records])
     ids = answer_token_ids(policy.processor, [r["answer"] for r in records])
     clean = torch.stack(miner.codec.raw_images(prompts)).to(miner.device)
@@ -185,18 +207,17 @@ def bench_pgd(cfg: BenchConfig, path: str) -> dict:
 def bench_padding(cfg: BenchConfig, path: str, batches: int = 32, group: int = 16) -> dict:
     """Share of prompt tokens that are padding, in batches of `cfg.prompts` world prompts whose images come
     in four sizes (112-280 px, as a dataset of mixed resolutions), drawn plainly and length-grouped."""
+    from mbpo_lit.data.hybrid import HybridBatches
+    from mbpo_lit.testbed.world import WorldConfig, build_records
     from mbpo_lit.vlm.arch import load_processor
     from mbpo_lit.vlm.chat import encode_prompts
-    from mbpo_lit.data.hybrid import HybridBatches
-    from mbpo_lit.testbed.base_model import default_world
-    from mbpo_lit.testbed.world import build_records
 
     processor = load_processor(path, cfg.arch)
     sizes = (112, 168, 224, 280)
     if hasattr(processor.image_processor, "merge_size"):  # Qwen-VL: keep each image's resolution, as the 7B
         processor.image_processor.size = {"shortest_edge": 56 * 56, "longest_edge": 280 * 280}  # processors do
     records = [dict(r, image=r["image"].resize((sizes[i % 4],) * 2))
-               for i, r in enumerate(build_records(default_world(), "train", 256))]
+               for i, r in enumerate(build_records(WorldConfig(), "train", 256))]
     out = {}
     for name, m in (("plain", 1), ("length_grouped", group)):
         data = HybridBatches([], records, 0, cfg.prompts, batches, seed=0, group_batches=m)
@@ -220,7 +241,9 @@ def _isolated(fn, *args) -> dict:
 
 
 def ratios(results: dict) -> dict:
-    """The numbers issue 7 sets targets on, as ratios (a side that did not run gives "unavailable")."""
+    """The headline numbers as ratios: step time against the rowwise layout (and TRL), vision-tower encodings
+    per distinct image, PGD's overhead, padding saved by length grouping (a side that did not run gives
+    "unavailable")."""
     fast, rowwise, trl, pad = results["mbpo_lit"], results["rowwise"], results["trl"], results["padding"]
     return {
         "step_time_vs_rowwise": fast["step_s"] / rowwise["step_s"],
@@ -251,7 +274,7 @@ def checkpoint(cfg: BenchConfig) -> str:
 
 
 def run(cfg: BenchConfig) -> dict:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    """Run every measurement, write the JSON to `cfg.out` and return the results."""
     path = checkpoint(cfg)
     results = {"config": asdict(cfg), "device": "cuda" if torch.cuda.is_available() else "cpu",
                "mbpo_lit": _isolated(bench_mbpo, cfg, path, True), "rowwise": _isolated(bench_mbpo, cfg, path, False),
@@ -272,12 +295,12 @@ def format_results(results: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from jsonargparse import ArgumentParser
+    from mbpo_lit.cli import parse_dataclass, user_errors
 
-    parser = ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_class_arguments(BenchConfig)
-    cfg = BenchConfig(**parser.parse_args(argv).as_dict())
-    results = run(cfg)
+    cfg = parse_dataclass(BenchConfig, "Time a hybrid GRPO step (shared prefix vs rowwise), PGD mining and "
+                          "padding with length grouping, on a tiny or small random checkpoint.", argv)
+    with user_errors():
+        results = run(cfg)
     print(format_results(results))
     print(f"results: {cfg.out}")
 

@@ -3,12 +3,12 @@
 The notebooks only call these and draw; the maths lives in the library modules they compose:
 
 - `perturb`: clean vs adversarial (PGD, with its ground-truth log-likelihood at every step) vs noise images
-  at the same epsilon, and the model's answer to each (mine.Miner's objective and decoding, attack.pgd);
+  at the same epsilon, and the model's answer to each (mine.Miner's objective and decoding, core/attack.pgd);
 - `iig_by_split`: Image Information Gain of the ground truth on in-prior vs counter-prior questions;
 - `step_groups`: one hybrid-GRPO batch laid out group by group: completions, rewards (and their parts),
   advantages, and, after one optimizer step on that very rollout, the importance ratios and which tokens the
   clipped surrogate would clip (what a second inner iteration, mu = 2, sees). It composes the public pieces
-  of `MBPOModule` (score, logprobs) with grpo.py, mirroring `MBPOModule.training_step`.
+  of `MBPOModule` (score, logprobs) with core/grpo.py, mirroring `MBPOModule.training_step`.
 """
 
 from __future__ import annotations
@@ -20,12 +20,12 @@ from dataclasses import dataclass
 import torch
 
 from mbpo_lit.core.attack import pgd, random_perturbation
-from mbpo_lit.vlm.chat import answer_token_ids, encode_prompts
 from mbpo_lit.core.grpo import clipped_tokens, grpo_loss
-from mbpo_lit.vlm.iig import image_information_gain
 from mbpo_lit.mine import MineConfig, Miner
-from mbpo_lit.vlm.policy import reference_mode, trainable_parameters
 from mbpo_lit.testbed.world import WorldConfig, build_records
+from mbpo_lit.vlm.chat import answer_token_ids, encode_prompts
+from mbpo_lit.vlm.iig import image_information_gain
+from mbpo_lit.vlm.policy import reference_mode, trainable_parameters
 
 
 @dataclass
@@ -40,17 +40,21 @@ class Perturbations:
     pgd_trace: torch.Tensor  # [PGD steps + 1, n]: ground-truth log-likelihood after each step
 
 
-def perturb(model, processor, records: Sequence[dict], world: WorldConfig | None, epsilon: float = 32.0,
-            step_size: float = 4.0, steps: int = 10, methods: Sequence[str] = ("pgd", "uniform"),
-            seed: int = 0) -> Perturbations:
+def perturb(model, processor, records: Sequence[dict], vocabulary: Sequence[str] | None = None,
+            epsilon: float = 32.0, step_size: float = 4.0, steps: int = 10,
+            methods: Sequence[str] = ("pgd", "uniform"), seed: int = 0) -> Perturbations:
     """Perturb the records' images with each method at the same L-inf budget (in /255) and answer them.
 
+    `vocabulary`: answer words for colour / phrase answers (e.g. the world's colours), as mining uses them.
     PGD runs all `steps` (no early stop), so the trace shows the whole descent. `model` must be a plain
     policy (no trainable adapters): Miner freezes its weights, since only the pixels need gradients.
     """
     records = list(records)
-    cfg = MineConfig(epsilon=epsilon, step_size=step_size, steps=steps, early_stop=False, seed=seed)
-    miner = Miner(model, processor, cfg, world)
+    # Miner reads only the attack and decoding settings; model and source name what is attacked, for the record.
+    cfg = MineConfig(model=str(getattr(model, "name_or_path", "") or type(model).__name__),
+                     source=f"{len(records)} in-memory records", n=len(records), epsilon=epsilon,
+                     step_size=step_size, steps=steps, early_stop=False, seed=seed)
+    miner = Miner(model, processor, cfg, list(vocabulary) if vocabulary is not None else None)
     gen = torch.Generator().manual_seed(seed)
     prompts = encode_prompts(processor, [r["question"] for r in records], [r["image"] for r in records])
     clean = torch.stack(miner.codec.raw_images(prompts)).to(miner.device)
@@ -89,7 +93,7 @@ def step_groups(module, batch: dict, update: bool = True) -> list[dict]:
     step at the module's lr on this rollout's loss) and clipped (share of its tokens clipped by the
     surrogate with the module's eps_low/eps_high). `update` changes the module's adapter weights.
     """
-    hp = module.hparams
+    loss, optim = module.loss, module.optim
     scored = module.score(batch)  # the training step's own roll-out, scoring and advantages
     advantages = scored.advantages
     rows = []
@@ -105,17 +109,18 @@ def step_groups(module, batch: dict, update: bool = True) -> list[dict]:
     with torch.no_grad():
         old, m = module.logprobs(scored)
     params = list(trainable_parameters(module.model).values())
-    opt = torch.optim.AdamW(params, lr=hp.lr, weight_decay=hp.weight_decay)
+    opt = torch.optim.AdamW(params, lr=optim.lr, weight_decay=optim.weight_decay)
     logp, _ = module.logprobs(scored)
-    grpo_loss(logp, old, advantages.to(logp.device), m, None, 0.0, hp.eps_low, hp.eps_high, hp.aggregation,
-              hp.max_new_tokens).loss.backward()
-    torch.nn.utils.clip_grad_norm_(params, hp.max_grad_norm)
+    grpo_loss(logp, old, advantages.to(logp.device), m, None, beta=0.0, eps_low=loss.eps_low,
+              eps_high=loss.eps_high, aggregation=loss.aggregation,
+              max_tokens=module.sampling.max_new_tokens).loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, optim.max_grad_norm)
     opt.step()
     opt.zero_grad()
     with torch.no_grad():
         new, _ = module.logprobs(scored)
     ratio = torch.exp(new - old)
-    clipped = clipped_tokens(ratio, advantages.to(ratio.device), hp.eps_low, hp.eps_high) & m
+    clipped = clipped_tokens(ratio, advantages.to(ratio.device), loss.eps_low, loss.eps_high) & m
     tokens = m.sum(1).clamp(min=1)
     for i, row in enumerate(rows):
         row["ratio"] = float((ratio[i] * m[i]).sum() / tokens[i])

@@ -1,4 +1,5 @@
-"""`python -m mbpo_lit.experiments.plots DIR`: figures of an ablation directory (what `python -m mbpo_lit.experiments.ablate` writes).
+"""`python -m mbpo_lit plots --directory DIR`: figures of an ablation directory (what `python -m mbpo_lit ablate`
+writes).
 
 Reads DIR/curves.csv, DIR/final.csv and DIR/variants.json and writes PNGs (headless, Agg) into DIR/figures:
 
@@ -9,13 +10,15 @@ Reads DIR/curves.csv, DIR/final.csv and DIR/variants.json and writes PNGs (headl
 
 The notebooks call the same functions (each returns a matplotlib Figure, built without pyplot: headless
 anywhere, no global figure registry to leak, and shown inline by Jupyter when returned or `display`ed), so the
-figures in the README, the notebooks and CI come from one code path. Intervals are Student-t over seeds (stats.py); with one seed there is
-no band.
+figures in the README, the notebooks and CI come from one code path. Intervals are Student-t over seeds
+(core/stats.py); with one seed there is no band.
+
+    python -m mbpo_lit plots --directory runs/ablate
+    python -m mbpo_lit plots --directory runs/ablate --out figures/
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import math
@@ -64,7 +67,8 @@ def _grid(n: int, width: float = 4.2, height: float = 3.2) -> tuple[Figure, list
     return fig, flat[:n]
 
 
-def plot_curves(rows: list[dict], metrics: Sequence[str] = CURVE_METRICS, variants: Sequence[str] | None = None) -> Figure:
+def plot_curves(rows: list[dict], metrics: Sequence[str] = CURVE_METRICS,
+                variants: Sequence[str] | None = None) -> Figure:
     """Metric vs step, one line per variant (mean over seeds) with its 95% CI band."""
     metrics = [m for m in metrics if any(r["metric"] == m for r in rows)]
     if not metrics:
@@ -96,7 +100,8 @@ def _final_cis(rows: list[dict], metric: str, variants: Sequence[str]) -> list:
     return [mean_ci([r["value"] for r in rows if r["variant"] == v and r["metric"] == metric]) for v in variants]
 
 
-def plot_final(rows: list[dict], metrics: Sequence[str] = FINAL_METRICS, variants: Sequence[str] | None = None) -> Figure:
+def plot_final(rows: list[dict], metrics: Sequence[str] = FINAL_METRICS,
+               variants: Sequence[str] | None = None) -> Figure:
     """Final metrics: one panel per metric, one bar per variant (mean over seeds) with 95% CI error bars."""
     variants = list(variants or _order(rows))
     metrics = [m for m in metrics if any(r["metric"] == m for r in rows)]
@@ -121,7 +126,8 @@ def sweep_points(variants_meta: list[dict], sweep: str) -> list[tuple[str, float
     return points
 
 
-def plot_sweep(rows: list[dict], variants_meta: list[dict], sweep: str, metrics: Sequence[str] = FINAL_METRICS) -> Figure:
+def plot_sweep(rows: list[dict], variants_meta: list[dict], sweep: str,
+               metrics: Sequence[str] = FINAL_METRICS) -> Figure:
     """Final metrics against a sweep's x (e.g. epsilon, IIG filter), mean over seeds with 95% CI error bars."""
     ran = set(_order(rows))
     points = [(v, x) for v, x in sweep_points(variants_meta, sweep) if v in ran]
@@ -169,13 +175,26 @@ def plot_all(directory: str | Path, out: str | Path | None = None) -> list[Path]
     return written
 
 
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description="PNG figures of an ablation directory (python -m mbpo_lit.experiments.ablate --out DIR).")
-    p.add_argument("directory")
-    p.add_argument("--out", default=None, help="where the PNGs go (default DIR/figures)")
-    a = p.parse_args(argv)
-    for path in plot_all(a.directory, a.out):
+def plots(directory: str, out: str | None = None) -> list[Path]:
+    """Write the PNG figures of an ablation directory (`python -m mbpo_lit ablate --out DIR`) and print their paths.
+
+    Args:
+        directory: the ablation directory (curves.csv, final.csv, variants.json).
+        out: where the PNGs go (None: DIRECTORY/figures).
+    """
+    if not (Path(directory) / "final.csv").is_file():
+        raise FileNotFoundError(f"{Path(directory) / 'final.csv'} not found: is {directory} an ablation directory "
+                                "(python -m mbpo_lit ablate --out DIR)?")
+    written = plot_all(directory, out)
+    for path in written:
         print(path)
+    return written
+
+
+def main(argv: list[str] | None = None) -> list[Path]:
+    from mbpo_lit.cli import run_function
+
+    return run_function(plots, argv)
 
 
 if __name__ == "__main__":

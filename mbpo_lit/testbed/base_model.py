@@ -1,43 +1,38 @@
 """The biased base model: a tiny checkpoint trained on the world until it leans on the language prior.
 
-MBPO's claim is that it cures modality imbalance. To show that without a 7B model, we first *make* a model
-with the disease: supervised training on the world's train split, where 90% of objects wear their kind's
-typical colour. With several objects per image, the model learns that "the circle is red" pays off more
-cheaply than binding colours to shapes, and answers counter-prior questions wrongly. The result is a
-regular Hugging Face checkpoint directory, cached under `runs/base/` and reused, and is the default base
-model of mining and GRPO.
+MBPO (Modality-Balancing Preference Optimization, arXiv 2506.08022) is meant to cure modality imbalance: a
+model answering from its language prior instead of the image. To show that without a 7B model, we first *make*
+a model with the disease: supervised training on the world's train split, where 90% of objects wear their
+kind's typical colour. With several objects per image, the model learns that "the circle is red" pays off more
+cheaply than binding colours to shapes, and answers counter-prior questions wrongly. The result is a regular
+Hugging Face checkpoint directory, cached under `runs/base/` and reused, and is the base model of the embedded
+recipe (its mining and GRPO).
 
-    python -m mbpo_lit.testbed.base_model            # builds (or reuses) it and prints in-prior / counter-prior accuracy
+    python -m mbpo_lit base-model                     # builds (or reuses) it, prints in-prior / counter-prior accuracy
+    python -m mbpo_lit base-model --world.p_color 0.8 --steps 1200 --root runs/base-p08
 
 Training is Lightning; an interrupted run resumes from its last checkpoint.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import hashlib
 import json
-import os
 import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from mbpo_lit.vlm.chat import answer_token_ids, append_completions, encode_prompts
-from mbpo_lit.vlm.logprobs import completion_logprobs
 from mbpo_lit.testbed.tiny import TinySpec, write_tiny_checkpoint
 from mbpo_lit.testbed.world import WorldConfig, make_record, world_vocabulary
-
-
-def default_world() -> WorldConfig:
-    """The embedded world: 112 px scenes (4x4 merged Qwen tokens; 56 px gave 2x2 tokens, too few to see
-    three objects), three objects, 90% typical colours."""
-    return WorldConfig(image_size=112)
+from mbpo_lit.vlm.chat import answer_token_ids, append_completions, encode_prompts
+from mbpo_lit.vlm.logprobs import completion_logprobs
 
 
 @dataclass
@@ -51,10 +46,32 @@ class WarmStartConfig:
     accuracy 0.00 after 2,400 steps: a blind model, not an imbalanced one). With typical colours at 50% in
     grounding, whether it learned to look depended on the tokenizer and seed (one-object counter-prior
     accuracy 0.56 with one tokenizer, 0.13 with the next); uniform colours gave 0.82.
+
+    Args:
+        arch: architecture of the tiny checkpoint.
+        world: the world trained on (the embedded one by default: 112 px scenes, three objects, 90% typical
+            colours); the prior stage uses it as is.
+        families: question families of the prior stage (repeats weight the mix).
+        spec: sizes of the tiny checkpoint (its image size must be the world's).
+        grounding_steps: steps of the grounding stage (one object per image).
+        grounding_families: question families of the grounding stage.
+        grounding_p_color: probability of typical colours in the grounding stage (1 / len(colors): every
+            colour equally likely, no prior to lean on).
+        steps: steps of the prior stage.
+        prior_lr: peak learning rate of the prior stage.
+        prior_warmup_steps: linear warm-up steps of the prior stage.
+        train_records: distinct records per stage (the loader cycles over them).
+        batch_size: of both stages.
+        lr: peak learning rate of the grounding stage.
+        warmup_steps: linear warm-up steps of the grounding stage.
+        checkpoint_every: steps between resumable Lightning checkpoints.
+        seed: of the initialisation and the data order.
+        root: the cache; the model lands in ROOT/ARCH-KEY/model (KEY: a hash of the fields that change the
+            model).
     """
 
-    arch: str = "qwen2_5_vl"
-    world: WorldConfig = field(default_factory=default_world)
+    arch: Literal["qwen2_5_vl", "qwen2_vl", "llava"] = "qwen2_5_vl"
+    world: WorldConfig = field(default_factory=WorldConfig)
     # Attribute questions carry the colour prior; the other families let the evaluator score POPE, counting,
     # multiple choice and CHAIR on the same model. Repeats weight the mix.
     families: tuple[str, ...] = ("attribute", "attribute", "attribute", "existence", "choice", "count", "describe")
@@ -65,17 +82,17 @@ class WarmStartConfig:
     # Colour questions only: with existence questions mixed in, 400 steps did not teach the model to look
     # (1-object attribute accuracy 0.22, chance level); colour alone did (0.82 after 300 steps).
     grounding_families: tuple[str, ...] = ("attribute",)
-    grounding_p_color: float = 1 / 6  # 1 / len(colors): every colour equally likely, no prior to lean on
-    steps: int = 600  # steps of the prior stage
+    grounding_p_color: float = 1 / 6
+    steps: int = 600
     # A gentler prior stage keeps some of the grounding: 1,200 steps at 2e-3 left counter-prior accuracy at
     # 0.03 (in-prior 1.00), a model that had unlearned to look; see the README for the measured numbers.
     prior_lr: float = 1e-3
     prior_warmup_steps: int = 20
-    train_records: int = 20_000  # distinct records per stage; the loader cycles over them
+    train_records: int = 20_000
     batch_size: int = 32
-    lr: float = 2e-3  # grounding stage
+    lr: float = 2e-3
     warmup_steps: int = 50
-    checkpoint_every: int = 200  # steps between resumable Lightning checkpoints
+    checkpoint_every: int = 200
     seed: int = 0
     root: str = "runs/base"
 
@@ -188,7 +205,7 @@ def build_base_model(
     records the config, training time and the in-prior / counter-prior accuracy measured at the end. Each
     stage resumes from its last Lightning checkpoint if the build was interrupted.
     """
-    from mbpo_lit.evaluate import evaluate_world
+    from mbpo_lit.testbed.world_source import evaluate_world
     from mbpo_lit.vlm.policy import ModelConfig, load_policy
 
     root = cfg.directory()
@@ -223,27 +240,23 @@ def build_base_model(
             "eval_records_per_split": evaluate_n, "in_prior_accuracy": results["in_prior_accuracy"],
             "counter_prior_accuracy": results["counter_prior_accuracy"], "gap": results["gap"]}
     _save(model, init, final, info)
-    for name, *_ in stages:  # noqa: B007
+    for name, *_ in stages:
         shutil.rmtree(root / f"lightning-{name}", ignore_errors=True)
     return final
 
 
-def main(argv: list[str] | None = None) -> None:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    parser = argparse.ArgumentParser(description="Build (or reuse) the biased base model of the embedded world.")
-    parser.add_argument("--steps", type=int, default=WarmStartConfig.steps)
-    parser.add_argument("--arch", default=WarmStartConfig.arch, choices=["qwen2_5_vl", "qwen2_vl", "llava"])
-    parser.add_argument("--p-color", type=float, default=default_world().p_color)
-    parser.add_argument("--root", default=WarmStartConfig.root)
-    args = parser.parse_args(argv)
-    cfg = WarmStartConfig(arch=args.arch, steps=args.steps, root=args.root,
-                          world=dataclasses.replace(default_world(), p_color=args.p_color))
+def main(argv: list[str] | None = None) -> Path:
+    from mbpo_lit.cli import parse_dataclass
+
+    cfg = parse_dataclass(WarmStartConfig, "Build (or reuse) the biased base model of the embedded world: a tiny "
+                          "checkpoint trained until it leans on the language prior.", argv)
     path = build_base_model(cfg)
     info = json.loads((path / "warmstart.json").read_text())
     print(f"biased base model: {path}")
     print(f"  trained {info['train_seconds']:.0f} s; attribute accuracy in-prior {info['in_prior_accuracy']:.3f}, "
           f"counter-prior {info['counter_prior_accuracy']:.3f}, gap {info['gap']:.3f} "
           f"({info['eval_records_per_split']} records per split)")
+    return path
 
 
 if __name__ == "__main__":

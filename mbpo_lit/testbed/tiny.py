@@ -9,16 +9,17 @@ configuration of Qwen2.5-VL, Qwen2-VL or LLaVA-1.5. Everything downstream then l
 Widths are multiples of 64 on purpose: bitsandbytes' CPU 4-bit kernels reject a linear layer whose input
 width is below its block size (64), and we want the QLoRA path tested on the CPU, not skipped.
 
-    python -m mbpo_lit.testbed.tiny --arch qwen2_5_vl --out checkpoints/tiny-qwen2_5_vl
+    python -m mbpo_lit tiny --arch qwen2_5_vl --out checkpoints/tiny-qwen2_5_vl
+    python -m mbpo_lit tiny --arch llava --out checkpoints/tiny-llava --spec.image_size 112
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
@@ -41,7 +42,8 @@ QWEN_SPECIALS = [
 ]
 LLAVA_SPECIALS = ["<unk>", "<s>", "</s>", "<pad>", "<image>"]
 
-# A Qwen-style chat template (without Qwen's default system turn, to keep tiny sequences short): turns with {"type": "image"} / {"type": "text"} parts.
+# A Qwen-style chat template (without Qwen's default system turn, to keep tiny sequences short): turns with
+# {"type": "image"} / {"type": "text"} parts.
 QWEN_CHAT_TEMPLATE = (
     "{% for message in messages %}"
     "<|im_start|>{{ message['role'] }}\n"
@@ -86,7 +88,20 @@ There is a There are no The answer is Question Answer Options
 
 @dataclass
 class TinySpec:
-    """Sizes of a tiny checkpoint. Widths stay multiples of 64 (see module docstring)."""
+    """Sizes of a tiny checkpoint. Widths stay multiples of 64 (see module docstring).
+
+    Args:
+        hidden_size: width of the language model.
+        intermediate_size: width of the language model's MLP.
+        num_layers: layers of the language model.
+        num_heads: attention heads of the language model and of the vision tower.
+        num_kv_heads: key/value heads of the language model.
+        vision_hidden_size: width of the vision tower.
+        vision_layers: layers of the vision tower.
+        image_size: pixels per side; 56 = 4 patches of 14, i.e. 4 merged Qwen tokens or 16 LLaVA tokens.
+        vocab_size: of the tokenizer trained here.
+        seed: of the random weights.
+    """
 
     hidden_size: int = 64
     intermediate_size: int = 128
@@ -95,7 +110,7 @@ class TinySpec:
     num_kv_heads: int = 1
     vision_hidden_size: int = 64
     vision_layers: int = 2
-    image_size: int = 56  # pixels per side; 56 = 4 patches of 14, i.e. 4 merged Qwen tokens or 16 LLaVA tokens
+    image_size: int = 56
     vocab_size: int = 512
     seed: int = 0
 
@@ -259,14 +274,26 @@ def ensure_tiny_checkpoint(arch: str, root: str | os.PathLike, spec: TinySpec | 
     return out
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--arch", choices=ARCHS, default="qwen2_5_vl")
-    parser.add_argument("--out", required=True, help="directory to write the checkpoint into")
-    args = parser.parse_args(argv)
-    path = write_tiny_checkpoint(args.arch, args.out)
+def tiny(out: str, arch: Literal["qwen2_5_vl", "qwen2_vl", "llava"] = "qwen2_5_vl",
+         spec: TinySpec = TinySpec()) -> Path:
+    """Write a tiny, randomly initialised checkpoint of a supported architecture (config, weights, tokenizer,
+    processor, chat template), loadable with `from_pretrained` like a released one.
+
+    Args:
+        out: directory to write the checkpoint into.
+        arch: the architecture.
+        spec: its sizes (--spec.hidden_size 128 ...).
+    """
+    path = write_tiny_checkpoint(arch, out, spec)
     n = sum(p.numel() for p in AutoModelForImageTextToText.from_pretrained(path).parameters())
-    print(f"wrote tiny {args.arch} ({n / 1e6:.2f}M parameters) to {path}")
+    print(f"wrote tiny {arch} ({n / 1e6:.2f}M parameters) to {path}")
+    return path
+
+
+def main(argv: list[str] | None = None) -> Path:
+    from mbpo_lit.cli import run_function
+
+    return run_function(tiny, argv)
 
 
 if __name__ == "__main__":

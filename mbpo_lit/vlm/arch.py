@@ -104,6 +104,7 @@ def load_processor(path: str | os.PathLike, model_type: str, **hub_kwargs) -> Pr
         image_processor = AutoImageProcessor.from_pretrained(path, **hub_kwargs)
         template = tokenizer.chat_template or _chat_template_file(path, **hub_kwargs)
         processor = _image_only(cls)(image_processor, tokenizer, chat_template=template)
-    # Generation needs left padding; the log-prob pass uses the same batches, so both agree (PITFALLS.md).
+    # Generation needs left padding; the log-prob pass uses the same batches, so both agree: a padding mismatch
+    # between the two would silently shift the multimodal context.
     processor.tokenizer.padding_side = "left"
     return processor

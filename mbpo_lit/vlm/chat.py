@@ -1,8 +1,8 @@
 """Prompts in, tensors out: chat formatting, batching and the image-token check.
 
 Every place that feeds the model (generation, log-probs, PGD, IIG) builds its batch here, so that padding
-side, chat template and image placeholders are the same everywhere (PITFALLS.md: a padding mismatch
-between generation and the log-prob pass silently corrupts the multimodal context).
+side, chat template and image placeholders are the same everywhere: a padding mismatch between generation
+and the log-prob pass would silently corrupt the multimodal context.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
     IIG(y) = log p(y | image, q) - log p(y | q without the image)        (baseline="none")
     IIG(y) = log p(y | image, q) - log p(y | neutral image, q)           (baseline="neutral")
 
-This form is *inferred* (MBPO.md): the paper's exact definition was not available, so the baseline is an
+This form is *inferred* from the paper's description (arXiv 2506.08022): its exact definition was not given, so the baseline is an
 option. "none" removes the image and its placeholder tokens from the prompt; "neutral" keeps the prompt
 layout identical and replaces the pixels with a uniform grey image, which isolates the image *content*
 from the mere presence of image tokens. Both the sum over answer tokens and the per-token mean are returned:

@@ -1,7 +1,7 @@
 """Per-token log-probabilities of completions given prompts, without full-vocabulary prompt logits.
 
 GRPO, PGD mining and Image Information Gain all need log p(completion | prompt). The [batch x tokens x
-vocab] logits tensor dominates memory for a 151k vocabulary (PITFALLS.md), so only the completion
+vocab] logits tensor dominates memory for a 151k vocabulary (Qwen's), so only the completion
 positions' logits are computed (`logits_to_keep`) and the log-softmax is taken as gather - logsumexp.
 """
 

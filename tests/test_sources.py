@@ -1,0 +1,151 @@
+"""Record sources: benchmark layouts, column maps, real photographs of mixed sizes, errors that name the
+record or the option, and every shipped recipe's data sections against local files in each dataset's schema."""
+
+import json
+
+import pytest
+import yaml
+from PIL import Image
+
+import benchmark_files as bf
+from mbpo_lit.data.sources import Records, SourceError, as_source, report_skipped
+from mbpo_lit.fit import recipe
+
+
+def sizes(records):
+    return {r["image"].size for r in records}
+
+
+def test_pope_github_files_give_yes_no_records_grouped_by_the_file_name(tmp_path, photos):
+    path = bf.pope_github(tmp_path, photos, "popular")
+    records, skipped = Records(str(path), format="pope", image_root=str(tmp_path / "val2014")).load()
+    assert not skipped and len(records) == 2 * len(photos)
+    assert [r["answer"] for r in records[:2]] == ["yes", "no"] and {r["answer_type"] for r in records} == {"yes_no"}
+    assert {r["group"] for r in records} == {"popular"} and records[1]["id"] == "2"
+    assert records[0]["question"] == "Is there a person in the image?" and len(sizes(records)) == 3
+
+
+def test_pope_hub_layout_groups_by_category_and_spread_samples_every_category(tmp_path, photos):
+    path = bf.pope_hub(tmp_path, photos)
+    records, _ = Records(str(path), format="pope").load()
+    assert [r["group"] for r in records] == ["adversarial", "popular", "random", "random"]
+    assert [r["answer"] for r in records] == ["yes", "no", "yes", "no"]
+    first, _ = Records(str(path), format="pope", n=2).load()
+    spread, _ = Records(str(path), format="pope", n=2, spread=True).load()
+    assert [r["group"] for r in first] == ["adversarial", "popular"]
+    assert [r["source_index"] for r in spread] == [0, 2]
+
+
+def test_aokvqa_becomes_a_lettered_multiple_choice_prompt(tmp_path, photos):
+    records, skipped = Records(str(bf.aokvqa(tmp_path, photos)), format="aokvqa").load()
+    assert not skipped and [r["answer"] for r in records] == ["A", "B", "C", "D"]
+    assert "\nB. a cup of coffee\n" in records[0]["question"] and records[0]["answer_type"] == "choice"
+    assert len(sizes(records)) == 3
+
+
+def test_vqav2_answer_types_are_mapped_and_filtered_with_every_skip_listed(tmp_path, photos):
+    path = str(bf.vqav2(tmp_path, photos))
+    records, skipped = Records(path, format="vqav2").load()
+    assert [r["answer_type"] for r in records] == ["yes_no", "number", "phrase", "yes_no"]
+    closed, skipped = Records(path, format="vqav2", answer_types=["yes_no", "number"]).load()
+    assert [r["id"] for r in closed] == ["100", "101", "103"]
+    assert [(s["index"], s["id"]) for s in skipped] == [(2, "102")] and "answer_type 'phrase'" in skipped[0]["reason"]
+
+
+def test_renamed_columns_real_style_answers_and_relative_images(tmp_path, photos):
+    for i, p in enumerate(photos):
+        p.save(tmp_path / f"{i}.png")
+    rows = [{"img": f"{i}.png", "prompt": "Is there a cat?", "gt": "Yes, there is a cat." if i == 2 else "No."}
+            for i in range(len(photos))]
+    (tmp_path / "vqa.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    src = Records(str(tmp_path / "vqa.jsonl"), columns={"image": "img", "question": "prompt", "answer": "gt"},
+                  answer_type="yes_no")
+    records, skipped = src.load()
+    assert not skipped and [r["answer"] for r in records] == ["no", "no", "yes", "no"]
+    assert sizes(records) == {p.size for p in photos}
+
+
+def test_a_mistyped_column_names_the_columns_the_source_has(tmp_path):
+    (tmp_path / "d.jsonl").write_text(json.dumps({"image": "x.png", "question": "q", "answer": "a"}) + "\n")
+    with pytest.raises(SourceError, match=r"columns \{'question': 'prompt'\} not in the data; its columns are "
+                                          r"\['image', 'question', 'answer'\]"):
+        Records(str(tmp_path / "d.jsonl"), columns={"question": "prompt"}).load()
+    (tmp_path / "p.jsonl").write_text(json.dumps({"image": "x.png", "text": "Is there a cat?", "y": "no"}) + "\n")
+    with pytest.raises(SourceError, match=r"no column for \['answer'\] \(format 'pope'\)"):
+        Records(str(tmp_path / "p.jsonl"), format="pope").load()
+
+
+def test_a_missing_path_and_an_unreachable_hub_id_say_which_they_were(tmp_path):
+    with pytest.raises(SourceError, match="data path .*nope.jsonl' does not exist"):
+        Records(str(tmp_path / "nope.jsonl")).load()
+    with pytest.raises(SourceError, match="dataset 'someone/no-such-dataset' is not a local path and could not be "
+                                          r"loaded from the hub \(HF_HUB_OFFLINE is set\)"):
+        Records("someone/no-such-dataset").load()
+
+
+def test_bad_records_are_each_named_and_none_is_dropped_silently(tmp_path, photos):
+    photos[0].save(tmp_path / "ok.png")
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    rows = [{"image": "ok.png", "question": "Is it red?", "answer": "yes"},
+            {"image": "ok.png", "question": "  ", "answer": "yes"},
+            {"image": "ok.png", "question": "Is it red?", "answer": ""},
+            {"image": "broken.png", "question": "Is it red?", "answer": "no"},
+            {"image": "missing.png", "question": "Is it red?", "answer": "no"},
+            {"image": "ok.png", "question": "Is it red?", "answer": "maybe"}]
+    (tmp_path / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    src = Records(str(tmp_path / "d.jsonl"), answer_type="yes_no")
+    records, skipped = src.load()
+    assert len(records) + len(skipped) == len(rows) and len(records) == 1
+    reasons = {s["index"]: s["reason"] for s in skipped}
+    assert reasons[1] == "empty question" and reasons[2] == "missing answer"
+    assert reasons[3].startswith("unreadable image") and reasons[4].startswith("unreadable image")
+    assert reasons[5] == "answer 'maybe' is not yes or no"
+    with pytest.raises(SourceError, match=r"5 unusable records(.|\n)*record 4 \(id 4\): unreadable image"):
+        report_skipped(skipped, src, "error")
+
+
+def test_a_plain_string_is_a_source_in_the_library_schema(tmp_path, photos):
+    photos[1].save(tmp_path / "a.png")
+    (tmp_path / "d.csv").write_text("image,question,answer,answer_type\na.png,How many cups?,one,number\n")
+    records, _ = as_source(str(tmp_path / "d.csv")).load()
+    assert records[0]["answer"] == "one" and records[0]["image"].size == photos[1].size
+
+
+def data_sections(name: str) -> dict:
+    return yaml.safe_load(open(recipe(name)))["data"]
+
+
+LOCAL_COPIES = {"HuggingFaceM4/A-OKVQA": bf.aokvqa, "lmms-lab/POPE": bf.pope_hub, "HuggingFaceM4/VQAv2": bf.vqav2}
+
+
+@pytest.mark.parametrize("name", ["qwen2_5_vl_7b_qlora", "qwen2_vl_7b_qlora", "llava_1_5_7b_qlora", "qwen2_5_vl_7b_ddp"])
+def test_each_real_recipe_is_hybrid_and_its_sources_load_a_local_copy_in_the_dataset_schema(name, tmp_path, photos):
+    data = data_sections(name)
+    assert data["pairs"] and data["online"] and data["val"], "the 7B recipes train on both streams and validate"
+    for key in ("online", "val"):
+        section = data[key]
+        assert section["class_path"] == "mbpo_lit.data.sources.Records"
+        args = dict(section["init_args"])
+        hub_id = args.pop("path")
+        local = LOCAL_COPIES[hub_id](tmp_path / key, photos)
+        records, skipped = Records(str(local), **args).load()
+        assert records and not skipped, (key, skipped)
+        assert len(sizes(records)) >= 3 and all(r["answer_type"] in ("choice", "yes_no") for r in records)
+
+
+def test_the_mining_command_of_each_real_recipe_reads_its_source(tmp_path, photos):
+    """The recipes' comments show the `mine` command for the offline pairs; its source options must load."""
+    text = open(recipe("qwen2_5_vl_7b_qlora")).read()
+    assert "--source Records --source.path HuggingFaceM4/VQAv2" in text and "--source.format vqav2" in text
+    records, skipped = Records(str(bf.vqav2(tmp_path, photos)), format="vqav2", answer_types=["yes_no", "number"],
+                               spread=True, n=4000).load()
+    assert len(records) == 3 and len(skipped) == 1
+
+
+def test_images_of_every_mode_become_rgb(tmp_path):
+    Image.new("L", (30, 20)).save(tmp_path / "g.png")
+    Image.new("RGBA", (20, 30)).save(tmp_path / "a.png")
+    rows = [{"image": "g.png", "question": "q", "answer": "a"}, {"image": "a.png", "question": "q", "answer": "a"}]
+    (tmp_path / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    records, _ = Records(str(tmp_path / "d.jsonl")).load()
+    assert [r["image"].mode for r in records] == ["RGB", "RGB"] and sizes(records) == {(30, 20), (20, 30)}
