@@ -138,14 +138,21 @@ def evaluate_records(
     return score(records, preds, vocabulary, mentions), preds
 
 
-def evaluate_source(model, processor, source: RecordSource, vocabulary: Sequence[str] | None = None,
-                    batch_size: int = 32, max_new_tokens: int = 24, bad_records: Literal["skip", "error"] = "skip",
-                    progress: bool = True) -> dict:
-    """Load an eval set, evaluate on it, and add the flat `summary` and the skipped records to the metrics."""
+def load_eval_set(source: RecordSource, bad_records: Literal["skip", "error"] = "skip") -> tuple[list, list]:
+    """An eval set's (records, skipped), the skipped ones reported; an eval set with no usable record is an error."""
     records, skipped = source.load()
     report_skipped(skipped, source, bad_records)
     if not records:
         raise SourceError(f"{source}: no usable records to evaluate")
+    return records, skipped
+
+
+def evaluate_source(model, processor, source: RecordSource, vocabulary: Sequence[str] | None = None,
+                    batch_size: int = 32, max_new_tokens: int = 24, bad_records: Literal["skip", "error"] = "skip",
+                    progress: bool = True, loaded: tuple[list, list] | None = None) -> dict:
+    """Evaluate on an eval set (`loaded`: its `load_eval_set`, if done already) and add the flat `summary` and
+    the skipped records to the metrics."""
+    records, skipped = loaded or load_eval_set(source, bad_records)
     result, _ = evaluate_records(model, processor, records, source.vocabulary or vocabulary, source.mentions,
                                  batch_size, max_new_tokens, desc=str(source), progress=progress)
     return result | {"summary": summarize(result), "skipped": skipped}
@@ -188,9 +195,11 @@ def evaluate(
         out: write the metrics (and the skipped records) as JSON here.
     """
     source = as_source(data)
+    loaded = load_eval_set(source, bad_records)  # before the model: a data mistake should not wait for a 7B load
     policy = load_policy(ModelConfig(model, precision=precision, quantization=quantization, lora=None,
                                      adapter_path=adapter))
-    results = evaluate_source(policy.model, policy.processor, source, None, batch_size, max_new_tokens, bad_records)
+    results = evaluate_source(policy.model, policy.processor, source, None, batch_size, max_new_tokens,
+                              loaded=loaded)
     print(format_table({str(source): results["summary"]}))
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,4 @@
-"""Pixel codec and perturbations: exact round trips, budgets respected, PGD lowers the objective."""
+"""Pixel codec and perturbations: exact round trips, budgets respected, PGD lowers the objective and stops early."""
 
 import numpy as np
 import pytest
@@ -6,12 +6,16 @@ import torch
 from PIL import Image
 from transformers import AutoConfig
 
+from mbpo_lit.core.answers import is_correct
 from mbpo_lit.vlm.arch import load_processor
 from mbpo_lit.core.attack import diffusion_noise, pgd, project, random_perturbation
-from mbpo_lit.vlm.chat import answer_token_ids, encode_prompts
+from mbpo_lit.vlm.chat import answer_token_ids, append_completions, encode_prompts
 from mbpo_lit.vlm.codec import PixelCodec, to_pil, to_raw
+from mbpo_lit.vlm.logprobs import completion_scores
 from mbpo_lit.mine import MineConfig, Miner
 from mbpo_lit.vlm.policy import ModelConfig, load_policy
+from mbpo_lit.testbed.tiny import ensure_tiny_checkpoint
+from mbpo_lit.testbed.world import WorldConfig, build_records
 
 
 def pictures(n=2, size=56, seed=0):
@@ -91,3 +95,54 @@ def test_pgd_on_a_real_model_lowers_ground_truth_likelihood(tiny_path, quantizat
     assert (res.images - raw).abs().max() <= 8 / 255 + 1e-6
     assert res.images.min() >= 0 and res.images.max() <= 1
     assert all(p.grad is None for p in policy.model.parameters())  # no parameter gradients
+
+
+@pytest.fixture(scope="module")
+def seeing_model(tiny_root):
+    """(policy, world, records): a tiny Qwen2.5-VL trained until greedy decoding gives the answers of 4 records
+    that ask the same question about one-object images of 4 colours, so that only the image tells them apart."""
+    world = WorldConfig(image_size=56, n_objects=1, grid=1, p_color=1 / 6)  # one shape filling the image, any colour
+    pool = build_records(world, "train", 80)
+    recs, colors = [], set()
+    for r in pool:
+        if r["question"] == pool[0]["question"] and r["answer"] not in colors and len(recs) < 4:
+            recs.append(r)
+            colors.add(r["answer"])
+    assert len(recs) == 4
+    torch.manual_seed(0)
+    policy = load_policy(ModelConfig(str(ensure_tiny_checkpoint("qwen2_5_vl", tiny_root)), precision="fp32",
+                                     quantization="none", lora=None, device="cpu"))
+    model, p = policy.model, policy.processor
+    batch = encode_prompts(p, [r["question"] for r in recs], [r["image"] for r in recs])
+    batch, mask = append_completions(batch, answer_token_ids(p, [r["answer"] for r in recs]), p.tokenizer.pad_token_id)
+    model.requires_grad_(True)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(300):
+        logp, greedy = completion_scores(model, batch, mask)
+        loss = -logp.sum() / mask.sum()
+        if greedy.all() and loss < 0.1:  # right, with some margin
+            break
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert greedy.all(), "the tiny model did not learn to answer its 4 training records"
+    model.requires_grad_(False)
+    return policy, world, recs
+
+
+def test_pgd_early_stop_records_the_first_wrong_answer(seeing_model):
+    policy, world, recs = seeing_model
+    cfg = MineConfig("model", "source", epsilon=64.0, step_size=8.0, steps=20, random_start=False, early_stop=True,
+                     max_new_tokens=4)
+    rows = Miner(policy.model, policy.processor, cfg, world.colors).mine(recs, 0)
+    assert all(r["clean_correct"] for r in rows)  # step 0 (the clean image, no random start) does not stop
+    stopped = [r for r in rows if r["attack_steps"] < cfg.steps]
+    assert len(stopped) >= 2
+    for r in rows:
+        rejected = r["rejected"][0]["content"][0]["text"]
+        if r in stopped:
+            assert r["attack_steps"] > 0 and r["logp_after"] < r["logp_before"]
+            assert not is_correct(rejected, r["answer"], r["answer_type"], world.colors), (r["answer"], rejected)
+            assert r["kept"]
+        # Sign steps of step_size from the clean image: a stopped image moved no further after its stop.
+        assert r["linf"] <= min(cfg.epsilon, r["attack_steps"] * cfg.step_size) + 1e-3

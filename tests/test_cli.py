@@ -1,0 +1,66 @@
+"""One command line: `python -m mbpo_lit <command>`, each answering --help and --print_config, none setting the
+hub offline, user mistakes as one-line errors."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from mbpo_lit.__main__ import COMMANDS
+from mbpo_lit.__main__ import main as entry
+
+
+def run_entry(argv, monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["mbpo_lit", *argv])
+    with pytest.raises(SystemExit) as exit_:
+        entry(argv)
+    return exit_.value.code
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_every_command_answers_help_and_print_config_without_setting_the_hub_offline(command, monkeypatch, capsys):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    assert run_entry([command, "--help"], monkeypatch) in (0, None)
+    assert "--print_config" in capsys.readouterr().out
+    assert run_entry([command, "--print_config"], monkeypatch) in (0, None)
+    assert capsys.readouterr().out.strip()
+    assert "HF_HUB_OFFLINE" not in os.environ and "HF_DATASETS_OFFLINE" not in os.environ
+
+
+def test_the_entry_point_lists_the_commands_and_refuses_an_unknown_one(capsys):
+    entry([])
+    listing = capsys.readouterr().out
+    assert all(c in listing for c in COMMANDS)
+    with pytest.raises(SystemExit) as exit_:
+        entry(["fitt"])
+    assert exit_.value.code == 2 and "unknown command 'fitt'" in capsys.readouterr().err
+
+
+def test_python_dash_m_runs_a_command():
+    out = subprocess.run([sys.executable, "-m", "mbpo_lit", "mine", "--help"], capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0 and "--source" in out.stdout
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["mine", "--model", "no/such/dir", "--source", "missing.jsonl", "--out", "{tmp}/m"], "data path 'missing.jsonl' does not exist"),
+    (["evaluate", "--model", "{tmp}/no-model", "--data", "{tmp}/x.jsonl"], "data path '{tmp}/x.jsonl' does not exist"),
+])
+def test_a_missing_path_is_one_line_with_exit_code_2(argv, says, tmp_path):
+    argv = [a.format(tmp=tmp_path) for a in argv]
+    out = subprocess.run([sys.executable, "-m", "mbpo_lit", *argv], capture_output=True, text=True, timeout=300,
+                         env=dict(os.environ, HF_HUB_OFFLINE="1"))
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert f"error: {says.format(tmp=tmp_path)}" in out.stderr
+
+
+def test_an_unreachable_model_hub_id_says_so(tmp_path, photos):
+    photos[0].save(tmp_path / "a.png")
+    (tmp_path / "d.jsonl").write_text('{"image": "a.png", "question": "q", "answer": "yes"}\n')
+    out = subprocess.run([sys.executable, "-m", "mbpo_lit", "evaluate", "--model", "someone/no-such-model", "--data",
+                          str(tmp_path / "d.jsonl")], capture_output=True, text=True, timeout=300,
+                         env=dict(os.environ, HF_HUB_OFFLINE="1"))
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "model 'someone/no-such-model' is not a local directory and could not be loaded from the hub" in out.stderr
