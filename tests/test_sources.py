@@ -2,6 +2,7 @@
 record or the option, and every shipped recipe's data sections against local files in each dataset's schema."""
 
 import json
+import shlex
 
 import pytest
 import yaml
@@ -10,6 +11,7 @@ from PIL import Image
 import benchmark_files as bf
 from mbpo_lit.data.sources import Records, SourceError, as_source, report_skipped
 from mbpo_lit.fit import recipe
+from mbpo_lit.mine import main as mine_main
 
 
 def sizes(records):
@@ -133,13 +135,31 @@ def test_each_real_recipe_is_hybrid_and_its_sources_load_a_local_copy_in_the_dat
         assert len(sizes(records)) >= 3 and all(r["answer_type"] in ("choice", "yes_no") for r in records)
 
 
-def test_the_mining_command_of_each_real_recipe_reads_its_source(tmp_path, photos):
-    """The recipes' comments show the `mine` command for the offline pairs; its source options must load."""
-    text = open(recipe("qwen2_5_vl_7b_qlora")).read()
-    assert "--source Records --source.path HuggingFaceM4/VQAv2" in text and "--source.format vqav2" in text
-    records, skipped = Records(str(bf.vqav2(tmp_path, photos)), format="vqav2", answer_types=["yes_no", "number"],
-                               spread=True, n=4000).load()
-    assert len(records) == 3 and len(skipped) == 1
+def mining_command(name: str) -> list[str]:
+    """The `python -m mbpo_lit mine ...` command a recipe's comment shows, as arguments."""
+    lines = [line.lstrip("#").strip() for line in open(recipe(name)) if line.startswith("#")]
+    start = next(i for i, line in enumerate(lines) if line.startswith("python -m mbpo_lit mine"))
+    command = []
+    for line in lines[start:]:
+        command.append(line.rstrip("\\").strip())
+        if not line.endswith("\\"):
+            break
+    return shlex.split(" ".join(command))[4:]
+
+
+@pytest.mark.parametrize("name", ["qwen2_5_vl_7b_qlora", "qwen2_vl_7b_qlora", "llava_1_5_7b_qlora"])
+def test_the_mining_command_in_each_real_recipe_parses_and_its_source_reads_the_dataset(name, tmp_path, photos,
+                                                                                          capsys):
+    args = mining_command(name)
+    with pytest.raises(SystemExit) as exit_:
+        mine_main([*args, "--print_config"])
+    assert exit_.value.code in (0, None)
+    config = yaml.safe_load(capsys.readouterr().out)
+    assert config["out"] == data_sections(name)["pairs"].removesuffix("/dataset")
+    source = dict(config["source"]["init_args"])
+    local = LOCAL_COPIES[source.pop("path")](tmp_path, photos)
+    records, skipped = Records(str(local), **source).load()
+    assert len(records) == 3 and [s["id"] for s in skipped] == ["102"]  # the "other" question is listed
 
 
 def test_images_of_every_mode_become_rgb(tmp_path):
