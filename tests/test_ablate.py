@@ -74,8 +74,8 @@ def test_fit_args_carry_seed_pairs_and_variant_overrides(tmp_path):
 
 def test_fit_args_parse_against_the_fit_command(tmp_path):
     """Every option the runner writes is one `python -m mbpo_lit fit` accepts (nothing is trained)."""
-    from mbpo_lit.fit import MBPOCLI
     from mbpo_lit.data.hybrid import HybridDataModule
+    from mbpo_lit.fit import MBPOCLI
     from mbpo_lit.train.module import MBPOModule
 
     cfg = AblationConfig(out=str(tmp_path), steps=50, fit_args=("--model.optim.lr", "3e-5"))
@@ -84,6 +84,8 @@ def test_fit_args_parse_against_the_fit_command(tmp_path):
     cli = MBPOCLI(MBPOModule, HybridDataModule, args=args, run=False, save_config_callback=None)
     assert cli.model.optim.lr == 3e-5 and not cli.datamodule.online  # no online stream
     assert cli.datamodule.pairs_path == str(tmp_path / "pairs") and cli.trainer.max_steps == 50
+    assert cli.trainer.check_val_every_n_epoch is None  # val_check_interval counts steps across epochs
+    assert cli.datamodule.val.families == ["attribute"] and len(cli.datamodule.val.splits) == 2
 
 
 def test_mining_cache_is_keyed_by_config(tmp_path):
@@ -187,9 +189,11 @@ def test_finished_runs_are_not_rerun_and_killed_ones_are(fake_runner, tmp_path):
 def test_other_settings_in_the_same_directory_are_refused(fake_runner, tmp_path):
     ablate.run_grid(AblationConfig(out=str(tmp_path), seeds=(0,), steps=20), select("online_only"), log=lambda m: None)
     # more seeds and more variants with the same settings are fine
-    ablate.run_grid(AblationConfig(out=str(tmp_path), seeds=(0, 1), steps=20), select("online_only,full"), log=lambda m: None)
+    ablate.run_grid(AblationConfig(out=str(tmp_path), seeds=(0, 1), steps=20), select("online_only,full"),
+                    log=lambda m: None)
     with pytest.raises(ValueError, match="other settings"):
-        ablate.run_grid(AblationConfig(out=str(tmp_path), seeds=(0,), steps=40), select("online_only"), log=lambda m: None)
+        ablate.run_grid(AblationConfig(out=str(tmp_path), seeds=(0,), steps=40), select("online_only"),
+                        log=lambda m: None)
 
 
 def test_cli_rejects_an_unknown_variant(capsys, tmp_path):

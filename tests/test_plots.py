@@ -23,7 +23,8 @@ def ablation_dir(tmp_path):
     for i, v in enumerate(names):
         for seed in (0, 1, 2):
             for step in (9, 19, 29):
-                curves.append({"variant": v, "seed": seed, "step": step, "metric": "loss", "value": 1 / (step + i + seed)})
+                curves.append({"variant": v, "seed": seed, "step": step, "metric": "loss",
+                               "value": 1 / (step + i + seed)})
                 curves.append({"variant": v, "seed": seed, "step": step, "metric": "val/counter_prior_accuracy",
                                "value": 0.1 * i + 0.01 * seed})
             for metric, value in (("in_prior_accuracy", 0.9), ("counter_prior_accuracy", 0.1 * i + 0.02 * seed),

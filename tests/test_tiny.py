@@ -15,7 +15,8 @@ from mbpo_lit.vlm.chat import check_image_tokens, encode_prompts, features_per_i
 
 def test_checkpoint_has_every_part(tiny_path):
     names = {p.name for p in tiny_path.iterdir()}
-    assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "chat_template.jinja"} <= names
+    assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
+            "chat_template.jinja"} <= names
     assert "preprocessor_config.json" in names or "processor_config.json" in names
     config = AutoConfig.from_pretrained(tiny_path)
     model = AutoModelForImageTextToText.from_pretrained(tiny_path)
@@ -31,7 +32,8 @@ def test_special_tokens_are_single_tokens(tiny_path):
     for s in specials:
         ids = tok(s, add_special_tokens=False)["input_ids"]
         assert len(ids) == 1 and tok.convert_ids_to_tokens(ids)[0] == s
-    assert tok.decode(tok("What color is the circle?", add_special_tokens=False)["input_ids"]) == "What color is the circle?"
+    text = "What color is the circle?"
+    assert tok.decode(tok(text, add_special_tokens=False)["input_ids"]) == text
 
 
 def test_processor_expands_one_placeholder_per_image_feature(tiny_path):
@@ -45,7 +47,10 @@ def test_processor_expands_one_placeholder_per_image_feature(tiny_path):
     with torch.no_grad():
         feats = model.get_image_features(**{k: v for k, v in batch.items() if k in ("pixel_values", "image_grid_thw")})
     feats = feats.pooler_output if hasattr(feats, "pooler_output") else feats
-    total = sum(f.shape[0] for f in feats) if isinstance(feats, (list, tuple)) else feats.reshape(-1, feats.shape[-1]).shape[0]
+    if isinstance(feats, (list, tuple)):
+        total = sum(f.shape[0] for f in feats)
+    else:
+        total = feats.reshape(-1, feats.shape[-1]).shape[0]
     assert total == n_tokens
 
 

@@ -13,8 +13,8 @@ from mbpo_lit.testbed.world import WorldConfig
 
 
 def small(tmp_path, steps=6):
-    return WarmStartConfig(world=WorldConfig(image_size=56), spec=TinySpec(), train_records=64, grounding_steps=2, steps=steps,
-                           batch_size=4, warmup_steps=1, checkpoint_every=2, root=str(tmp_path))
+    return WarmStartConfig(world=WorldConfig(image_size=56), spec=TinySpec(), train_records=64, grounding_steps=2,
+                           steps=steps, batch_size=4, warmup_steps=1, checkpoint_every=2, root=str(tmp_path))
 
 
 class Interrupt(L.Callback):

@@ -155,10 +155,13 @@ def fit_args(variant: Variant, seed: int, pairs: str | None, run_dir: Path, cfg:
     from mbpo_lit.fit import recipe
 
     val_every = cfg.val_every or max(1, cfg.steps // 5)
+    # Validation every `val_every` optimizer steps, counted across epochs (so it may exceed an epoch's batches),
+    # on attribute questions of both eval splits: the curves measure what the final evaluation measures.
     return ["--config", recipe(RECIPE), "--trainer.default_root_dir", str(run_dir),
             "--trainer.max_steps", str(cfg.steps), "--trainer.val_check_interval", str(val_every),
+            "--trainer.check_val_every_n_epoch", "null",
             "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
-            "--data.val_n", str(cfg.val_n),
+            "--data.val.families", "[attribute]", "--data.val_n", str(cfg.val_n),
             "--seed_everything", str(seed), "--data.seed", str(seed), "--data.pairs", pairs or "null",
             "--model.evaluate_after_fit", "false", "--model.sample_table_every", "0",
             *variant.fit_args, *cfg.fit_args]
@@ -302,7 +305,7 @@ def run_grid(cfg: AblationConfig, variants: list[Variant], log: Callable[[str], 
 
 def ablate(
     variants: str = "all",
-    seeds: list[int] = [0, 1, 2],
+    seeds: tuple[int, ...] = (0, 1, 2),
     steps: int = 300,
     val_every: int | None = None,
     val_n: int = 32,

@@ -275,14 +275,14 @@ def ensure_tiny_checkpoint(arch: str, root: str | os.PathLike, spec: TinySpec | 
 
 
 def tiny(out: str, arch: Literal["qwen2_5_vl", "qwen2_vl", "llava"] = "qwen2_5_vl",
-         spec: TinySpec = TinySpec()) -> Path:
+         spec: TinySpec | None = None) -> Path:
     """Write a tiny, randomly initialised checkpoint of a supported architecture (config, weights, tokenizer,
     processor, chat template), loadable with `from_pretrained` like a released one.
 
     Args:
         out: directory to write the checkpoint into.
         arch: the architecture.
-        spec: its sizes (--spec.hidden_size 128 ...).
+        spec: its sizes, e.g. --spec.hidden_size 128 --spec.image_size 112 (None: `TinySpec()`).
     """
     path = write_tiny_checkpoint(arch, out, spec)
     n = sum(p.numel() for p in AutoModelForImageTextToText.from_pretrained(path).parameters())

@@ -21,7 +21,7 @@ import torch
 from torchmetrics import MeanMetric
 
 from mbpo_lit.vlm import shared_prefix as prefix
-from mbpo_lit.core.answers import is_correct
+from mbpo_lit.core.answers import CLOSED_TYPES, is_correct
 from mbpo_lit.vlm.chat import answer_token_ids, append_completions, encode_prompts, vision_token_ids
 from mbpo_lit.core.grpo import LossParts, group_advantages, grpo_loss, offline_pair_rewards
 from mbpo_lit.vlm.logprobs import completion_logprobs
@@ -303,6 +303,11 @@ class MBPOModule(L.LightningModule):
                 self.val_accuracy[group] = MeanMetric()
 
     def validation_step(self, batch: list[dict], batch_idx: int) -> None:
+        # Close-ended records only: descriptions have no single right answer (the after-fit table scores them
+        # with CHAIR).
+        batch = [r for r in batch if r["answer_type"] in CLOSED_TYPES]
+        if not batch:
+            return
         p = self.processor
         enc = encode_prompts(p, [r["question"] for r in batch], [r["image"] for r in batch]).to(self.device)
         ids = self.model.generate(**enc, do_sample=False, max_new_tokens=self.sampling.max_new_tokens,
