@@ -47,8 +47,9 @@ def generate(
     for start in range(0, len(questions), batch_size):
         batch = encode_prompts(processor, questions[start : start + batch_size], images[start : start + batch_size])
         batch = batch.to(device)
-        ids = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
-                             suppress_tokens=vision_token_ids(processor))
+        ids = model.generate(
+            **batch, max_new_tokens=max_new_tokens, do_sample=False, suppress_tokens=vision_token_ids(processor)
+        )
         out += processor.batch_decode(ids[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
         bar.update(len(batch["input_ids"]))
     bar.close()
@@ -56,7 +57,9 @@ def generate(
 
 
 def score(
-    records: Sequence[dict], predictions: Sequence[str], vocabulary: Sequence[str] | None = None,
+    records: Sequence[dict],
+    predictions: Sequence[str],
+    vocabulary: Sequence[str] | None = None,
     mentions: Callable[[str], list[str] | None] | None = None,
 ) -> dict:
     """Metrics of predictions against records (see `mbpo_lit.data.sources` for the record schema).
@@ -65,8 +68,12 @@ def score(
     last three when there are yes/no records or descriptions. Every unparseable answer counts as wrong and is
     counted in "unparseable". Descriptions need `mentions` (text -> object mentions) and records' "objects".
     """
-    cells: dict[str, dict[str, list[bool]]] = {"all": defaultdict(list), "family": defaultdict(list),
-                                               "group": defaultdict(list), "cell": defaultdict(list)}
+    cells: dict[str, dict[str, list[bool]]] = {
+        "all": defaultdict(list),
+        "family": defaultdict(list),
+        "group": defaultdict(list),
+        "cell": defaultdict(list),
+    }
     unparseable: dict[str, int] = defaultdict(int)
     pope_pred, pope_true, pope_by_type = [], [], defaultdict(lambda: ([], []))
     said, truths = [], []
@@ -96,8 +103,11 @@ def score(
         return {k: {"accuracy": accuracy(v), "n": len(v)} for k, v in sorted(table.items())}
 
     result: dict = {
-        "all": {"accuracy": accuracy(cells["all"]["all"]), "n": len(cells["all"]["all"]),
-                "unparseable": sum(unparseable.values())},
+        "all": {
+            "accuracy": accuracy(cells["all"]["all"]),
+            "n": len(cells["all"]["all"]),
+            "unparseable": sum(unparseable.values()),
+        },
         "by_family": {f: {**a, "unparseable": unparseable[f]} for f, a in acc(cells["family"]).items()},
         "by_group": acc(cells["group"]) if any(cells["group"]) and set(cells["group"]) != {""} else {},
         "by_cell": acc(cells["cell"]),
@@ -128,13 +138,27 @@ def summarize(result: dict) -> dict[str, float]:
 
 
 def evaluate_records(
-    model, processor, records: Sequence[dict], vocabulary: Sequence[str] | None = None,
-    mentions: Callable[[str], list[str] | None] | None = None, batch_size: int = 32, max_new_tokens: int = 24,
-    desc: str = "evaluate", progress: bool = True,
+    model,
+    processor,
+    records: Sequence[dict],
+    vocabulary: Sequence[str] | None = None,
+    mentions: Callable[[str], list[str] | None] | None = None,
+    batch_size: int = 32,
+    max_new_tokens: int = 24,
+    desc: str = "evaluate",
+    progress: bool = True,
 ) -> tuple[dict, list[str]]:
     """Generate for `records` and score them; returns (metrics, predictions)."""
-    preds = generate(model, processor, [r["question"] for r in records], [r["image"] for r in records],
-                     batch_size, max_new_tokens, desc, progress)
+    preds = generate(
+        model,
+        processor,
+        [r["question"] for r in records],
+        [r["image"] for r in records],
+        batch_size,
+        max_new_tokens,
+        desc,
+        progress,
+    )
     return score(records, preds, vocabulary, mentions), preds
 
 
@@ -147,14 +171,31 @@ def load_eval_set(source: RecordSource, bad_records: Literal["skip", "error"] = 
     return records, skipped
 
 
-def evaluate_source(model, processor, source: RecordSource, vocabulary: Sequence[str] | None = None,
-                    batch_size: int = 32, max_new_tokens: int = 24, bad_records: Literal["skip", "error"] = "skip",
-                    progress: bool = True, loaded: tuple[list, list] | None = None) -> dict:
+def evaluate_source(
+    model,
+    processor,
+    source: RecordSource,
+    vocabulary: Sequence[str] | None = None,
+    batch_size: int = 32,
+    max_new_tokens: int = 24,
+    bad_records: Literal["skip", "error"] = "skip",
+    progress: bool = True,
+    loaded: tuple[list, list] | None = None,
+) -> dict:
     """Evaluate on an eval set (`loaded`: its `load_eval_set`, if done already) and add the flat `summary` and
     the skipped records to the metrics."""
     records, skipped = loaded or load_eval_set(source, bad_records)
-    result, _ = evaluate_records(model, processor, records, source.vocabulary or vocabulary, source.mentions,
-                                 batch_size, max_new_tokens, desc=str(source), progress=progress)
+    result, _ = evaluate_records(
+        model,
+        processor,
+        records,
+        source.vocabulary or vocabulary,
+        source.mentions,
+        batch_size,
+        max_new_tokens,
+        desc=str(source),
+        progress=progress,
+    )
     return result | {"summary": summarize(result), "skipped": skipped}
 
 
@@ -165,8 +206,9 @@ def format_table(columns: dict[str, dict], metrics: Sequence[str] | None = None)
     width = max([len(m) for m in metrics] + [6])
     lines = [" " * width + " | " + " | ".join(f"{name:>14}" for name in columns)]
     for m in metrics:
-        cells = [f"{c[m]:>14.3f}" if isinstance(c.get(m), float) else f"{str(c.get(m, '-')):>14}"
-                 for c in columns.values()]
+        cells = [
+            f"{c[m]:>14.3f}" if isinstance(c.get(m), float) else f"{str(c.get(m, '-')):>14}" for c in columns.values()
+        ]
         lines.append(f"{m:<{width}} | " + " | ".join(cells))
     return "\n".join(lines)
 
@@ -196,10 +238,10 @@ def evaluate(
     """
     source = as_source(data)
     loaded = load_eval_set(source, bad_records)  # before the model: a data mistake should not wait for a 7B load
-    policy = load_policy(ModelConfig(model, precision=precision, quantization=quantization, lora=None,
-                                     adapter_path=adapter))
-    results = evaluate_source(policy.model, policy.processor, source, None, batch_size, max_new_tokens,
-                              loaded=loaded)
+    policy = load_policy(
+        ModelConfig(model, precision=precision, quantization=quantization, lora=None, adapter_path=adapter)
+    )
+    results = evaluate_source(policy.model, policy.processor, source, None, batch_size, max_new_tokens, loaded=loaded)
     print(format_table({str(source): results["summary"]}))
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)

@@ -44,11 +44,13 @@ def before_after(module: MBPOModule, data: HybridDataModule) -> dict:
     for name in ("before", "after"):
         if name == "before":
             with reference_mode(module.model):
-                metrics, _ = evaluate_records(module.model, module.processor, records, vocabulary, source.mentions,
-                                              desc=f"{name}: {source}")
+                metrics, _ = evaluate_records(
+                    module.model, module.processor, records, vocabulary, source.mentions, desc=f"{name}: {source}"
+                )
         else:
-            metrics, _ = evaluate_records(module.model, module.processor, records, vocabulary, source.mentions,
-                                          desc=f"{name}: {source}")
+            metrics, _ = evaluate_records(
+                module.model, module.processor, records, vocabulary, source.mentions, desc=f"{name}: {source}"
+            )
         results[name] = metrics | {"summary": summarize(metrics)}
     return results
 
@@ -64,9 +66,11 @@ class MBPOCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_argument(
-            "--prepare", type=str | None, default=None,
+            "--prepare",
+            type=str | None,
+            default=None,
             help="dotted path of a function (module, datamodule) -> None run before training, e.g. to build "
-                 "a model or mine pairs the recipe names (the embedded recipe's mbpo_lit.testbed.embedded.prepare)",
+            "a model or mine pairs the recipe names (the embedded recipe's mbpo_lit.testbed.embedded.prepare)",
         )
 
     def before_fit(self) -> None:
@@ -76,12 +80,18 @@ class MBPOCLI(LightningCLI):
 
     def after_fit(self) -> None:
         data = self.datamodule
-        if (not self.trainer.is_global_zero or self.model.policy is None or not self.model.evaluate_after_fit
-                or not data.eval_records):
+        if (
+            not self.trainer.is_global_zero
+            or self.model.policy is None
+            or not self.model.evaluate_after_fit
+            or not data.eval_records
+        ):
             return
         results = before_after(self.model, data)
         print(f"eval set: {data.val} ({len(data.eval_records)} records)")
-        print(format_table({"before (base)": results["before"]["summary"], "after (MBPO)": results["after"]["summary"]}))
+        print(
+            format_table({"before (base)": results["before"]["summary"], "after (MBPO)": results["after"]["summary"]})
+        )
         out = Path(self.trainer.default_root_dir) / "before_after.json"
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(results, indent=2))

@@ -26,18 +26,18 @@ import json
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import torch
 from tqdm.auto import tqdm
 
-from mbpo_lit.core.answers import CLOSED_TYPES, extract, is_correct, normalize_phrase
+from mbpo_lit.core.answers import CLOSED_TYPES, is_correct, normalize_phrase
 from mbpo_lit.core.attack import METHODS, pgd, random_perturbation
+from mbpo_lit.data.sources import RecordSource, SourceError, as_source, report_skipped
 from mbpo_lit.vlm.chat import answer_token_ids, append_completions, encode_prompts, user_message, vision_token_ids
 from mbpo_lit.vlm.codec import PixelCodec, to_pil
-from mbpo_lit.data.sources import RecordSource, SourceError, as_source, report_skipped
 from mbpo_lit.vlm.iig import image_information_gain
 from mbpo_lit.vlm.logprobs import completion_scores
 
@@ -90,6 +90,7 @@ class MineConfig:
 
 def settings_json(cfg: MineConfig) -> str:
     """The job's settings as JSON (a source as its class and options), to refuse mixing two jobs in one --out."""
+
     def plain(o):
         return {"class": type(o).__name__, **vars(o)} if isinstance(o, RecordSource) else str(o)
 
@@ -124,10 +125,16 @@ class Miner:
         pixel_values, _ = self.codec.encode(images)
         batch = dict(prompts.to(self.device), pixel_values=pixel_values.to(prompts["pixel_values"].dtype))
         sample = self.cfg.decode == "sample"
-        ids = self.model.generate(**batch, max_new_tokens=self.cfg.max_new_tokens, do_sample=sample,
-                                  temperature=1.0 if sample else None, top_p=None, top_k=None,
-                                  suppress_tokens=vision_token_ids(self.processor))
-        return self.processor.batch_decode(ids[:, prompts["input_ids"].shape[1]:], skip_special_tokens=True)
+        ids = self.model.generate(
+            **batch,
+            max_new_tokens=self.cfg.max_new_tokens,
+            do_sample=sample,
+            temperature=1.0 if sample else None,
+            top_p=None,
+            top_k=None,
+            suppress_tokens=vision_token_ids(self.processor),
+        )
+        return self.processor.batch_decode(ids[:, prompts["input_ids"].shape[1] :], skip_special_tokens=True)
 
     def is_wrong(self, rec: dict, text: str) -> bool:
         """Whether a rejected answer is wrong: the verifier for close-ended types, else a different phrase."""
@@ -157,27 +164,41 @@ class Miner:
                 after = objective(perturbed)[0].cpu()
             steps_used = torch.zeros(len(records), dtype=torch.long)
         rejected = self.answer(prompts, perturbed)
-        iig = image_information_gain(self.model, self.processor, qs, answers, images, cfg.iig_baseline,
-                                     batch_size=cfg.batch_size)
+        iig = image_information_gain(
+            self.model, self.processor, qs, answers, images, cfg.iig_baseline, batch_size=cfg.batch_size
+        )
         rows = []
         for i, rec in enumerate(records):
             wrong = self.is_wrong(rec, rejected[i])
             prior = rec.get("prior_answer") or ""  # the language prior's answer, where the source knows it
-            rows.append({
-                "id": rec["id"], "source_index": start + i,
-                "prompt": user_message(rec["question"]),
-                "chosen": [{"role": "assistant", "content": [{"type": "text", "text": rec["answer"]}]}],
-                "rejected": [{"role": "assistant", "content": [{"type": "text", "text": rejected[i]}]}],
-                "images": [rec["image"]], "perturbed_image": to_pil(perturbed[i]),
-                "question": rec["question"], "answer": rec["answer"], "answer_type": rec["answer_type"],
-                "group": rec.get("group") or "", "prior_answer": prior, "clean_correct": bool(clean_correct[i]),
-                "rejected_is_prior": bool(prior) and is_correct(rejected[i], prior, rec["answer_type"],
-                                                                self.vocabulary),
-                "kept": wrong, "reason": "" if wrong else "rejected answer is correct",
-                "iig_sum": float(iig.sum[i]), "iig_mean": float(iig.mean[i]),
-                "attack_steps": int(steps_used[i]), "logp_before": float(before[i]), "logp_after": float(after[i]),
-                "linf": float((perturbed[i] - raw[i]).abs().max() * 255), "method": cfg.method,
-            })
+            rows.append(
+                {
+                    "id": rec["id"],
+                    "source_index": start + i,
+                    "prompt": user_message(rec["question"]),
+                    "chosen": [{"role": "assistant", "content": [{"type": "text", "text": rec["answer"]}]}],
+                    "rejected": [{"role": "assistant", "content": [{"type": "text", "text": rejected[i]}]}],
+                    "images": [rec["image"]],
+                    "perturbed_image": to_pil(perturbed[i]),
+                    "question": rec["question"],
+                    "answer": rec["answer"],
+                    "answer_type": rec["answer_type"],
+                    "group": rec.get("group") or "",
+                    "prior_answer": prior,
+                    "clean_correct": bool(clean_correct[i]),
+                    "rejected_is_prior": bool(prior)
+                    and is_correct(rejected[i], prior, rec["answer_type"], self.vocabulary),
+                    "kept": wrong,
+                    "reason": "" if wrong else "rejected answer is correct",
+                    "iig_sum": float(iig.sum[i]),
+                    "iig_mean": float(iig.mean[i]),
+                    "attack_steps": int(steps_used[i]),
+                    "logp_before": float(before[i]),
+                    "logp_after": float(after[i]),
+                    "linf": float((perturbed[i] - raw[i]).abs().max() * 255),
+                    "method": cfg.method,
+                }
+            )
         return rows
 
 
@@ -221,20 +242,27 @@ def run(cfg: MineConfig, on_chunk: Callable[[int], None] | None = None, progress
     if getattr(source, "n", None) is None and hasattr(source, "n"):
         source.n = cfg.n  # read only the records that will be mined
     records, skipped = source.load()
-    records = records[:cfg.n]
+    records = records[: cfg.n]
     report_skipped(skipped, source, "skip")
     (out / "skipped.jsonl").write_text("".join(json.dumps(s) + "\n" for s in skipped))
     if not records:
         raise SourceError(f"{source}: no usable records to mine")
-    policy = load_policy(ModelConfig(cfg.model, precision=cfg.precision, quantization="none", lora=None,
-                                     adapter_path=cfg.adapter))
+    policy = load_policy(
+        ModelConfig(cfg.model, precision=cfg.precision, quantization="none", lora=None, adapter_path=cfg.adapter)
+    )
     miner = Miner(policy.model, policy.processor, cfg, source.vocabulary)
     done = {p.name for p in (out / "shards").glob("*.parquet")}
     chunks = [(s, min(s + cfg.batch_size, len(records))) for s in range(0, len(records), cfg.batch_size)]
     todo = [(s, e) for s, e in chunks if _shard_name(s, e) not in done]
     started = time.time()
-    for s, e in tqdm(todo, desc=f"mining ({cfg.method})", unit="chunk", disable=not progress,
-                     initial=len(chunks) - len(todo), total=len(chunks)):
+    for s, e in tqdm(
+        todo,
+        desc=f"mining ({cfg.method})",
+        unit="chunk",
+        disable=not progress,
+        initial=len(chunks) - len(todo),
+        total=len(chunks),
+    ):
         rows = miner.mine(records[s:e], s)
         for r, rec in zip(rows, records[s:e]):
             r["source_index"] = rec.get("source_index", r["source_index"])
@@ -254,7 +282,9 @@ def run(cfg: MineConfig, on_chunk: Callable[[int], None] | None = None, progress
     candidates = [dict(r) for r in stats]
     kept = [r for r in candidates if r["kept"]]
     keep_ids = {r["source_index"] for r in apply_iig_filter(kept, cfg)}
-    dataset = allrows.filter(lambda k, i: k and i in keep_ids, input_columns=["kept", "source_index"]) if kept else allrows
+    dataset = (
+        allrows.filter(lambda k, i: k and i in keep_ids, input_columns=["kept", "source_index"]) if kept else allrows
+    )
     dataset.save_to_disk(str(out / "dataset.tmp"))
     if (out / "dataset").exists():
         import shutil
@@ -262,17 +292,27 @@ def run(cfg: MineConfig, on_chunk: Callable[[int], None] | None = None, progress
         shutil.rmtree(out / "dataset")
     os.replace(out / "dataset.tmp", out / "dataset")
     # Counter-prior records: the prior's answer is known and wrong (e.g. a red star when stars are usually blue).
-    counter = [r for r in candidates if r["prior_answer"] and not is_correct(r["prior_answer"], r["answer"],
-                                                                              r["answer_type"], miner.vocabulary)]
+    counter = [
+        r
+        for r in candidates
+        if r["prior_answer"] and not is_correct(r["prior_answer"], r["answer"], r["answer_type"], miner.vocabulary)
+    ]
     summary = {
-        "method": cfg.method, "epsilon": cfg.epsilon, "source_records": len(records) + len(skipped),
+        "method": cfg.method,
+        "epsilon": cfg.epsilon,
+        "source_records": len(records) + len(skipped),
         "skipped": len(skipped),
-        "candidates": len(candidates), "rejected_wrong": len(kept), "pairs": len(dataset),
-        "seconds_this_run": seconds, "images_per_second": (sum(e - s for s, e in todo) / seconds) if todo else None,
+        "candidates": len(candidates),
+        "rejected_wrong": len(kept),
+        "pairs": len(dataset),
+        "seconds_this_run": seconds,
+        "images_per_second": (sum(e - s for s, e in todo) / seconds) if todo else None,
         # On counter-prior questions: how often the answer from the perturbed image is the kind's typical
         # colour, over all such records and over those the model answered correctly on the clean image.
         "prior_rate_counter_prior": _rate(counter, "rejected_is_prior"),
-        "prior_rate_counter_prior_clean_correct": _rate([r for r in counter if r["clean_correct"]], "rejected_is_prior"),
+        "prior_rate_counter_prior_clean_correct": _rate(
+            [r for r in counter if r["clean_correct"]], "rejected_is_prior"
+        ),
         "counter_prior_records": len(counter),
         "counter_prior_clean_correct": sum(r["clean_correct"] for r in counter),
         "mean_logp_drop": sum(r["logp_before"] - r["logp_after"] for r in candidates) / max(1, len(candidates)),

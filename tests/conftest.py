@@ -29,8 +29,12 @@ def tiny_pairs(tiny_root, tmp_path_factory):
 
     path = str(ensure_tiny_checkpoint("qwen2_5_vl", tiny_root))
     out = tmp_path_factory.mktemp("pairs")
-    pairs = run(MineConfig(out=str(out), model=path, source=WorldSource(["train"], 4), n=4, batch_size=4, steps=1,
-                           iig_filter="none"), progress=False)
+    pairs = run(
+        MineConfig(
+            out=str(out), model=path, source=WorldSource(["train"], 4), n=4, batch_size=4, steps=1, iig_filter="none"
+        ),
+        progress=False,
+    )
     return path, str(pairs)
 
 

@@ -37,8 +37,11 @@ def test_t_quantiles_table_and_expansion():
 
 
 def test_summarize_groups_in_first_seen_order():
-    rows = [{"variant": "b", "metric": "m", "value": 1.0}, {"variant": "a", "metric": "m", "value": 3.0},
-            {"variant": "b", "metric": "m", "value": 3.0}]
+    rows = [
+        {"variant": "b", "metric": "m", "value": 1.0},
+        {"variant": "a", "metric": "m", "value": 3.0},
+        {"variant": "b", "metric": "m", "value": 3.0},
+    ]
     out = summarize(rows, ("variant", "metric"))
     assert [r["variant"] for r in out] == ["b", "a"]
     assert out[0]["n_seeds"] == 2 and out[0]["mean"] == 2.0 and out[1]["ci95_low"] == 3.0
@@ -46,8 +49,16 @@ def test_summarize_groups_in_first_seen_order():
 
 def test_grid_has_the_required_variants_and_sweeps():
     names = {v.name for v in GRID}
-    assert {"full", "offline_only", "online_only", "neg_uniform", "neg_diffusion", "neg_none", "iig_low",
-            "iig_none"} <= names
+    assert {
+        "full",
+        "offline_only",
+        "online_only",
+        "neg_uniform",
+        "neg_diffusion",
+        "neg_none",
+        "iig_low",
+        "iig_none",
+    } <= names
     sweeps = {s: {v.sweeps[s] for v in GRID if s in v.sweeps} for s in ("negatives", "epsilon", "iig", "stream")}
     assert sweeps["negatives"] == {"pgd", "uniform", "diffusion", "none"}
     assert len(sweeps["epsilon"]) >= 3 and all(isinstance(x, float) for x in sweeps["epsilon"])
@@ -102,10 +113,7 @@ def test_mining_cache_is_keyed_by_config(tmp_path):
 def _fake_metrics(run_dir, seed):
     path = run_dir / "lightning_logs" / "version_0" / "metrics.csv"
     path.parent.mkdir(parents=True)
-    path.write_text("epoch,loss,step,val/counter_prior_accuracy\n"
-                    f"0,{0.5 + seed},9,\n"
-                    f"0,,9,{0.1 * seed}\n"
-                    f"0,{0.25},19,\n")
+    path.write_text(f"epoch,loss,step,val/counter_prior_accuracy\n0,{0.5 + seed},9,\n0,,9,{0.1 * seed}\n0,{0.25},19,\n")
 
 
 @pytest.fixture
@@ -153,7 +161,9 @@ def test_grid_writes_tidy_csvs_and_summary(fake_runner, tmp_path):
     # 3 logged values per run (empty cells dropped, epoch dropped), 2 variants x 3 seeds
     assert len(curves) == 18 and {r["metric"] for r in curves} == {"loss", "val/counter_prior_accuracy"}
     assert {(r["variant"], r["seed"], r["step"], r["value"]) for r in curves if r["metric"] == "loss"} >= {
-        ("full", "2", "9", "2.5"), ("online_only", "0", "19", "0.25")}
+        ("full", "2", "9", "2.5"),
+        ("online_only", "0", "19", "0.25"),
+    }
     # n_pairs only where there are pairs; online_only trains with --data.pairs null
     assert {r["variant"] for r in final if r["metric"] == "n_pairs"} == {"full"}
     assert [p for d, p in fake_runner["fit"] if "online_only" in d] == ["null"] * 3
@@ -189,11 +199,13 @@ def test_finished_runs_are_not_rerun_and_killed_ones_are(fake_runner, tmp_path):
 def test_other_settings_in_the_same_directory_are_refused(fake_runner, tmp_path):
     ablate.run_grid(AblationConfig(out=str(tmp_path), seeds=(0,), steps=20), select("online_only"), log=lambda m: None)
     # more seeds and more variants with the same settings are fine
-    ablate.run_grid(AblationConfig(out=str(tmp_path), seeds=(0, 1), steps=20), select("online_only,full"),
-                    log=lambda m: None)
+    ablate.run_grid(
+        AblationConfig(out=str(tmp_path), seeds=(0, 1), steps=20), select("online_only,full"), log=lambda m: None
+    )
     with pytest.raises(ValueError, match="other settings"):
-        ablate.run_grid(AblationConfig(out=str(tmp_path), seeds=(0,), steps=40), select("online_only"),
-                        log=lambda m: None)
+        ablate.run_grid(
+            AblationConfig(out=str(tmp_path), seeds=(0,), steps=40), select("online_only"), log=lambda m: None
+        )
 
 
 def test_cli_rejects_an_unknown_variant(capsys, tmp_path):
@@ -215,8 +227,19 @@ def test_cli_lists_variants_and_prints_its_config(capsys):
 
 
 def test_cli_runs_the_grid_with_its_options(fake_runner, tmp_path, capsys):
-    paths = ablate.main(["--variants", "online_only", "--seeds", "[1]", "--steps", "20", "--out", str(tmp_path),
-                         "--fit_args=--model.optim.lr 1e-4 --model.loss.beta 0.04"])
+    paths = ablate.main(
+        [
+            "--variants",
+            "online_only",
+            "--seeds",
+            "[1]",
+            "--steps",
+            "20",
+            "--out",
+            str(tmp_path),
+            "--fit_args=--model.optim.lr 1e-4 --model.loss.beta 0.04",
+        ]
+    )
     assert set(paths) == {"curves", "final", "summary"}
     settings = json.loads((tmp_path / "settings.json").read_text())
     assert settings["steps"] == 20 and settings["fit_args"] == ["--model.optim.lr", "1e-4", "--model.loss.beta", "0.04"]

@@ -7,15 +7,15 @@ from PIL import Image
 from transformers import AutoConfig
 
 from mbpo_lit.core.answers import is_correct
-from mbpo_lit.vlm.arch import load_processor
 from mbpo_lit.core.attack import diffusion_noise, pgd, project, random_perturbation
+from mbpo_lit.mine import MineConfig, Miner
+from mbpo_lit.testbed.tiny import ensure_tiny_checkpoint
+from mbpo_lit.testbed.world import WorldConfig, build_records
+from mbpo_lit.vlm.arch import load_processor
 from mbpo_lit.vlm.chat import answer_token_ids, append_completions, encode_prompts
 from mbpo_lit.vlm.codec import PixelCodec, to_pil, to_raw
 from mbpo_lit.vlm.logprobs import completion_scores
-from mbpo_lit.mine import MineConfig, Miner
 from mbpo_lit.vlm.policy import ModelConfig, load_policy
-from mbpo_lit.testbed.tiny import ensure_tiny_checkpoint
-from mbpo_lit.testbed.world import WorldConfig, build_records
 
 
 def pictures(n=2, size=56, seed=0):
@@ -84,7 +84,9 @@ def test_diffusion_noise_grows_with_the_step():
 
 @pytest.mark.parametrize("quantization", ["none", "4bit"])
 def test_pgd_on_a_real_model_lowers_ground_truth_likelihood(tiny_path, quantization):
-    policy = load_policy(ModelConfig(str(tiny_path), precision="fp32", quantization=quantization, lora=None, device="cpu"))
+    policy = load_policy(
+        ModelConfig(str(tiny_path), precision="fp32", quantization=quantization, lora=None, device="cpu")
+    )
     miner = Miner(policy.model, policy.processor, MineConfig("model", "source"))
     qs, answers = ["What color is the circle?", "Is there a star?"], ["red", "no"]
     prompts = encode_prompts(policy.processor, qs, pictures())
@@ -110,8 +112,15 @@ def seeing_model(tiny_root):
             colors.add(r["answer"])
     assert len(recs) == 4
     torch.manual_seed(0)
-    policy = load_policy(ModelConfig(str(ensure_tiny_checkpoint("qwen2_5_vl", tiny_root)), precision="fp32",
-                                     quantization="none", lora=None, device="cpu"))
+    policy = load_policy(
+        ModelConfig(
+            str(ensure_tiny_checkpoint("qwen2_5_vl", tiny_root)),
+            precision="fp32",
+            quantization="none",
+            lora=None,
+            device="cpu",
+        )
+    )
     model, p = policy.model, policy.processor
     batch = encode_prompts(p, [r["question"] for r in recs], [r["image"] for r in recs])
     batch, mask = append_completions(batch, answer_token_ids(p, [r["answer"] for r in recs]), p.tokenizer.pad_token_id)
@@ -132,8 +141,9 @@ def seeing_model(tiny_root):
 
 def test_pgd_early_stop_records_the_first_wrong_answer(seeing_model):
     policy, world, recs = seeing_model
-    cfg = MineConfig("model", "source", epsilon=64.0, step_size=8.0, steps=20, random_start=False, early_stop=True,
-                     max_new_tokens=4)
+    cfg = MineConfig(
+        "model", "source", epsilon=64.0, step_size=8.0, steps=20, random_start=False, early_stop=True, max_new_tokens=4
+    )
     rows = Miner(policy.model, policy.processor, cfg, world.colors).mine(recs, 0)
     assert all(r["clean_correct"] for r in rows)  # step 0 (the clean image, no random start) does not stop
     stopped = [r for r in rows if r["attack_steps"] < cfg.steps]

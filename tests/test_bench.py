@@ -7,8 +7,17 @@ from mbpo_lit.experiments.bench import BenchConfig, format_results, run
 
 def test_bench_counts_every_image_the_vision_tower_encodes(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # the tiny checkpoint for the benchmark is written under ./runs
-    cfg = BenchConfig(group_size=2, prompts=2, max_new_tokens=3, beta=0.04, steps=1, warmup=0, pgd_steps=1,
-                      pgd_images=2, out=str(tmp_path / "bench.json"))
+    cfg = BenchConfig(
+        group_size=2,
+        prompts=2,
+        max_new_tokens=3,
+        beta=0.04,
+        steps=1,
+        warmup=0,
+        pgd_steps=1,
+        pgd_images=2,
+        out=str(tmp_path / "bench.json"),
+    )
     results = run(cfg)
     fast, rowwise = results["mbpo_lit"], results["rowwise"]
     # Shared prefix: one vision-tower call per step, one encoding per distinct image (generation, policy and

@@ -39,19 +39,34 @@ def test_the_entry_point_lists_the_commands_and_refuses_an_unknown_one(capsys):
 
 
 def test_python_dash_m_runs_a_command():
-    out = subprocess.run([sys.executable, "-m", "mbpo_lit", "mine", "--help"], capture_output=True, text=True,
-                         timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-m", "mbpo_lit", "mine", "--help"], capture_output=True, text=True, timeout=300
+    )
     assert out.returncode == 0 and "--source" in out.stdout
 
 
-@pytest.mark.parametrize("argv, says", [
-    (["mine", "--model", "no/such/dir", "--source", "missing.jsonl", "--out", "{tmp}/m"], "data path 'missing.jsonl' does not exist"),
-    (["evaluate", "--model", "{tmp}/no-model", "--data", "{tmp}/x.jsonl"], "data path '{tmp}/x.jsonl' does not exist"),
-])
+@pytest.mark.parametrize(
+    "argv, says",
+    [
+        (
+            ["mine", "--model", "no/such/dir", "--source", "missing.jsonl", "--out", "{tmp}/m"],
+            "data path 'missing.jsonl' does not exist",
+        ),
+        (
+            ["evaluate", "--model", "{tmp}/no-model", "--data", "{tmp}/x.jsonl"],
+            "data path '{tmp}/x.jsonl' does not exist",
+        ),
+    ],
+)
 def test_a_missing_path_is_one_line_with_exit_code_2(argv, says, tmp_path):
     argv = [a.format(tmp=tmp_path) for a in argv]
-    out = subprocess.run([sys.executable, "-m", "mbpo_lit", *argv], capture_output=True, text=True, timeout=300,
-                         env=dict(os.environ, HF_HUB_OFFLINE="1"))
+    out = subprocess.run(
+        [sys.executable, "-m", "mbpo_lit", *argv],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(os.environ, HF_HUB_OFFLINE="1"),
+    )
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert f"error: {says.format(tmp=tmp_path)}" in out.stderr
 
@@ -59,8 +74,21 @@ def test_a_missing_path_is_one_line_with_exit_code_2(argv, says, tmp_path):
 def test_an_unreachable_model_hub_id_says_so(tmp_path, photos):
     photos[0].save(tmp_path / "a.png")
     (tmp_path / "d.jsonl").write_text('{"image": "a.png", "question": "q", "answer": "yes"}\n')
-    out = subprocess.run([sys.executable, "-m", "mbpo_lit", "evaluate", "--model", "someone/no-such-model", "--data",
-                          str(tmp_path / "d.jsonl")], capture_output=True, text=True, timeout=300,
-                         env=dict(os.environ, HF_HUB_OFFLINE="1"))
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mbpo_lit",
+            "evaluate",
+            "--model",
+            "someone/no-such-model",
+            "--data",
+            str(tmp_path / "d.jsonl"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(os.environ, HF_HUB_OFFLINE="1"),
+    )
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert "model 'someone/no-such-model' is not a local directory and could not be loaded from the hub" in out.stderr

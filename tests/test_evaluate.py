@@ -16,8 +16,15 @@ MENTIONS = WorldSource(world=WORLD).mentions
 
 
 def rec(answer, answer_type, family, group="in_prior", pope_type="", objects=()):
-    return dict(answer=answer, answer_type=answer_type, family=family, group=group,
-                pope_type=pope_type, objects=list(objects), id=f"r-{family}-{answer}")
+    return dict(
+        answer=answer,
+        answer_type=answer_type,
+        family=family,
+        group=group,
+        pope_type=pope_type,
+        objects=list(objects),
+        id=f"r-{family}-{answer}",
+    )
 
 
 def test_score_against_hand_computed_values():
@@ -83,23 +90,42 @@ def test_evaluate_world_reports_every_split_and_metric(qwen):
 
 def test_a_pope_file_of_real_photographs_is_scored_by_category(qwen, tmp_path, photos):
     path = bf.pope_hub(tmp_path, photos)
-    result = evaluate_source(qwen[1].model, qwen[1].processor, Records(str(path), format="pope"), batch_size=2,
-                             progress=False)
+    result = evaluate_source(
+        qwen[1].model, qwen[1].processor, Records(str(path), format="pope"), batch_size=2, progress=False
+    )
     assert result["pope"]["n"] == 4 and set(result["pope_by_type"]) == {"adversarial", "popular", "random"}
     assert set(result["summary"]) >= {"accuracy", "random_accuracy", "pope_f1", "pope_yes_ratio"}
-    m, preds = evaluate_records(qwen[1].model, qwen[1].processor, Records(str(path), format="pope").load()[0],
-                                batch_size=4, progress=False)
+    m, preds = evaluate_records(
+        qwen[1].model, qwen[1].processor, Records(str(path), format="pope").load()[0], batch_size=4, progress=False
+    )
     assert len(preds) == 4 and m["all"]["n"] == 4
 
 
 def test_cli_writes_json_and_lists_skipped_records(qwen, tmp_path, capsys, photos):
     path = bf.pope_github(tmp_path, photos[:2])
     lines = path.read_text().splitlines()
-    path.write_text("\n".join(lines + [json.dumps({"question_id": 9, "image": "gone.jpg", "text": "Is it?",
-                                                   "label": "yes"})]))
+    path.write_text(
+        "\n".join(lines + [json.dumps({"question_id": 9, "image": "gone.jpg", "text": "Is it?", "label": "yes"})])
+    )
     out = tmp_path / "results.json"
-    main(["--model", str(qwen[0]), "--data", "Records", "--data.path", str(path), "--data.format", "pope", "--data.image_root",
-          str(tmp_path / "val2014"), "--precision", "fp32", "--out", str(out)])
+    main(
+        [
+            "--model",
+            str(qwen[0]),
+            "--data",
+            "Records",
+            "--data.path",
+            str(path),
+            "--data.format",
+            "pope",
+            "--data.image_root",
+            str(tmp_path / "val2014"),
+            "--precision",
+            "fp32",
+            "--out",
+            str(out),
+        ]
+    )
     results = json.loads(out.read_text())
     assert results["pope"]["n"] == 4 and [s["id"] for s in results["skipped"]] == ["9"]
     printed = capsys.readouterr().out

@@ -20,8 +20,13 @@ COLORS = ["red", "green", "blue", "yellow", "purple", "orange"]
 
 
 def test_recipes_are_shipped():
-    assert {"embedded.yaml", "qwen2_5_vl_7b_qlora.yaml", "qwen2_vl_7b_qlora.yaml", "llava_1_5_7b_qlora.yaml",
-            "qwen2_5_vl_7b_ddp.yaml"} <= set(RECIPES)
+    assert {
+        "embedded.yaml",
+        "qwen2_5_vl_7b_qlora.yaml",
+        "qwen2_vl_7b_qlora.yaml",
+        "llava_1_5_7b_qlora.yaml",
+        "qwen2_5_vl_7b_ddp.yaml",
+    } <= set(RECIPES)
 
 
 @pytest.mark.parametrize("name", RECIPES)
@@ -38,22 +43,43 @@ def tiny_config(path, pairs, root, data: dict, steps=2) -> dict:
     """A complete config of a 2-step CPU fit of the tiny checkpoint (written as YAML, as a user would)."""
     return {
         "seed_everything": 0,
-        "trainer": {"accelerator": "cpu", "devices": 1, "max_steps": steps, "default_root_dir": str(root),
-                    "val_check_interval": 2, "limit_val_batches": 1, "num_sanity_val_steps": 0,
-                    "enable_progress_bar": False, "enable_model_summary": False,
-                    "callbacks": [{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-                                   "init_args": {"save_last": True, "save_top_k": 0, "every_n_train_steps": 1}}]},
-        "model": {"model": {"name_or_path": path, "precision": "fp32", "quantization": "4bit",
-                            "lora": {"r": 4, "alpha": 8, "dropout": 0.0}},
-                  "sampling": {"group_size": 2, "max_new_tokens": 4}, "optim": {"lr": 1e-3},
-                  "sample_table_every": 0},
+        "trainer": {
+            "accelerator": "cpu",
+            "devices": 1,
+            "max_steps": steps,
+            "default_root_dir": str(root),
+            "val_check_interval": 2,
+            "limit_val_batches": 1,
+            "num_sanity_val_steps": 0,
+            "enable_progress_bar": False,
+            "enable_model_summary": False,
+            "callbacks": [
+                {
+                    "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                    "init_args": {"save_last": True, "save_top_k": 0, "every_n_train_steps": 1},
+                }
+            ],
+        },
+        "model": {
+            "model": {
+                "name_or_path": path,
+                "precision": "fp32",
+                "quantization": "4bit",
+                "lora": {"r": 4, "alpha": 8, "dropout": 0.0},
+            },
+            "sampling": {"group_size": 2, "max_new_tokens": 4},
+            "optim": {"lr": 1e-3},
+            "sample_table_every": 0,
+        },
         "data": {"pairs": pairs, "offline_per_batch": 1, "online_per_batch": 1, "val_n": 2} | data,
     }
 
 
 def world(splits, n, families=("attribute",)):
-    return {"class_path": "mbpo_lit.testbed.world_source.WorldSource",
-            "init_args": {"splits": list(splits), "n": n, "families": list(families), "world": {"image_size": 56}}}
+    return {
+        "class_path": "mbpo_lit.testbed.world_source.WorldSource",
+        "init_args": {"splits": list(splits), "n": n, "families": list(families), "world": {"image_size": 56}},
+    }
 
 
 def write_config(tmp_path, config) -> str:
@@ -65,9 +91,15 @@ def write_config(tmp_path, config) -> str:
 def test_short_cli_fit_on_the_world_writes_checkpoint_and_before_after(tiny_pairs, tmp_path):
     path, pairs = tiny_pairs
     # The eval set holds descriptions too: validation scores the close-ended records, the table all of them.
-    config = tiny_config(path, pairs, tmp_path, {"online": world(["train"], 8),
-                                                 "val": world(["eval_in_prior", "eval_counter_prior"], 2,
-                                                              ["attribute", "describe"])})
+    config = tiny_config(
+        path,
+        pairs,
+        tmp_path,
+        {
+            "online": world(["train"], 8),
+            "val": world(["eval_in_prior", "eval_counter_prior"], 2, ["attribute", "describe"]),
+        },
+    )
     config["trainer"]["limit_val_batches"] = None
     config["model"]["rewards"] = {"vocabulary": COLORS}
     main(["--config", write_config(tmp_path, config)])
@@ -90,25 +122,53 @@ def test_a_fit_on_benchmark_files_of_real_photographs_never_touches_the_world(ti
     for i, photo in enumerate(photos):
         photo.save(tmp_path / f"{i}.jpg")
     vqa = tmp_path / "vqa.jsonl"
-    vqa.write_text("".join(json.dumps({"picture": f"{i}.jpg", "prompt": "How many cups are there?", "gt": str(i)}) + "\n"
-                           for i in range(len(photos))))
-    vqa_source = {"class_path": "mbpo_lit.data.sources.Records",
-                  "init_args": {"path": str(vqa), "answer_type": "number",
-                                "columns": {"image": "picture", "question": "prompt", "answer": "gt"}}}
+    vqa.write_text(
+        "".join(
+            json.dumps({"picture": f"{i}.jpg", "prompt": "How many cups are there?", "gt": str(i)}) + "\n"
+            for i in range(len(photos))
+        )
+    )
+    vqa_source = {
+        "class_path": "mbpo_lit.data.sources.Records",
+        "init_args": {
+            "path": str(vqa),
+            "answer_type": "number",
+            "columns": {"image": "picture", "question": "prompt", "answer": "gt"},
+        },
+    }
     mine_args = dict(vqa_source["init_args"])
     from mbpo_lit.data.sources import Records
 
     # batch_size 1: mining batches of mixed image sizes is not supported yet (torch.stack of the raw images).
-    pairs = run(MineConfig(model=path, source=Records(**mine_args), out=str(tmp_path / "mined"), n=4, batch_size=1,
-                           steps=1, iig_filter="none"), progress=False)
-    pope_source = {"class_path": "mbpo_lit.data.sources.Records",
-                   "init_args": {"path": str(pope), "format": "pope", "image_root": str(tmp_path / "pope" / "val2014")}}
+    pairs = run(
+        MineConfig(
+            model=path,
+            source=Records(**mine_args),
+            out=str(tmp_path / "mined"),
+            n=4,
+            batch_size=1,
+            steps=1,
+            iig_filter="none",
+        ),
+        progress=False,
+    )
+    pope_source = {
+        "class_path": "mbpo_lit.data.sources.Records",
+        "init_args": {"path": str(pope), "format": "pope", "image_root": str(tmp_path / "pope" / "val2014")},
+    }
     config = tiny_config(path, str(pairs), tmp_path / "run", {"online": [pope_source, vqa_source], "val": pope_source})
-    script = ("import sys; from mbpo_lit.fit import main; main(['--config', sys.argv[1]]); "
-              "leaked = [m for m in sys.modules if m.startswith('mbpo_lit.testbed')]; "
-              "assert not leaked, leaked; print('no testbed module imported')")
-    out = subprocess.run([sys.executable, "-c", script, write_config(tmp_path, config)], capture_output=True, text=True,
-                         timeout=900, env=dict(os.environ, HF_HUB_OFFLINE="1"))
+    script = (
+        "import sys; from mbpo_lit.fit import main; main(['--config', sys.argv[1]]); "
+        "leaked = [m for m in sys.modules if m.startswith('mbpo_lit.testbed')]; "
+        "assert not leaked, leaked; print('no testbed module imported')"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script, write_config(tmp_path, config)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=dict(os.environ, HF_HUB_OFFLINE="1"),
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     assert "no testbed module imported" in out.stdout
     results = json.loads((tmp_path / "run" / "before_after.json").read_text())
@@ -122,8 +182,13 @@ def test_ddp_on_two_cpu_processes(tiny_pairs, tmp_path):
     config["trainer"] |= {"strategy": "ddp", "devices": 2}
     config["model"]["evaluate_after_fit"] = False
     env = dict(os.environ, HF_HUB_OFFLINE="1")
-    out = subprocess.run([sys.executable, "-m", "mbpo_lit", "fit", "--config", write_config(tmp_path, config)],
-                         env=env, capture_output=True, text=True, timeout=600)
+    out = subprocess.run(
+        [sys.executable, "-m", "mbpo_lit", "fit", "--config", write_config(tmp_path, config)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     assert "GLOBAL_RANK: 1, MEMBER: 2/2" in out.stderr + out.stdout  # the second rank joined this run
     assert list(tmp_path.rglob("last.ckpt"))

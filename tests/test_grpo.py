@@ -20,7 +20,9 @@ def test_offline_pairs_reward_two_and_zero_give_plus_minus_one():
     rewards = offline_pair_rewards(3)
     assert rewards.tolist() == [[2.0, 0.0]] * 3
     assert torch.allclose(group_advantages(rewards, scale_std=False), torch.tensor([[1.0, -1.0]] * 3))
-    assert torch.allclose(group_advantages(rewards, scale_std=True), torch.tensor([[1.0, -1.0]] * 3) / (math.sqrt(2) + 1e-4))
+    assert torch.allclose(
+        group_advantages(rewards, scale_std=True), torch.tensor([[1.0, -1.0]] * 3) / (math.sqrt(2) + 1e-4)
+    )
 
 
 def test_clipped_surrogate_against_hand_computed_values():

@@ -46,7 +46,9 @@ def test_neutral_baseline_of_a_neutral_image_is_zero(policy):
 def test_batching_does_not_change_iig(policy):
     imgs = [noisy(i) for i in range(3)]
     batched = image_information_gain(policy.model, policy.processor, Q, A, imgs, batch_size=3)
-    single = [image_information_gain(policy.model, policy.processor, [q], [a], [im]).sum for q, a, im in zip(Q, A, imgs)]
+    single = [
+        image_information_gain(policy.model, policy.processor, [q], [a], [im]).sum for q, a, im in zip(Q, A, imgs)
+    ]
     assert torch.allclose(batched.sum, torch.cat(single), atol=1e-4)
 
 

@@ -80,8 +80,13 @@ def test_no_code_forces_the_hub_offline():
 
 def test_no_file_points_outside_the_repository():
     root = PACKAGE.parent
-    texts = [*PACKAGE.rglob("*.py"), *PACKAGE.rglob("*.yaml"), *(root / "tests").glob("*.py"),
-             *(root / "notebooks").glob("*.ipynb"), root / "README.md"]
+    texts = [
+        *PACKAGE.rglob("*.py"),
+        *PACKAGE.rglob("*.yaml"),
+        *(root / "tests").glob("*.py"),
+        *(root / "notebooks").glob("*.ipynb"),
+        root / "README.md",
+    ]
     pattern = re.compile(r"MBPO\.md|PITFALLS\.md|DESIGN\.md|FINDINGS\.md|\.\./shared|\bissue \d+\b")
     offenders = [f"{p.name}: {m.group(0)}" for p in texts if p.exists() for m in [pattern.search(p.read_text())] if m]
     assert not offenders, offenders

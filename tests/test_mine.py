@@ -19,8 +19,10 @@ def qwen_path(tiny_root):
 
 
 def small(out, model, **kw):
-    kw = dict(out=str(out), model=model, source=WorldSource(["train"], 6), n=6, batch_size=3, steps=2,
-              iig_filter="none") | kw
+    kw = (
+        dict(out=str(out), model=model, source=WorldSource(["train"], 6), n=6, batch_size=3, steps=2, iig_filter="none")
+        | kw
+    )
     return MineConfig(**kw)
 
 
@@ -64,15 +66,20 @@ def test_changed_settings_in_the_same_directory_are_refused(qwen_path, tmp_path)
 def test_bad_source_records_are_reported_by_index_and_counted(qwen_path, tmp_path):
     Image.fromarray(np.zeros((56, 56, 3), dtype="uint8")).save(tmp_path / "ok.png")
     (tmp_path / "broken.png").write_bytes(b"not a png")
-    rows = [{"image": "ok.png", "question": "What color?", "answer": "red"},
-            {"image": "ok.png", "question": "What color?", "answer": ""},
-            {"image": "broken.png", "question": "What color?", "answer": "blue"}]
+    rows = [
+        {"image": "ok.png", "question": "What color?", "answer": "red"},
+        {"image": "ok.png", "question": "What color?", "answer": ""},
+        {"image": "broken.png", "question": "What color?", "answer": "blue"},
+    ]
     src = tmp_path / "data.jsonl"
     src.write_text("\n".join(json.dumps(r) for r in rows))
     out = tmp_path / "m"
     run(small(out, qwen_path, source=str(src), n=3), progress=False)
     skipped = [json.loads(line) for line in (out / "skipped.jsonl").read_text().splitlines()]
-    assert [(s["index"], s["reason"].split(":")[0]) for s in skipped] == [(1, "missing answer"), (2, "unreadable image")]
+    assert [(s["index"], s["reason"].split(":")[0]) for s in skipped] == [
+        (1, "missing answer"),
+        (2, "unreadable image"),
+    ]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["skipped"] == 2 and summary["candidates"] == 1
 
@@ -94,16 +101,26 @@ def biased_model(tmp_path_factory):
     """The embedded default's biased base model, built as `python -m mbpo_lit fit` builds it (~4 min)."""
     from mbpo_lit.testbed.base_model import WarmStartConfig, build_base_model
 
-    return str(build_base_model(WarmStartConfig(root=str(tmp_path_factory.mktemp("base"))), progress=False,
-                                evaluate_n=50))
+    return str(
+        build_base_model(WarmStartConfig(root=str(tmp_path_factory.mktemp("base"))), progress=False, evaluate_n=50)
+    )
 
 
 def test_adversarial_negatives_follow_the_prior_far_more_than_uniform_noise(biased_model, tmp_path):
     summaries = {}
     for method in ("pgd", "uniform"):
         out = tmp_path / method
-        run(MineConfig(out=str(out), model=biased_model, method=method, n=256, iig_filter="none",
-                       source=WorldSource(["eval_counter_prior"], 256)), progress=False)
+        run(
+            MineConfig(
+                out=str(out),
+                model=biased_model,
+                method=method,
+                n=256,
+                iig_filter="none",
+                source=WorldSource(["eval_counter_prior"], 256),
+            ),
+            progress=False,
+        )
         summaries[method] = json.loads((out / "summary.json").read_text())
     pgd, uniform = summaries["pgd"], summaries["uniform"]
     # Same records, same budget: the clean-image behaviour is the same, so compare what the perturbation did

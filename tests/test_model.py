@@ -11,7 +11,7 @@ import torch
 from peft import PeftModel
 from PIL import Image
 
-
+from mbpo_lit.testbed.tiny import TinySpec, write_tiny_checkpoint
 from mbpo_lit.vlm.chat import encode_prompts
 from mbpo_lit.vlm.logprobs import answer_logprobs
 from mbpo_lit.vlm.policy import (
@@ -23,7 +23,6 @@ from mbpo_lit.vlm.policy import (
     save_adapter,
     trainable_parameters,
 )
-from mbpo_lit.testbed.tiny import TinySpec, write_tiny_checkpoint
 
 QUESTIONS = ["What color is the circle?", "Is there a cat in the image? Answer yes or no."]
 ANSWERS = ["red", "no"]
@@ -103,9 +102,7 @@ def test_reference_is_the_base_model_after_training(tiny_path, quantization):
     assert torch.allclose(ref_nll, base_nll, atol=1e-6)
     assert not torch.allclose(trained_nll, base_nll, atol=1e-4)  # the adapters did learn something
     # The reference shares the weights: one copy of every base tensor, not two.
-    assert sum(1 for n, _ in policy.model.named_parameters() if "lora_" not in n) == sum(
-        1 for _ in base.parameters()
-    )
+    assert sum(1 for n, _ in policy.model.named_parameters() if "lora_" not in n) == sum(1 for _ in base.parameters())
 
 
 def test_adapters_round_trip_through_disk_and_peft(tiny_path, tmp_path):
@@ -168,7 +165,7 @@ def test_batched_left_padded_generation_equals_one_by_one(tiny_path, quantizatio
     def generate(qs, ims):
         batch = encode_prompts(processor, qs, ims)
         out = model.generate(**batch, max_new_tokens=8, do_sample=False)
-        return processor.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+        return processor.batch_decode(out[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
 
     batched = generate(questions, imgs)
     single = [generate([q], [im])[0] for q, im in zip(questions, imgs)]
@@ -192,8 +189,11 @@ def test_missing_path_is_named(tmp_path):
 
 def test_4bit_where_bitsandbytes_cannot_run_is_explained(tmp_path):
     # 96 is not a multiple of bitsandbytes' CPU block size (64): its 4-bit kernels would reject the layers.
-    path = write_tiny_checkpoint("qwen2_5_vl", tmp_path / "odd", TinySpec(hidden_size=96, intermediate_size=160,
-                                                                          num_heads=2, vision_hidden_size=64))
+    path = write_tiny_checkpoint(
+        "qwen2_5_vl",
+        tmp_path / "odd",
+        TinySpec(hidden_size=96, intermediate_size=160, num_heads=2, vision_hidden_size=64),
+    )
     with pytest.raises(ValueError, match=r"quantization='4bit' on the CPU.*multiples of 64.*hidden_size"):
         load_policy(config(path, "4bit"))
     assert load_policy(config(path, "none")).model is not None  # unquantized is fine

@@ -1,17 +1,16 @@
 """Hybrid GRPO in Lightning on the tiny checkpoint: a short 4-bit LoRA fit, checkpoints, NaN stop, bad data."""
 
-
 import lightning as L
 import pytest
 import torch
 from datasets import load_from_disk
 
 from mbpo_lit.data.hybrid import HybridDataModule
-from mbpo_lit.vlm.policy import LoraSettings, ModelConfig, load_policy
 from mbpo_lit.testbed.world import WorldConfig
 from mbpo_lit.testbed.world_source import WorldSource
 from mbpo_lit.train.module import MBPOModule
 from mbpo_lit.train.settings import Loss, Optimization, Rewards, Sampling
+from mbpo_lit.vlm.policy import LoraSettings, ModelConfig, load_policy
 
 WORLD = WorldConfig(image_size=56)
 
@@ -23,23 +22,46 @@ def setup(tiny_pairs):
 
 def module(path, loss: dict | None = None, optim: dict | None = None, sample_table_every: int = 0) -> MBPOModule:
     """The tiny 4-bit module; `loss` and `optim` override fields of those settings groups."""
-    cfg = ModelConfig(path, precision="fp32", quantization="4bit", lora=LoraSettings(r=4, alpha=8, dropout=0.0), device="cpu")
-    return MBPOModule(cfg, Sampling(group_size=2, max_new_tokens=4), Loss(**({"beta": 0.04, "mu": 2} | (loss or {}))),
-                      Rewards(vocabulary=WORLD.colors), Optimization(**({"lr": 1e-2} | (optim or {}))),
-                      sample_table_every=sample_table_every)
+    cfg = ModelConfig(
+        path, precision="fp32", quantization="4bit", lora=LoraSettings(r=4, alpha=8, dropout=0.0), device="cpu"
+    )
+    return MBPOModule(
+        cfg,
+        Sampling(group_size=2, max_new_tokens=4),
+        Loss(**({"beta": 0.04, "mu": 2} | (loss or {}))),
+        Rewards(vocabulary=WORLD.colors),
+        Optimization(**({"lr": 1e-2} | (optim or {}))),
+        sample_table_every=sample_table_every,
+    )
 
 
 def datamodule(pairs, **kw):
-    kw = dict(pairs=pairs, online=WorldSource(["train"], 8, world=WORLD), offline_per_batch=1, online_per_batch=1,
-              batches_per_epoch=4, val_n=2) | kw
+    kw = (
+        dict(
+            pairs=pairs,
+            online=WorldSource(["train"], 8, world=WORLD),
+            offline_per_batch=1,
+            online_per_batch=1,
+            batches_per_epoch=4,
+            val_n=2,
+        )
+        | kw
+    )
     return HybridDataModule(**kw)
 
 
 def test_short_4bit_fit_changes_only_adapters(setup):
     path, pairs = setup
     m = module(path)
-    trainer = L.Trainer(max_steps=2, accelerator="cpu", logger=False, enable_checkpointing=False,
-                        limit_val_batches=1, enable_progress_bar=False, enable_model_summary=False)
+    trainer = L.Trainer(
+        max_steps=2,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        limit_val_batches=1,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     trainer.fit(m, datamodule(pairs))
     base = load_policy(ModelConfig(path, precision="fp32", quantization="4bit", lora=None, device="cpu")).model
     base_params = dict(base.named_parameters())
@@ -56,15 +78,29 @@ def test_short_4bit_fit_changes_only_adapters(setup):
 def test_checkpoint_holds_adapters_and_optimizer_only(setup, tmp_path):
     path, pairs = setup
     ckpt = L.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path, save_last=True, every_n_train_steps=1)
-    trainer = L.Trainer(max_steps=1, accelerator="cpu", logger=False, callbacks=[ckpt], limit_val_batches=0,
-                        enable_progress_bar=False, enable_model_summary=False)
+    trainer = L.Trainer(
+        max_steps=1,
+        accelerator="cpu",
+        logger=False,
+        callbacks=[ckpt],
+        limit_val_batches=0,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     trainer.fit(module(path, {"mu": 1, "beta": 0.0}), datamodule(pairs))
     state = torch.load(tmp_path / "last.ckpt", weights_only=False)
     assert state["state_dict"] and all("lora_" in k for k in state["state_dict"])
     assert state["optimizer_states"]
     # Resuming restores them into a freshly built 4-bit model.
-    trainer2 = L.Trainer(max_steps=2, accelerator="cpu", logger=False, limit_val_batches=0,
-                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer2 = L.Trainer(
+        max_steps=2,
+        accelerator="cpu",
+        logger=False,
+        limit_val_batches=0,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     m2 = module(path, {"mu": 1, "beta": 0.0})
     trainer2.fit(m2, datamodule(pairs), ckpt_path=str(tmp_path / "last.ckpt"))
     assert trainer2.global_step == 2
@@ -81,8 +117,15 @@ def test_non_finite_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoin
 
     m.rewards["accuracy"] = (poisoned, 1.0)
     ckpt = L.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path, save_last=True, every_n_train_steps=1)
-    trainer = L.Trainer(max_steps=3, accelerator="cpu", logger=False, callbacks=[ckpt], limit_val_batches=0,
-                        enable_progress_bar=False, enable_model_summary=False)
+    trainer = L.Trainer(
+        max_steps=3,
+        accelerator="cpu",
+        logger=False,
+        callbacks=[ckpt],
+        limit_val_batches=0,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     with pytest.raises(FloatingPointError, match="non-finite GRPO loss .* at step 1"):
         trainer.fit(m, datamodule(pairs))
     state = torch.load(tmp_path / "last.ckpt", weights_only=False)
@@ -113,8 +156,15 @@ def test_batches_are_deterministic_by_seed(setup):
 def test_gradient_accumulation_steps_the_optimizer_once_per_n_batches(setup):
     path, pairs = setup
     m = module(path, {"mu": 1, "beta": 0.0}, {"accumulate_grad_batches": 2})
-    trainer = L.Trainer(max_steps=2, accelerator="cpu", logger=False, enable_checkpointing=False,
-                        limit_val_batches=0, enable_progress_bar=False, enable_model_summary=False)
+    trainer = L.Trainer(
+        max_steps=2,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        limit_val_batches=0,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     trainer.fit(m, datamodule(pairs))
     # Two optimizer steps took four batches: one epoch of the 4-batch datamodule.
     assert trainer.global_step == 2 and trainer.fit_loop.epoch_loop.batch_progress.total.completed == 4
@@ -133,13 +183,21 @@ def test_score_gives_one_entry_per_sequence_and_the_sample_table_is_written(setu
     assert [scored.stream(i) for i in range(6)] == ["online"] * 4 + ["offline"] * 2
     assert [scored.group(i) for i in range(6)] == [0, 0, 1, 1, 2, 2]
     assert scored.rewards[4:].tolist() == [2.0, 0.0] and scored.advantages[4] > 0 > scored.advantages[5]
-    trainer = L.Trainer(max_steps=2, accelerator="cpu", logger=L.pytorch.loggers.CSVLogger(tmp_path),
-                        enable_checkpointing=False, limit_val_batches=0, enable_progress_bar=False,
-                        enable_model_summary=False)
+    trainer = L.Trainer(
+        max_steps=2,
+        accelerator="cpu",
+        logger=L.pytorch.loggers.CSVLogger(tmp_path),
+        enable_checkpointing=False,
+        limit_val_batches=0,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     trainer.fit(m, dm)
     import json
 
-    rows = [json.loads(x) for x in (tmp_path / "lightning_logs" / "version_0" / "samples.jsonl").read_text().splitlines()]
+    rows = [
+        json.loads(x) for x in (tmp_path / "lightning_logs" / "version_0" / "samples.jsonl").read_text().splitlines()
+    ]
     assert {r["step"] for r in rows} == {1, 2} and len(rows) == 2 * 2 * 2  # after steps 1, 2: 2 prompts x G=2
     assert {"question", "answer", "completion", "reward", "advantage"} <= set(rows[0])
 
@@ -150,8 +208,10 @@ def test_length_grouping_gives_batches_of_similar_lengths_reproducibly():
     from mbpo_lit.data.hybrid import HybridBatches, length_key
 
     sizes = [56, 112, 168, 224]
-    recs = [{"id": i, "question": "q" * (i % 7), "answer": "a", "image": Image.new("RGB", (sizes[i % 4],) * 2)}
-            for i in range(64)]
+    recs = [
+        {"id": i, "question": "q" * (i % 7), "answer": "a", "image": Image.new("RGB", (sizes[i % 4],) * 2)}
+        for i in range(64)
+    ]
     plain = HybridBatches([], recs, 0, 4, 32, seed=0)
     grouped = HybridBatches([], recs, 0, 4, 32, seed=0, group_batches=8)
 

@@ -23,12 +23,23 @@ def ablation_dir(tmp_path):
     for i, v in enumerate(names):
         for seed in (0, 1, 2):
             for step in (9, 19, 29):
-                curves.append({"variant": v, "seed": seed, "step": step, "metric": "loss",
-                               "value": 1 / (step + i + seed)})
-                curves.append({"variant": v, "seed": seed, "step": step, "metric": "val/counter_prior_accuracy",
-                               "value": 0.1 * i + 0.01 * seed})
-            for metric, value in (("in_prior_accuracy", 0.9), ("counter_prior_accuracy", 0.1 * i + 0.02 * seed),
-                                  ("gap", 0.8 - 0.1 * i)):
+                curves.append(
+                    {"variant": v, "seed": seed, "step": step, "metric": "loss", "value": 1 / (step + i + seed)}
+                )
+                curves.append(
+                    {
+                        "variant": v,
+                        "seed": seed,
+                        "step": step,
+                        "metric": "val/counter_prior_accuracy",
+                        "value": 0.1 * i + 0.01 * seed,
+                    }
+                )
+            for metric, value in (
+                ("in_prior_accuracy", 0.9),
+                ("counter_prior_accuracy", 0.1 * i + 0.02 * seed),
+                ("gap", 0.8 - 0.1 * i),
+            ):
                 final.append({"variant": v, "seed": seed, "metric": metric, "value": value})
     _write(tmp_path / "curves.csv", ["variant", "seed", "step", "metric", "value"], curves)
     _write(tmp_path / "final.csv", ["variant", "seed", "metric", "value"], final)

@@ -5,14 +5,14 @@ import dataclasses
 import pytest
 import torch
 
-from mbpo_lit.vlm import shared_prefix as prefix
-from mbpo_lit.vlm.chat import encode_prompts, vision_token_ids
 from mbpo_lit.core.grpo import grpo_loss
-from mbpo_lit.vlm.policy import LoraSettings, ModelConfig, reference_mode, trainable_parameters
-from mbpo_lit.train.module import MBPOModule
-from mbpo_lit.train.settings import Loss, Optimization, Rewards, Sampling
 from mbpo_lit.testbed.tiny import ensure_tiny_checkpoint
 from mbpo_lit.testbed.world import WorldConfig, build_records
+from mbpo_lit.train.module import MBPOModule
+from mbpo_lit.train.settings import Loss, Optimization, Rewards, Sampling
+from mbpo_lit.vlm import shared_prefix as prefix
+from mbpo_lit.vlm.chat import encode_prompts, vision_token_ids
+from mbpo_lit.vlm.policy import LoraSettings, ModelConfig, reference_mode, trainable_parameters
 
 WORLD = WorldConfig(image_size=56)
 
@@ -23,14 +23,31 @@ def records(n=3):
     return recs, pairs
 
 
-def trained_module(path, quantization="none", gc=False, sampling: dict | None = None, loss: dict | None = None,
-                   optim: dict | None = None) -> MBPOModule:
+def trained_module(
+    path,
+    quantization="none",
+    gc=False,
+    sampling: dict | None = None,
+    loss: dict | None = None,
+    optim: dict | None = None,
+) -> MBPOModule:
     """A module whose adapters are not zero (fresh LoRA B is 0, which would hide an adapter bug)."""
-    cfg = ModelConfig(str(path), precision="fp32", quantization=quantization, device="cpu",
-                      lora=LoraSettings(r=4, alpha=8, dropout=0.0), gradient_checkpointing=gc)
-    m = MBPOModule(cfg, Sampling(**({"group_size": 3, "max_new_tokens": 4} | (sampling or {}))),
-                   Loss(**({"beta": 0.04} | (loss or {}))), Rewards(vocabulary=WORLD.colors),
-                   Optimization(**(optim or {})), sample_table_every=0)
+    cfg = ModelConfig(
+        str(path),
+        precision="fp32",
+        quantization=quantization,
+        device="cpu",
+        lora=LoraSettings(r=4, alpha=8, dropout=0.0),
+        gradient_checkpointing=gc,
+    )
+    m = MBPOModule(
+        cfg,
+        Sampling(**({"group_size": 3, "max_new_tokens": 4} | (sampling or {}))),
+        Loss(**({"beta": 0.04} | (loss or {}))),
+        Rewards(vocabulary=WORLD.colors),
+        Optimization(**(optim or {})),
+        sample_table_every=0,
+    )
     m.configure_model()
     gen = torch.Generator().manual_seed(0)
     for name, p in m.model.named_parameters():
@@ -44,8 +61,18 @@ def loss_and_grads(m: MBPOModule, scored):
         ref, _ = m.logprobs(scored)
     logp, mask = m.logprobs(scored)
     loss = m.loss
-    out = grpo_loss(logp, logp.detach(), scored.advantages, mask, ref, beta=loss.beta, eps_low=loss.eps_low,
-                    eps_high=loss.eps_high, aggregation=loss.aggregation, max_tokens=m.sampling.max_new_tokens)
+    out = grpo_loss(
+        logp,
+        logp.detach(),
+        scored.advantages,
+        mask,
+        ref,
+        beta=loss.beta,
+        eps_low=loss.eps_low,
+        eps_high=loss.eps_high,
+        aggregation=loss.aggregation,
+        max_tokens=m.sampling.max_new_tokens,
+    )
     params = list(trainable_parameters(m.model).values())
     return out.loss, logp, torch.autograd.grad(out.loss, params)
 
@@ -89,7 +116,7 @@ def test_greedy_sampling_from_one_prefill_matches_generate(tiny_path):
     questions, images = [r["question"] for r in recs], [r["image"] for r in recs]
     enc = encode_prompts(p, questions, images)
     ids = model.generate(**enc, do_sample=False, max_new_tokens=5, suppress_tokens=vision_token_ids(p))
-    expected = m._cut(ids[:, enc["input_ids"].shape[1]:])
+    expected = m._cut(ids[:, enc["input_ids"].shape[1] :])
     prompts = prefix.encode(model, p, questions, images)
     got = prefix.sample(model, prompts, 2, 5, p.tokenizer.eos_token_id, temperature=0, suppress=vision_token_ids(p))
     assert got == [c for c in expected for _ in range(2)]
@@ -105,8 +132,9 @@ def test_sampling_never_draws_suppressed_tokens_and_stops_at_the_end_of_turn(tin
     eos = p.tokenizer.eos_token_id
     greedy = prefix.sample(model, prompts, 1, 6, eos, temperature=0)
     banned = sorted({c[0] for c in greedy})
-    sampled = prefix.sample(model, prompts, 4, 6, eos, temperature=1.0, suppress=banned,
-                            generator=torch.Generator().manual_seed(0))
+    sampled = prefix.sample(
+        model, prompts, 4, 6, eos, temperature=1.0, suppress=banned, generator=torch.Generator().manual_seed(0)
+    )
     assert len(sampled) == 8
     for c in sampled:
         assert not set(c) & set(banned)
@@ -164,8 +192,9 @@ def mixed_records():
     recs, pairs = records(4)
     sizes = [None, (112, 84), (28, 84), (168, 56)]  # (width, height); None keeps the world's 56 x 56
     recs = [dict(r, image=r["image"].resize(s) if s else r["image"]) for r, s in zip(recs, sizes)]
-    recs[0]["question"] = ("Look at every shape in the picture, one after the other, before you answer. "
-                           + recs[0]["question"])
+    recs[0]["question"] = (
+        "Look at every shape in the picture, one after the other, before you answer. " + recs[0]["question"]
+    )
     recs[3]["question"] = "In this picture: " + recs[3]["question"]
     pairs = [dict(p, image=r["image"], question=r["question"]) for p, r in zip(pairs, recs)]
     return recs, pairs
@@ -245,7 +274,8 @@ def check_training_step(m: MBPOModule, batch: dict):
 
 @pytest.mark.parametrize("quantization", ["none", "4bit"])
 def test_shared_prefix_after_an_optimizer_step_gives_the_losses_and_gradients_of_one_row_per_completion(
-        tiny_path, quantization):
+    tiny_path, quantization
+):
     m = seeded_module(tiny_path, quantization, loss={"mu": 2}, optim={"lr": 0.05})
     recs, pairs = records()
     check_training_step(m, {"online": recs[:2], "offline": pairs[:1]})
@@ -253,7 +283,8 @@ def test_shared_prefix_after_an_optimizer_step_gives_the_losses_and_gradients_of
 
 @pytest.mark.parametrize("quantization", ["none", "4bit"])
 def test_shared_prefix_over_mixed_prompt_lengths_and_image_sizes_gives_the_numbers_of_one_row_per_completion(
-        tiny_path, quantization):
+    tiny_path, quantization
+):
     m = seeded_module(tiny_path, quantization)
     recs, pairs = mixed_records()
     fast, slow = layouts(m, {"online": recs[:2], "offline": pairs[2:]})
@@ -268,8 +299,7 @@ def test_shared_prefix_over_mixed_prompt_lengths_and_image_sizes_gives_the_numbe
     assert_all_close(grads_fast, grads_slow)
 
 
-def test_gradient_checkpointing_in_4bit_after_an_optimizer_step_gives_the_numbers_of_one_row_per_completion(
-        tiny_path):
+def test_gradient_checkpointing_in_4bit_after_an_optimizer_step_gives_the_numbers_of_one_row_per_completion(tiny_path):
     m = seeded_module(tiny_path, "4bit", gc=True, loss={"mu": 2}, optim={"lr": 0.05})
     assert m.model.get_base_model().is_gradient_checkpointing
     recs, pairs = records()
@@ -312,9 +342,12 @@ def test_rollout_samples_the_same_completions_from_one_prefill_as_generate(tiny_
             assert len(lengths) > 2 and any(c[-1] == eos for c in shared) and 6 in lengths
 
 
-@pytest.mark.xfail(strict=True, reason="known: module._cut strips sampled trailing pad tokens from generate's "
-                   "rows that reached max_new_tokens without an end-of-turn token (and turns an all-pad row into "
-                   "[eos]); prefix.sample keeps them, so the two rollouts differ")
+@pytest.mark.xfail(
+    strict=True,
+    reason="known: module._cut strips sampled trailing pad tokens from generate's "
+    "rows that reached max_new_tokens without an end-of-turn token (and turns an all-pad row into "
+    "[eos]); prefix.sample keeps them, so the two rollouts differ",
+)
 def test_rollout_keeps_sampled_pad_tokens_in_both_layouts(tiny_root):
     m = seeded_module(ensure_tiny_checkpoint("qwen2_5_vl", tiny_root), sampling={"group_size": 2, "max_new_tokens": 3})
     pad = m.processor.tokenizer.pad_token_id

@@ -57,11 +57,16 @@ def test_vqav2_answer_types_are_mapped_and_filtered_with_every_skip_listed(tmp_p
 def test_renamed_columns_real_style_answers_and_relative_images(tmp_path, photos):
     for i, p in enumerate(photos):
         p.save(tmp_path / f"{i}.png")
-    rows = [{"img": f"{i}.png", "prompt": "Is there a cat?", "gt": "Yes, there is a cat." if i == 2 else "No."}
-            for i in range(len(photos))]
+    rows = [
+        {"img": f"{i}.png", "prompt": "Is there a cat?", "gt": "Yes, there is a cat." if i == 2 else "No."}
+        for i in range(len(photos))
+    ]
     (tmp_path / "vqa.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    src = Records(str(tmp_path / "vqa.jsonl"), columns={"image": "img", "question": "prompt", "answer": "gt"},
-                  answer_type="yes_no")
+    src = Records(
+        str(tmp_path / "vqa.jsonl"),
+        columns={"image": "img", "question": "prompt", "answer": "gt"},
+        answer_type="yes_no",
+    )
     records, skipped = src.load()
     assert not skipped and [r["answer"] for r in records] == ["no", "no", "yes", "no"]
     assert sizes(records) == {p.size for p in photos}
@@ -69,8 +74,11 @@ def test_renamed_columns_real_style_answers_and_relative_images(tmp_path, photos
 
 def test_a_mistyped_column_names_the_columns_the_source_has(tmp_path):
     (tmp_path / "d.jsonl").write_text(json.dumps({"image": "x.png", "question": "q", "answer": "a"}) + "\n")
-    with pytest.raises(SourceError, match=r"columns \{'question': 'prompt'\} not in the data; its columns are "
-                                          r"\['image', 'question', 'answer'\]"):
+    with pytest.raises(
+        SourceError,
+        match=r"columns \{'question': 'prompt'\} not in the data; its columns are "
+        r"\['image', 'question', 'answer'\]",
+    ):
         Records(str(tmp_path / "d.jsonl"), columns={"question": "prompt"}).load()
     (tmp_path / "p.jsonl").write_text(json.dumps({"image": "x.png", "text": "Is there a cat?", "y": "no"}) + "\n")
     with pytest.raises(SourceError, match=r"no column for \['answer'\] \(format 'pope'\)"):
@@ -80,20 +88,25 @@ def test_a_mistyped_column_names_the_columns_the_source_has(tmp_path):
 def test_a_missing_path_and_an_unreachable_hub_id_say_which_they_were(tmp_path):
     with pytest.raises(SourceError, match="data path .*nope.jsonl' does not exist"):
         Records(str(tmp_path / "nope.jsonl")).load()
-    with pytest.raises(SourceError, match="dataset 'someone/no-such-dataset' is not a local path and could not be "
-                                          r"loaded from the hub \(HF_HUB_OFFLINE is set\)"):
+    with pytest.raises(
+        SourceError,
+        match="dataset 'someone/no-such-dataset' is not a local path and could not be "
+        r"loaded from the hub \(HF_HUB_OFFLINE is set\)",
+    ):
         Records("someone/no-such-dataset").load()
 
 
 def test_bad_records_are_each_named_and_none_is_dropped_silently(tmp_path, photos):
     photos[0].save(tmp_path / "ok.png")
     (tmp_path / "broken.png").write_bytes(b"not a png")
-    rows = [{"image": "ok.png", "question": "Is it red?", "answer": "yes"},
-            {"image": "ok.png", "question": "  ", "answer": "yes"},
-            {"image": "ok.png", "question": "Is it red?", "answer": ""},
-            {"image": "broken.png", "question": "Is it red?", "answer": "no"},
-            {"image": "missing.png", "question": "Is it red?", "answer": "no"},
-            {"image": "ok.png", "question": "Is it red?", "answer": "maybe"}]
+    rows = [
+        {"image": "ok.png", "question": "Is it red?", "answer": "yes"},
+        {"image": "ok.png", "question": "  ", "answer": "yes"},
+        {"image": "ok.png", "question": "Is it red?", "answer": ""},
+        {"image": "broken.png", "question": "Is it red?", "answer": "no"},
+        {"image": "missing.png", "question": "Is it red?", "answer": "no"},
+        {"image": "ok.png", "question": "Is it red?", "answer": "maybe"},
+    ]
     (tmp_path / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     src = Records(str(tmp_path / "d.jsonl"), answer_type="yes_no")
     records, skipped = src.load()
@@ -120,7 +133,9 @@ def data_sections(name: str) -> dict:
 LOCAL_COPIES = {"HuggingFaceM4/A-OKVQA": bf.aokvqa, "lmms-lab/POPE": bf.pope_hub, "HuggingFaceM4/VQAv2": bf.vqav2}
 
 
-@pytest.mark.parametrize("name", ["qwen2_5_vl_7b_qlora", "qwen2_vl_7b_qlora", "llava_1_5_7b_qlora", "qwen2_5_vl_7b_ddp"])
+@pytest.mark.parametrize(
+    "name", ["qwen2_5_vl_7b_qlora", "qwen2_vl_7b_qlora", "llava_1_5_7b_qlora", "qwen2_5_vl_7b_ddp"]
+)
 def test_each_real_recipe_is_hybrid_and_its_sources_load_a_local_copy_in_the_dataset_schema(name, tmp_path, photos):
     data = data_sections(name)
     assert data["pairs"] and data["online"] and data["val"], "the 7B recipes train on both streams and validate"
@@ -148,8 +163,7 @@ def mining_command(name: str) -> list[str]:
 
 
 @pytest.mark.parametrize("name", ["qwen2_5_vl_7b_qlora", "qwen2_vl_7b_qlora", "llava_1_5_7b_qlora"])
-def test_the_mining_command_in_each_real_recipe_parses_and_its_source_reads_the_dataset(name, tmp_path, photos,
-                                                                                          capsys):
+def test_the_mining_command_in_each_real_recipe_parses_and_its_source_reads_the_dataset(name, tmp_path, photos, capsys):
     args = mining_command(name)
     with pytest.raises(SystemExit) as exit_:
         mine_main([*args, "--print_config"])

@@ -15,8 +15,13 @@ from mbpo_lit.vlm.chat import check_image_tokens, encode_prompts, features_per_i
 
 def test_checkpoint_has_every_part(tiny_path):
     names = {p.name for p in tiny_path.iterdir()}
-    assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
-            "chat_template.jinja"} <= names
+    assert {
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "chat_template.jinja",
+    } <= names
     assert "preprocessor_config.json" in names or "processor_config.json" in names
     config = AutoConfig.from_pretrained(tiny_path)
     model = AutoModelForImageTextToText.from_pretrained(tiny_path)
@@ -99,7 +104,7 @@ def test_vision_tokens_are_suppressed_in_generation(tiny_path):
     img = Image.fromarray(np.zeros((56, 56, 3), dtype="uint8"))
     batch = encode_prompts(processor, ["What color is the circle?"], [img])
     out = model.generate(**batch, max_new_tokens=4, do_sample=False, suppress_tokens=ids)
-    assert not set(out[0, batch["input_ids"].shape[1]:].tolist()) & set(ids)
+    assert not set(out[0, batch["input_ids"].shape[1] :].tolist()) & set(ids)
 
 
 def test_cli_writes_a_checkpoint_of_the_given_spec(tmp_path, capsys):

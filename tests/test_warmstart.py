@@ -13,8 +13,17 @@ from mbpo_lit.testbed.world import WorldConfig
 
 
 def small(tmp_path, steps=6):
-    return WarmStartConfig(world=WorldConfig(image_size=56), spec=TinySpec(), train_records=64, grounding_steps=2,
-                           steps=steps, batch_size=4, warmup_steps=1, checkpoint_every=2, root=str(tmp_path))
+    return WarmStartConfig(
+        world=WorldConfig(image_size=56),
+        spec=TinySpec(),
+        train_records=64,
+        grounding_steps=2,
+        steps=steps,
+        batch_size=4,
+        warmup_steps=1,
+        checkpoint_every=2,
+        root=str(tmp_path),
+    )
 
 
 class Interrupt(L.Callback):
@@ -73,9 +82,17 @@ def test_cli_defaults_are_the_cached_base_model_and_options_reach_the_config(tmp
 
     def fake_build(cfg):
         built.append(cfg)
-        (tmp_path / "warmstart.json").write_text(json.dumps(
-            {"train_seconds": 1.0, "in_prior_accuracy": 1.0, "counter_prior_accuracy": 0.25, "gap": 0.75,
-             "eval_records_per_split": 4}))
+        (tmp_path / "warmstart.json").write_text(
+            json.dumps(
+                {
+                    "train_seconds": 1.0,
+                    "in_prior_accuracy": 1.0,
+                    "counter_prior_accuracy": 0.25,
+                    "gap": 0.75,
+                    "eval_records_per_split": 4,
+                }
+            )
+        )
         return tmp_path
 
     monkeypatch.setattr(base_model, "build_base_model", fake_build)

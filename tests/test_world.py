@@ -115,8 +115,10 @@ def test_cooccurrence_and_kind_frequencies_match_sampling():
         rates = {b: np.mean([b in s.kinds for s in with_k]) for b in CFG.kinds if b != k}
         assert max(rates, key=rates.get) == CFG.partner(k), (k, rates)
     no_pairs = [sample_scene(WorldConfig(p_cooc=0.0), rng) for _ in range(3000)]
-    rate = {name: np.mean(["square" in s.kinds for s in ss if "circle" in s.kinds])
-            for name, ss in (("paired", scenes), ("unpaired", no_pairs))}
+    rate = {
+        name: np.mean(["square" in s.kinds for s in ss if "circle" in s.kinds])
+        for name, ss in (("paired", scenes), ("unpaired", no_pairs))
+    }
     assert rate["paired"] > rate["unpaired"] + 0.15
 
 
@@ -130,7 +132,7 @@ def test_scene_objects_do_not_overlap_and_fit_the_image():
         for o in objs:
             assert 0 <= o.x and o.x + o.size <= cfg.image_size and 0 <= o.y and o.y + o.size <= cfg.image_size
         for i, a in enumerate(objs):
-            for b in objs[i + 1:]:
+            for b in objs[i + 1 :]:
                 apart = a.x + a.size <= b.x or b.x + b.size <= a.x or a.y + a.size <= b.y or b.y + b.size <= a.y
                 assert apart, (a, b)
 
@@ -143,14 +145,14 @@ def test_clean_render_has_exact_palette_colors_in_each_object():
         assert img.size == (CLEAN.image_size,) * 2 == (112, 112) and img.mode == "RGB"  # the embedded world's size
         px = _pixels(img)
         for o in scene.objects:
-            box = px[o.y:o.y + o.size, o.x:o.x + o.size].reshape(-1, 3)
+            box = px[o.y : o.y + o.size, o.x : o.x + o.size].reshape(-1, 3)
             exact = Counter({c: int(np.all(box == CLEAN.palette[c], axis=1).sum()) for c in CLEAN.colors})
             assert exact.most_common(1)[0][0] == o.color, (o, exact)
             assert exact[o.color] >= 8  # a real shape, not a few edge pixels
         # Nothing drawn outside the objects' boxes: the rest is pure background.
         mask = np.ones((CLEAN.image_size,) * 2, bool)
         for o in scene.objects:
-            mask[o.y:o.y + o.size, o.x:o.x + o.size] = False
+            mask[o.y : o.y + o.size, o.x : o.x + o.size] = False
         assert np.all(px[mask] == CLEAN.background)
 
 
@@ -173,7 +175,7 @@ def test_queried_color_is_visible_where_the_object_is_with_noise():
             # Rebuild the scene the record used, to know where the queried object sits.
             scene = _scene_of(rng_cfg, split, r)
             o = next(o for o in scene.objects if o.kind == r["query_kind"])
-            box = _pixels(r)[o.y:o.y + o.size, o.x:o.x + o.size].reshape(-1, 3)
+            box = _pixels(r)[o.y : o.y + o.size, o.x : o.x + o.size].reshape(-1, 3)
             bright = box[np.abs(box - np.array(rng_cfg.background)).sum(1) > 150]
             assert _nearest_color(bright.mean(0), rng_cfg) == r["answer"]
 
@@ -244,21 +246,26 @@ def test_describe_round_trips_through_parse_mentions():
 
 def test_parse_mentions_free_form_and_hallucination():
     text = "Two Red circles, a BLUE square; and stars! Also a green, big triangle."
-    assert parse_mentions(text, CFG) == [("circle", "red"), ("square", "blue"), ("star", None),
-                                         ("triangle", None)]
+    assert parse_mentions(text, CFG) == [("circle", "red"), ("square", "blue"), ("star", None), ("triangle", None)]
     assert parse_mentions("Crosses and a yellow cross.", CFG) == [("cross", None), ("cross", "yellow")]
     assert parse_mentions("nothing here, circular squarely", CFG) == []
     scene_kinds = {"circle", "square"}
-    hallucinated = [k for k, _ in parse_mentions("a red circle, a green square and a star", CFG)
-                    if k not in scene_kinds]
+    hallucinated = [
+        k for k, _ in parse_mentions("a red circle, a green square and a star", CFG) if k not in scene_kinds
+    ]
     assert hallucinated == ["star"]
 
 
 def test_families_are_cycled_and_fields_follow_schema():
     recs = build_records(CFG, "train", 10, families=FAMILIES)
     assert [r["family"] for r in recs] == list(FAMILIES) * 2
-    types = {"attribute": "color", "existence": "yes_no", "count": "number", "choice": "choice",
-             "describe": "description"}
+    types = {
+        "attribute": "color",
+        "existence": "yes_no",
+        "count": "number",
+        "choice": "choice",
+        "describe": "description",
+    }
     for r in recs:
         assert r["answer_type"] == types[r["family"]]
         assert (r["pope_type"] != "") == (r["family"] == "existence")
@@ -267,38 +274,84 @@ def test_families_are_cycled_and_fields_follow_schema():
 
 
 # ----------------------------------------------------------------------------------------------- parsers
-@pytest.mark.parametrize("text,expected", [
-    ("red", "red"), ("It is Red.", "red"), ("the circle is purple!", "purple"), ("reddish", None),
-    ("", None), ("I don't know", None), (None, None), ("Blue, not green", "blue")])
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("red", "red"),
+        ("It is Red.", "red"),
+        ("the circle is purple!", "purple"),
+        ("reddish", None),
+        ("", None),
+        ("I don't know", None),
+        (None, None),
+        ("Blue, not green", "blue"),
+    ],
+)
 def test_parse_color(text, expected):
     assert parse_color(text, CFG) == expected
 
 
-@pytest.mark.parametrize("text,expected", [
-    ("yes", "yes"), ("Yes, there is.", "yes"), ("NO", "no"), ("There is not a circle.", "no"),
-    ("nope", "no"), ("maybe", None), ("", None), ("yesterday nothing", None)])
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("yes", "yes"),
+        ("Yes, there is.", "yes"),
+        ("NO", "no"),
+        ("There is not a circle.", "no"),
+        ("nope", "no"),
+        ("maybe", None),
+        ("", None),
+        ("yesterday nothing", None),
+    ],
+)
 def test_parse_yes_no(text, expected):
     assert parse_yes_no(text) == expected
 
 
-@pytest.mark.parametrize("text,expected", [
-    ("3", 3), ("There are 4 objects.", 4), ("three", 3), ("Zero.", 0), ("ten red ones", 10), ("12", 12),
-    ("none", None), ("", None), ("someone", None)])
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("3", 3),
+        ("There are 4 objects.", 4),
+        ("three", 3),
+        ("Zero.", 0),
+        ("ten red ones", 10),
+        ("12", 12),
+        ("none", None),
+        ("", None),
+        ("someone", None),
+    ],
+)
 def test_parse_count(text, expected):
     assert parse_count(text) == expected
 
 
-@pytest.mark.parametrize("text,expected", [
-    ("B", "B"), ("b", "B"), ("(C)", "C"), ("D.", "D"), ("A) red", "A"), ("The answer is B", "B"),
-    ("Answer: D", "D"), ("I pick (A) red", "A"), ("A red circle", None), ("Answer: a red one", None),
-    ("E", None), ("", None), ("none of them", None)])
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("B", "B"),
+        ("b", "B"),
+        ("(C)", "C"),
+        ("D.", "D"),
+        ("A) red", "A"),
+        ("The answer is B", "B"),
+        ("Answer: D", "D"),
+        ("I pick (A) red", "A"),
+        ("A red circle", None),
+        ("Answer: a red one", None),
+        ("E", None),
+        ("", None),
+        ("none of them", None),
+    ],
+)
 def test_parse_choice(text, expected):
     assert parse_choice(text) == expected
 
 
 # -------------------------------------------------------------------------------------------- errors, io
-@pytest.mark.parametrize("kwargs,bad", [
-    (dict(split="test"), "test"), (dict(split="train", families=("attribute", "caption")), "caption")])
+@pytest.mark.parametrize(
+    "kwargs,bad", [(dict(split="test"), "test"), (dict(split="train", families=("attribute", "caption")), "caption")]
+)
 def test_bad_split_or_family_is_named(kwargs, bad):
     with pytest.raises(ValueError, match=bad) as err:
         build_records(CFG, n=2, **kwargs)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-
 CLOSED_TYPES = ("color", "phrase", "yes_no", "number", "choice")
 _ARTICLES = {"a", "an", "the"}
 NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")
@@ -62,9 +61,17 @@ def is_correct(text: str, answer: str, answer_type: str, vocabulary: Sequence[st
 
 
 def parse_yes_no(text: str) -> str | None:
-    """"yes" or "no" from the first yes/no word ("not" counts as no, as in POPE's evaluation), or None."""
-    table = {"yes": "yes", "yeah": "yes", "yep": "yes", "true": "yes", "no": "no", "not": "no", "nope": "no",
-             "false": "no"}
+    """ "yes" or "no" from the first yes/no word ("not" counts as no, as in POPE's evaluation), or None."""
+    table = {
+        "yes": "yes",
+        "yeah": "yes",
+        "yep": "yes",
+        "true": "yes",
+        "no": "no",
+        "not": "no",
+        "nope": "no",
+        "false": "no",
+    }
     return next((table[w] for w in _words(text) if w in table), None)
 
 
@@ -85,8 +92,12 @@ def parse_choice(text: str) -> str | None:
     """
     t = str(text).strip()
     # Only capitals after "answer": "Answer: a red one" must not read as option A.
-    patterns = (r"(?i:answer)\s*(?:(?i:is)|:)?\s*\(?([A-D])\b", r"\(([A-D])\)", r"^([A-Da-d])[.):,]?$",
-                r"^([A-D])[.):,]")
+    patterns = (
+        r"(?i:answer)\s*(?:(?i:is)|:)?\s*\(?([A-D])\b",
+        r"\(([A-D])\)",
+        r"^([A-Da-d])[.):,]?$",
+        r"^([A-D])[.):,]",
+    )
     for p in patterns:
         if m := re.search(p, t):
             return m.group(1).upper()

@@ -98,7 +98,9 @@ def pgd(
     return AttackResult((raw + delta).detach(), steps_used, before, trace[-1], trace)
 
 
-def diffusion_noise(raw: torch.Tensor, t: int, generator: torch.Generator | None = None, total: int = 1000) -> torch.Tensor:
+def diffusion_noise(
+    raw: torch.Tensor, t: int, generator: torch.Generator | None = None, total: int = 1000
+) -> torch.Tensor:
     """Forward diffusion of step t (DDPM linear schedule, beta 1e-4 .. 0.02), as POVID corrupts images."""
     if not 0 <= t < total:
         raise ValueError(f"diffusion step t={t} is outside [0, {total})")

@@ -42,7 +42,9 @@ def k3_kl(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
     return torch.exp(r) - r - 1
 
 
-def aggregate(per_token: torch.Tensor, mask: torch.Tensor, how: Aggregation, max_tokens: int | None = None) -> torch.Tensor:
+def aggregate(
+    per_token: torch.Tensor, mask: torch.Tensor, how: Aggregation, max_tokens: int | None = None
+) -> torch.Tensor:
     """Reduce [sequences, tokens] terms over the completion `mask` to a scalar (see module docstring)."""
     mask = mask.to(per_token.dtype)
     if how == "grpo":

@@ -27,7 +27,9 @@ def binary_metrics(predictions: Sequence[str | None], labels: Sequence[str], pos
     if bad:
         raise ValueError(f"yes/no labels expected, got {bad[0]!r}")
     # An unparseable answer is wrong whatever the label: score it as the opposite answer.
-    scored = [p if p in ("yes", "no") else (negative if lab == positive else positive) for p, lab in zip(predictions, labels)]
+    scored = [
+        p if p in ("yes", "no") else (negative if lab == positive else positive) for p, lab in zip(predictions, labels)
+    ]
     pred = torch.tensor([p == positive for p in scored], dtype=torch.long)
     target = torch.tensor([lab == positive for lab in labels], dtype=torch.long)
     return {
@@ -51,9 +53,7 @@ def amber_discriminative(predictions: Sequence[str | None], labels: Sequence[str
     return binary_metrics(predictions, labels, positive="no")
 
 
-def chair(
-    mentions: Sequence[Sequence[str]], truths: Sequence[Sequence[str]]
-) -> dict[str, float]:
+def chair(mentions: Sequence[Sequence[str]], truths: Sequence[Sequence[str]]) -> dict[str, float]:
     """CHAIR over captions, given the objects each caption mentions and the objects truly present.
 
     CHAIR_i = hallucinated mentions / all mentions; CHAIR_s = captions with at least one hallucinated

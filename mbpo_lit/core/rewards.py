@@ -28,7 +28,10 @@ class AccuracyReward:
     vocabulary: Sequence[str] | None = None
 
     def __call__(self, completions: list[str], records: list[dict]) -> list[float]:
-        return [float(is_correct(c, r["answer"], r["answer_type"], self.vocabulary)) for c, r in zip(completions, records, strict=True)]
+        return [
+            float(is_correct(c, r["answer"], r["answer_type"], self.vocabulary))
+            for c, r in zip(completions, records, strict=True)
+        ]
 
 
 @dataclass

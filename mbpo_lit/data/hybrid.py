@@ -53,12 +53,16 @@ def load_pairs(path: str) -> list[dict]:
         except Exception as err:  # noqa: BLE001 - an undecodable row (corrupt image bytes) is reported
             pairs.append({"id": f"{path}#{i}", "_error": f"unreadable record ({err})"})
             continue
-        pairs.append({
-            "id": row.get("id", str(i)), "image": (row.get("images") or [None])[0], "question": row["question"],
-            "answer": row["chosen"][0]["content"][0]["text"] if row.get("chosen") else None,
-            "rejected": row["rejected"][0]["content"][0]["text"] if row.get("rejected") else None,
-            "answer_type": row.get("answer_type", "phrase"),
-        })
+        pairs.append(
+            {
+                "id": row.get("id", str(i)),
+                "image": (row.get("images") or [None])[0],
+                "question": row["question"],
+                "answer": row["chosen"][0]["content"][0]["text"] if row.get("chosen") else None,
+                "rejected": row["rejected"][0]["content"][0]["text"] if row.get("rejected") else None,
+                "answer_type": row.get("answer_type", "phrase"),
+            }
+        )
     return pairs
 
 
@@ -78,8 +82,16 @@ class HybridBatches(Dataset):
     order), so a batch pads its prompts to a near length. Still a function of (seed, i): resumable.
     """
 
-    def __init__(self, pairs: list[dict], prompts: list[dict], offline_per_batch: int, online_per_batch: int,
-                 length: int, seed: int, group_batches: int = 1):
+    def __init__(
+        self,
+        pairs: list[dict],
+        prompts: list[dict],
+        offline_per_batch: int,
+        online_per_batch: int,
+        length: int,
+        seed: int,
+        group_batches: int = 1,
+    ):
         self.pairs, self.prompts, self.length, self.seed = pairs, prompts, length, seed
         self.n_off = offline_per_batch if pairs else 0
         self.n_on = online_per_batch if prompts else 0
@@ -97,15 +109,17 @@ class HybridBatches(Dataset):
         drawn = rng.choice(len(pool), n * self.group, replace=len(pool) < n * self.group)
         drawn = sorted(drawn, key=lambda j: length_key(pool[j]))
         k = int(rng.permutation(self.group)[slot])
-        return [pool[j] for j in drawn[k * n:(k + 1) * n]]
+        return [pool[j] for j in drawn[k * n : (k + 1) * n]]
 
     def __getitem__(self, i: int) -> dict:
         if self.group <= 1:  # one generator for both streams (the batches of earlier runs, unchanged)
             rng = np.random.default_rng([self.seed, i])
             pick = lambda pool, n: [pool[j] for j in rng.choice(len(pool), n, replace=len(pool) < n)] if n else []  # noqa: E731
             return {"offline": pick(self.pairs, self.n_off), "online": pick(self.prompts, self.n_on)}
-        return {"offline": self._grouped(self.pairs, self.n_off, i, 0),
-                "online": self._grouped(self.prompts, self.n_on, i, 1)}
+        return {
+            "offline": self._grouped(self.pairs, self.n_off, i, 0),
+            "online": self._grouped(self.prompts, self.n_on, i, 1),
+        }
 
 
 def interleave_groups(records: list[dict], n: int | None) -> list[dict]:
@@ -192,8 +206,15 @@ class HybridDataModule(L.LightningDataModule):
         prompts = [r for source in self.online for r in self._load(source)]
         if not pairs and not prompts:
             raise SourceError("no training data: give data.pairs (mined pairs) and/or data.online (prompts)")
-        self.train_set = HybridBatches(pairs, prompts, self.offline_per_batch, self.online_per_batch,
-                                       self.batches_per_epoch, self.seed, self.length_group_batches)
+        self.train_set = HybridBatches(
+            pairs,
+            prompts,
+            self.offline_per_batch,
+            self.online_per_batch,
+            self.batches_per_epoch,
+            self.seed,
+            self.length_group_batches,
+        )
         self.eval_records = self._load(self.val) if self.val is not None else []
         self.val_records = interleave_groups(self.eval_records, self.val_n)
 

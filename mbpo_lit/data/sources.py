@@ -52,27 +52,65 @@ class Format:
 
 
 FORMATS: dict[str, Format] = {
-    "records": Format({"image": ("image",), "question": ("question",), "answer": ("answer",),
-                       "answer_type": ("answer_type",), "id": ("id",), "family": ("family",), "group": ("group",)}),
+    "records": Format(
+        {
+            "image": ("image",),
+            "question": ("question",),
+            "answer": ("answer",),
+            "answer_type": ("answer_type",),
+            "id": ("id",),
+            "family": ("family",),
+            "group": ("group",),
+        }
+    ),
     # POPE's own jsonl files (github.com/RUCAIBox/POPE: question_id, image, text, label; the category is in the
     # file name, coco_pope_adversarial.json) and the hub copy lmms-lab/POPE (question, answer, category).
-    "pope": Format({"image": ("image",), "question": ("text", "question"), "answer": ("label", "answer"),
-                    "id": ("question_id", "id"), "group": ("category",)}, answer_type="yes_no", family="existence"),
+    "pope": Format(
+        {
+            "image": ("image",),
+            "question": ("text", "question"),
+            "answer": ("label", "answer"),
+            "id": ("question_id", "id"),
+            "group": ("category",),
+        },
+        answer_type="yes_no",
+        family="existence",
+    ),
     # A-OKVQA (HuggingFaceM4/A-OKVQA): four choices and the index of the correct one.
-    "aokvqa": Format({"image": ("image",), "question": ("question",), "choices": ("choices",),
-                      "answer": ("correct_choice_idx",), "id": ("question_id", "id")}, answer_type="choice",
-                     family="choice"),
+    "aokvqa": Format(
+        {
+            "image": ("image",),
+            "question": ("question",),
+            "choices": ("choices",),
+            "answer": ("correct_choice_idx",),
+            "id": ("question_id", "id"),
+        },
+        answer_type="choice",
+        family="choice",
+    ),
     # VQAv2 (HuggingFaceM4/VQAv2): the consensus answer and the question's answer type.
-    "vqav2": Format({"image": ("image",), "question": ("question",), "answer": ("multiple_choice_answer", "answer"),
-                     "answer_type": ("answer_type",), "id": ("question_id", "id")},
-                    answer_types={"yes/no": "yes_no", "number": "number", "other": "phrase"}),
+    "vqav2": Format(
+        {
+            "image": ("image",),
+            "question": ("question",),
+            "answer": ("multiple_choice_answer", "answer"),
+            "answer_type": ("answer_type",),
+            "id": ("question_id", "id"),
+        },
+        answer_types={"yes/no": "yes_no", "number": "number", "other": "phrase"},
+    ),
 }
 
 
 def looks_local(name: str) -> bool:
     """A hub id is `name` or `org/name`; anything else (absolute, ./, ~, deeper paths, a file) is local."""
-    return (os.path.isabs(name) or name.startswith((".", "~")) or name.count("/") > 1 or Path(name).exists()
-            or Path(name).suffix in (".jsonl", ".json", ".csv", ".parquet"))
+    return (
+        os.path.isabs(name)
+        or name.startswith((".", "~"))
+        or name.count("/") > 1
+        or Path(name).exists()
+        or Path(name).suffix in (".jsonl", ".json", ".csv", ".parquet")
+    )
 
 
 def open_dataset(source: str, split: str = "train", name: str | None = None):
@@ -96,8 +134,10 @@ def open_dataset(source: str, split: str = "train", name: str | None = None):
     except Exception as err:  # noqa: BLE001 - any hub failure becomes one line naming the id
         offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise SourceError(f"dataset {source!r} is not a local path and could not be loaded from the hub"
-                          f"{' (HF_HUB_OFFLINE is set)' if offline else ''}: {reason}") from err
+        raise SourceError(
+            f"dataset {source!r} is not a local path and could not be loaded from the hub"
+            f"{' (HF_HUB_OFFLINE is set)' if offline else ''}: {reason}"
+        ) from err
 
 
 def open_image(value, root: Path | None) -> Image.Image:
@@ -154,10 +194,21 @@ class Records(RecordSource):
         vocabulary: closed answer vocabulary for "color"/"phrase" answers (see `RecordSource`).
     """
 
-    def __init__(self, path: str, split: str = "train", name: str | None = None, format: FormatName = "records",
-                 columns: dict[str, str] | None = None, image_root: str | None = None,
-                 answer_type: str | None = None, answer_types: list[str] | None = None, group: str | None = None,
-                 n: int | None = None, spread: bool = False, vocabulary: list[str] | None = None):
+    def __init__(
+        self,
+        path: str,
+        split: str = "train",
+        name: str | None = None,
+        format: FormatName = "records",
+        columns: dict[str, str] | None = None,
+        image_root: str | None = None,
+        answer_type: str | None = None,
+        answer_types: list[str] | None = None,
+        group: str | None = None,
+        n: int | None = None,
+        spread: bool = False,
+        vocabulary: list[str] | None = None,
+    ):
         if format not in FORMATS:
             raise SourceError(f"format={format!r}: one of {sorted(FORMATS)}")
         if n is not None and n < 1:
@@ -180,8 +231,10 @@ class Records(RecordSource):
         mapping = {k: c for k, c in found.items() if c is not None} | self.columns
         missing = [k for k in ("image", "question", "answer") if k not in mapping]
         if missing:
-            raise SourceError(f"{self}: no column for {missing} (format {self.format!r}); its columns are "
-                              f"{available}; map them with columns={{field: column}}")
+            raise SourceError(
+                f"{self}: no column for {missing} (format {self.format!r}); its columns are "
+                f"{available}; map them with columns={{field: column}}"
+            )
         return mapping
 
     def _default_group(self) -> str:
@@ -200,8 +253,13 @@ class Records(RecordSource):
         answer = row.get(cols["answer"])
         if answer is None or not str(answer).strip():
             raise ValueError("missing answer")
-        answer_type = (fmt.answer_type or fmt.answer_types.get(str(row.get(cols.get("answer_type", ""), "")), None)
-                       or row.get(cols.get("answer_type", "")) or self.answer_type or "phrase")
+        answer_type = (
+            fmt.answer_type
+            or fmt.answer_types.get(str(row.get(cols.get("answer_type", ""), "")), None)
+            or row.get(cols.get("answer_type", ""))
+            or self.answer_type
+            or "phrase"
+        )
         question = str(question)
         if self.format == "aokvqa":  # a lettered multiple-choice prompt; the answer is the correct letter
             choices = list(row[cols["choices"]])
@@ -222,10 +280,16 @@ class Records(RecordSource):
         except Exception as err:  # noqa: BLE001 - any decoding failure is this record's reason
             raise ValueError(f"unreadable image: {err}") from err
         rid = row.get(cols["id"]) if "id" in cols else None
-        return dict(image=image, question=question, answer=str(answer), answer_type=answer_type,
-                    id=str(rid if rid is not None else i), source_index=i,
-                    family=row.get(cols.get("family", "")) or fmt.family or answer_type,
-                    group=str(row.get(cols.get("group", "")) or self._default_group()))
+        return dict(
+            image=image,
+            question=question,
+            answer=str(answer),
+            answer_type=answer_type,
+            id=str(rid if rid is not None else i),
+            source_index=i,
+            family=row.get(cols.get("family", "")) or fmt.family or answer_type,
+            group=str(row.get(cols.get("group", "")) or self._default_group()),
+        )
 
     def load(self) -> tuple[list[dict], list[dict]]:
         data = open_dataset(self.path, self.split, self.name)
@@ -234,7 +298,7 @@ class Records(RecordSource):
         root = Path(self.image_root) if self.image_root else (local.parent if local.is_file() else None)
         records, skipped = [], []
         n = len(data) if self.n is None else min(self.n, len(data))
-        for i in (range(n) if not self.spread else sorted({k * len(data) // n for k in range(n)})):
+        for i in range(n) if not self.spread else sorted({k * len(data) // n for k in range(n)}):
             try:
                 row = data[i]
             except Exception as err:  # noqa: BLE001 - an undecodable row (e.g. corrupt image bytes)

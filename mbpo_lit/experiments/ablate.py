@@ -76,15 +76,20 @@ def _neg(method: str, what: str) -> Variant:
 
 
 GRID: tuple[Variant, ...] = (
-    Variant("full", "full MBPO: PGD negatives (eps 32), high-IIG filter, offline + online",
-            sweeps={"stream": "hybrid", "negatives": "pgd", "epsilon": 32.0, "iig": "high"}),
+    Variant(
+        "full",
+        "full MBPO: PGD negatives (eps 32), high-IIG filter, offline + online",
+        sweeps={"stream": "hybrid", "negatives": "pgd", "epsilon": 32.0, "iig": "high"},
+    ),
     Variant("offline_only", "offline pairs only", fit_args=("--data.online", "null"), sweeps={"stream": "offline"}),
     Variant("online_only", "online GRPO only", mine=None, sweeps={"stream": "online"}),
     _neg("uniform", "uniform noise (same eps)"),
     _neg("diffusion", "diffusion noise (POVID, t=200)"),
     _neg("none", "the clean image (no perturbation)"),
-    *(Variant(f"eps_{e}", f"PGD negatives at eps {e}/255", mine={"epsilon": float(e)}, sweeps={"epsilon": float(e)})
-      for e in (8, 16, 64)),
+    *(
+        Variant(f"eps_{e}", f"PGD negatives at eps {e}/255", mine={"epsilon": float(e)}, sweeps={"epsilon": float(e)})
+        for e in (8, 16, 64)
+    ),
     Variant("iig_low", "low-IIG filter", mine={"iig_filter": "low"}, sweeps={"iig": "low"}),
     Variant("iig_none", "no IIG filter", mine={"iig_filter": "none"}, sweeps={"iig": "none"}),
 )
@@ -157,14 +162,38 @@ def fit_args(variant: Variant, seed: int, pairs: str | None, run_dir: Path, cfg:
     val_every = cfg.val_every or max(1, cfg.steps // 5)
     # Validation every `val_every` optimizer steps, counted across epochs (so it may exceed an epoch's batches),
     # on attribute questions of both eval splits: the curves measure what the final evaluation measures.
-    return ["--config", recipe(RECIPE), "--trainer.default_root_dir", str(run_dir),
-            "--trainer.max_steps", str(cfg.steps), "--trainer.val_check_interval", str(val_every),
-            "--trainer.check_val_every_n_epoch", "null",
-            "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
-            "--data.val.families", "[attribute]", "--data.val_n", str(cfg.val_n),
-            "--seed_everything", str(seed), "--data.seed", str(seed), "--data.pairs", pairs or "null",
-            "--model.evaluate_after_fit", "false", "--model.sample_table_every", "0",
-            *variant.fit_args, *cfg.fit_args]
+    return [
+        "--config",
+        recipe(RECIPE),
+        "--trainer.default_root_dir",
+        str(run_dir),
+        "--trainer.max_steps",
+        str(cfg.steps),
+        "--trainer.val_check_interval",
+        str(val_every),
+        "--trainer.check_val_every_n_epoch",
+        "null",
+        "--trainer.enable_progress_bar",
+        "false",
+        "--trainer.enable_model_summary",
+        "false",
+        "--data.val.families",
+        "[attribute]",
+        "--data.val_n",
+        str(cfg.val_n),
+        "--seed_everything",
+        str(seed),
+        "--data.seed",
+        str(seed),
+        "--data.pairs",
+        pairs or "null",
+        "--model.evaluate_after_fit",
+        "false",
+        "--model.sample_table_every",
+        "0",
+        *variant.fit_args,
+        *cfg.fit_args,
+    ]
 
 
 def train_and_evaluate(args: list[str], eval_n: int) -> dict[str, float]:
@@ -175,8 +204,9 @@ def train_and_evaluate(args: list[str], eval_n: int) -> dict[str, float]:
 
     cli = fit_main(args)
     module = cli.model
-    summary = evaluate_world(module.model, module.processor, WorldConfig(), eval_n, families=("attribute",),
-                             with_iig=False, progress=False)["summary"]
+    summary = evaluate_world(
+        module.model, module.processor, WorldConfig(), eval_n, families=("attribute",), with_iig=False, progress=False
+    )["summary"]
     return {k: float(summary[k]) for k in FINAL_METRICS}
 
 
@@ -197,8 +227,14 @@ def run_one(variant: Variant, seed: int, cfg: AblationConfig, pairs: str | None)
     n_pairs = None
     if pairs is not None:
         n_pairs = json.loads((Path(pairs).parent / "summary.json").read_text()).get("pairs")
-    result = {"variant": variant.name, "seed": seed, "final": final, "n_pairs": n_pairs, "pairs": pairs,
-              "seconds": time.time() - started}
+    result = {
+        "variant": variant.name,
+        "seed": seed,
+        "final": final,
+        "n_pairs": n_pairs,
+        "pairs": pairs,
+        "seconds": time.time() - started,
+    }
     tmp = done.with_suffix(".tmp")
     tmp.write_text(json.dumps(result, indent=2))
     os.replace(tmp, done)  # atomic: result.json exists only for a finished run
@@ -248,8 +284,11 @@ def collect(cfg: AblationConfig, variants: list[Variant]) -> dict[str, Path]:
     paths = {name: out / f"{name}.csv" for name in ("curves", "final", "summary")}
     write_csv(paths["curves"], curves, ["variant", "seed", "step", "metric", "value"])
     write_csv(paths["final"], final, ["variant", "seed", "metric", "value"])
-    write_csv(paths["summary"], summarize(final, ("variant", "metric")),
-              ["variant", "metric", "n_seeds", "mean", "ci95_low", "ci95_high"])
+    write_csv(
+        paths["summary"],
+        summarize(final, ("variant", "metric")),
+        ["variant", "metric", "n_seeds", "mean", "ci95_low", "ci95_high"],
+    )
     return paths
 
 
@@ -272,8 +311,10 @@ def check_settings(cfg: AblationConfig) -> None:
     mine = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("out", "seeds")}
     mine = json.loads(json.dumps(mine))  # tuples as lists, as they read back
     if path.is_file() and json.loads(path.read_text()) != mine:
-        raise ValueError(f"{cfg.out} holds runs made with other settings ({path}: {path.read_text()}); "
-                         f"use another --out, or the same --steps/--val_n/--eval_n/--mine_n/--fit_args")
+        raise ValueError(
+            f"{cfg.out} holds runs made with other settings ({path}: {path.read_text()}); "
+            f"use another --out, or the same --steps/--val_n/--eval_n/--mine_n/--fit_args"
+        )
     path.write_text(json.dumps(mine, indent=2))
 
 
@@ -339,8 +380,17 @@ def ablate(
         for v in GRID:
             print(f"{v.name:<14} {v.description}   sweeps={v.sweeps}")
         return None
-    cfg = AblationConfig(out=out, seeds=tuple(seeds), steps=steps, val_every=val_every, val_n=val_n, eval_n=eval_n,
-                         mine_n=mine_n, mined_root=mined_root, fit_args=tuple(shlex.split(fit_args)))
+    cfg = AblationConfig(
+        out=out,
+        seeds=tuple(seeds),
+        steps=steps,
+        val_every=val_every,
+        val_n=val_n,
+        eval_n=eval_n,
+        mine_n=mine_n,
+        mined_root=mined_root,
+        fit_args=tuple(shlex.split(fit_args)),
+    )
     try:  # a user's mistake: one line, exit code 2
         chosen = select(variants)
         Path(cfg.out).mkdir(parents=True, exist_ok=True)

@@ -123,13 +123,24 @@ def bench_mbpo(cfg: BenchConfig, path: str, share_prefix: bool = True) -> dict:
 
     online = WorldSource(["train"], 256)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    module = MBPOModule(ModelConfig(path, precision=cfg.precision, quantization=cfg.quantization,
-                                    lora=LoraSettings(r=8, alpha=16), device=device),
-                        sampling=Sampling(group_size=cfg.group_size, max_new_tokens=cfg.max_new_tokens),
-                        loss=Loss(beta=cfg.beta, mu=cfg.mu), rewards=Rewards(vocabulary=online.vocabulary),
-                        sample_table_every=0, evaluate_after_fit=False, share_prefix=share_prefix)
-    data = HybridDataModule(pairs=None, online=online, val=None, online_per_batch=cfg.prompts,
-                            batches_per_epoch=cfg.warmup + cfg.steps)
+    module = MBPOModule(
+        ModelConfig(
+            path,
+            precision=cfg.precision,
+            quantization=cfg.quantization,
+            lora=LoraSettings(r=8, alpha=16),
+            device=device,
+        ),
+        sampling=Sampling(group_size=cfg.group_size, max_new_tokens=cfg.max_new_tokens),
+        loss=Loss(beta=cfg.beta, mu=cfg.mu),
+        rewards=Rewards(vocabulary=online.vocabulary),
+        sample_table_every=0,
+        evaluate_after_fit=False,
+        share_prefix=share_prefix,
+    )
+    data = HybridDataModule(
+        pairs=None, online=online, val=None, online_per_batch=cfg.prompts, batches_per_epoch=cfg.warmup + cfg.steps
+    )
     module.configure_model()
     calls, tokens = count_vision_calls(module.model, cfg.arch), [0]
     rollout = module.rollout
@@ -141,16 +152,28 @@ def bench_mbpo(cfg: BenchConfig, path: str, share_prefix: bool = True) -> dict:
 
     module.rollout = counted_rollout
     timer = _StepTimer()
-    trainer = L.Trainer(max_steps=(cfg.warmup + cfg.steps) * cfg.mu, logger=False, enable_checkpointing=False,
-                        limit_val_batches=0, enable_progress_bar=False, enable_model_summary=False, callbacks=[timer])
+    trainer = L.Trainer(
+        max_steps=(cfg.warmup + cfg.steps) * cfg.mu,
+        logger=False,
+        enable_checkpointing=False,
+        limit_val_batches=0,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[timer],
+    )
     trainer.fit(module, data)
-    measured = timer.times[cfg.warmup:]
+    measured = timer.times[cfg.warmup :]
     per_step = sum(measured) / len(measured)
     total = cfg.warmup + cfg.steps
-    return {"step_s": per_step, "samples_per_s": cfg.prompts * cfg.group_size / per_step,
-            "generated_tokens_per_s": tokens[0] / total / per_step, "vision_calls_per_step": calls["calls"] / total,
-            "images_encoded_per_step": calls["images"] / total,
-            "distinct_images_per_step": cfg.prompts, "peak_memory_mb": peak_memory_mb(module.device)}
+    return {
+        "step_s": per_step,
+        "samples_per_s": cfg.prompts * cfg.group_size / per_step,
+        "generated_tokens_per_s": tokens[0] / total / per_step,
+        "vision_calls_per_step": calls["calls"] / total,
+        "images_encoded_per_step": calls["images"] / total,
+        "distinct_images_per_step": cfg.prompts,
+        "peak_memory_mb": peak_memory_mb(module.device),
+    }
 
 
 def bench_trl(cfg: BenchConfig, path: str) -> dict:
@@ -200,8 +223,12 @@ def bench_pgd(cfg: BenchConfig, path: str) -> dict:
     completion_logprobs(policy.model, dict(batch, pixel_values=pixels), mask).sum().backward()
     times = [(seconds(attack), seconds(bare)) for _ in range(3)]
     pgd_s, bare_s = min(t[0] for t in times), min(t[1] for t in times)
-    return {"images_per_s": cfg.pgd_images / pgd_s, "pgd_s": pgd_s, "bare_forward_backward_s": bare_s,
-            "overhead_ratio": pgd_s / bare_s}
+    return {
+        "images_per_s": cfg.pgd_images / pgd_s,
+        "pgd_s": pgd_s,
+        "bare_forward_backward_s": bare_s,
+        "overhead_ratio": pgd_s / bare_s,
+    }
 
 
 def bench_padding(cfg: BenchConfig, path: str, batches: int = 32, group: int = 16) -> dict:
@@ -216,8 +243,10 @@ def bench_padding(cfg: BenchConfig, path: str, batches: int = 32, group: int = 1
     sizes = (112, 168, 224, 280)
     if hasattr(processor.image_processor, "merge_size"):  # Qwen-VL: keep each image's resolution, as the 7B
         processor.image_processor.size = {"shortest_edge": 56 * 56, "longest_edge": 280 * 280}  # processors do
-    records = [dict(r, image=r["image"].resize((sizes[i % 4],) * 2))
-               for i, r in enumerate(build_records(WorldConfig(), "train", 256))]
+    records = [
+        dict(r, image=r["image"].resize((sizes[i % 4],) * 2))
+        for i, r in enumerate(build_records(WorldConfig(), "train", 256))
+    ]
     out = {}
     for name, m in (("plain", 1), ("length_grouped", group)):
         data = HybridBatches([], records, 0, cfg.prompts, batches, seed=0, group_batches=m)
@@ -249,11 +278,14 @@ def ratios(results: dict) -> dict:
         "step_time_vs_rowwise": fast["step_s"] / rowwise["step_s"],
         "step_time_vs_trl": fast["step_s"] / trl["step_s"] if "step_s" in trl else "unavailable",
         "images_encoded_per_distinct_image": fast["images_encoded_per_step"] / fast["distinct_images_per_step"],
-        "rowwise_images_encoded_per_distinct_image":
-            rowwise["images_encoded_per_step"] / rowwise["distinct_images_per_step"],
+        "rowwise_images_encoded_per_distinct_image": rowwise["images_encoded_per_step"]
+        / rowwise["distinct_images_per_step"],
         "pgd_overhead_vs_bare_forward_backward": results["pgd"]["overhead_ratio"],
-        "padding_length_grouped_vs_plain": (pad["length_grouped_padding_fraction"] / pad["plain_padding_fraction"]
-                                            if pad["plain_padding_fraction"] else "no padding (one prompt per batch?)"),
+        "padding_length_grouped_vs_plain": (
+            pad["length_grouped_padding_fraction"] / pad["plain_padding_fraction"]
+            if pad["plain_padding_fraction"]
+            else "no padding (one prompt per batch?)"
+        ),
     }
 
 
@@ -263,10 +295,22 @@ def checkpoint(cfg: BenchConfig) -> str:
         return cfg.model
     from mbpo_lit.testbed.tiny import TinySpec, ensure_tiny_checkpoint
 
-    sizes = {"tiny": ("runs/checkpoints/bench", TinySpec(image_size=112)),
-             "small": ("runs/checkpoints/bench-small",
-                       TinySpec(hidden_size=1024, intermediate_size=2816, num_layers=8, num_heads=16, num_kv_heads=4,
-                                vision_hidden_size=512, vision_layers=8, image_size=448))}
+    sizes = {
+        "tiny": ("runs/checkpoints/bench", TinySpec(image_size=112)),
+        "small": (
+            "runs/checkpoints/bench-small",
+            TinySpec(
+                hidden_size=1024,
+                intermediate_size=2816,
+                num_layers=8,
+                num_heads=16,
+                num_kv_heads=4,
+                vision_hidden_size=512,
+                vision_layers=8,
+                image_size=448,
+            ),
+        ),
+    }
     if cfg.size not in sizes:
         raise ValueError(f"size={cfg.size!r} is not one of {list(sizes)}")
     root, spec = sizes[cfg.size]
@@ -276,9 +320,15 @@ def checkpoint(cfg: BenchConfig) -> str:
 def run(cfg: BenchConfig) -> dict:
     """Run every measurement, write the JSON to `cfg.out` and return the results."""
     path = checkpoint(cfg)
-    results = {"config": asdict(cfg), "device": "cuda" if torch.cuda.is_available() else "cpu",
-               "mbpo_lit": _isolated(bench_mbpo, cfg, path, True), "rowwise": _isolated(bench_mbpo, cfg, path, False),
-               "trl": bench_trl(cfg, path), "pgd": _isolated(bench_pgd, cfg, path), "padding": bench_padding(cfg, path)}
+    results = {
+        "config": asdict(cfg),
+        "device": "cuda" if torch.cuda.is_available() else "cpu",
+        "mbpo_lit": _isolated(bench_mbpo, cfg, path, True),
+        "rowwise": _isolated(bench_mbpo, cfg, path, False),
+        "trl": bench_trl(cfg, path),
+        "pgd": _isolated(bench_pgd, cfg, path),
+        "padding": bench_padding(cfg, path),
+    }
     results["ratios"] = ratios(results)
     out = Path(cfg.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -297,8 +347,12 @@ def format_results(results: dict) -> str:
 def main(argv: list[str] | None = None) -> None:
     from mbpo_lit.cli import parse_dataclass, user_errors
 
-    cfg = parse_dataclass(BenchConfig, "Time a hybrid GRPO step (shared prefix vs rowwise), PGD mining and "
-                          "padding with length grouping, on a tiny or small random checkpoint.", argv)
+    cfg = parse_dataclass(
+        BenchConfig,
+        "Time a hybrid GRPO step (shared prefix vs rowwise), PGD mining and "
+        "padding with length grouping, on a tiny or small random checkpoint.",
+        argv,
+    )
     with user_errors():
         results = run(cfg)
     print(format_results(results))

@@ -40,9 +40,17 @@ class Perturbations:
     pgd_trace: torch.Tensor  # [PGD steps + 1, n]: ground-truth log-likelihood after each step
 
 
-def perturb(model, processor, records: Sequence[dict], vocabulary: Sequence[str] | None = None,
-            epsilon: float = 32.0, step_size: float = 4.0, steps: int = 10,
-            methods: Sequence[str] = ("pgd", "uniform"), seed: int = 0) -> Perturbations:
+def perturb(
+    model,
+    processor,
+    records: Sequence[dict],
+    vocabulary: Sequence[str] | None = None,
+    epsilon: float = 32.0,
+    step_size: float = 4.0,
+    steps: int = 10,
+    methods: Sequence[str] = ("pgd", "uniform"),
+    seed: int = 0,
+) -> Perturbations:
     """Perturb the records' images with each method at the same L-inf budget (in /255) and answer them.
 
     `vocabulary`: answer words for colour / phrase answers (e.g. the world's colours), as mining uses them.
@@ -51,9 +59,16 @@ def perturb(model, processor, records: Sequence[dict], vocabulary: Sequence[str]
     """
     records = list(records)
     # Miner reads only the attack and decoding settings; model and source name what is attacked, for the record.
-    cfg = MineConfig(model=str(getattr(model, "name_or_path", "") or type(model).__name__),
-                     source=f"{len(records)} in-memory records", n=len(records), epsilon=epsilon,
-                     step_size=step_size, steps=steps, early_stop=False, seed=seed)
+    cfg = MineConfig(
+        model=str(getattr(model, "name_or_path", "") or type(model).__name__),
+        source=f"{len(records)} in-memory records",
+        n=len(records),
+        epsilon=epsilon,
+        step_size=step_size,
+        steps=steps,
+        early_stop=False,
+        seed=seed,
+    )
     miner = Miner(model, processor, cfg, list(vocabulary) if vocabulary is not None else None)
     gen = torch.Generator().manual_seed(seed)
     prompts = encode_prompts(processor, [r["question"] for r in records], [r["image"] for r in records])
@@ -79,8 +94,14 @@ def iig_by_split(model, processor, world: WorldConfig, n: int, baseline: str = "
     out = {}
     for split in ("eval_in_prior", "eval_counter_prior"):
         recs = build_records(world, split, n, ("attribute",))
-        gain = image_information_gain(model, processor, [r["question"] for r in recs], [r["answer"] for r in recs],
-                                      [r["image"] for r in recs], baseline)
+        gain = image_information_gain(
+            model,
+            processor,
+            [r["question"] for r in recs],
+            [r["answer"] for r in recs],
+            [r["image"] for r in recs],
+            baseline,
+        )
         out[split] = gain.mean
     return out
 
@@ -98,8 +119,14 @@ def step_groups(module, batch: dict, update: bool = True) -> list[dict]:
     advantages = scored.advantages
     rows = []
     for i, (r, t) in enumerate(zip(scored.records, scored.texts)):
-        row = {"stream": scored.stream(i), "group": scored.group(i), "question": r["question"], "answer": r["answer"],
-               "completion": t, "reward": float(scored.rewards[i])}
+        row = {
+            "stream": scored.stream(i),
+            "group": scored.group(i),
+            "question": r["question"],
+            "answer": r["answer"],
+            "completion": t,
+            "reward": float(scored.rewards[i]),
+        }
         if i < scored.n_online:
             row.update({k: v[i] for k, v in scored.parts.items()})
         row["advantage"] = float(advantages[i])
@@ -111,9 +138,18 @@ def step_groups(module, batch: dict, update: bool = True) -> list[dict]:
     params = list(trainable_parameters(module.model).values())
     opt = torch.optim.AdamW(params, lr=optim.lr, weight_decay=optim.weight_decay)
     logp, _ = module.logprobs(scored)
-    grpo_loss(logp, old, advantages.to(logp.device), m, None, beta=0.0, eps_low=loss.eps_low,
-              eps_high=loss.eps_high, aggregation=loss.aggregation,
-              max_tokens=module.sampling.max_new_tokens).loss.backward()
+    grpo_loss(
+        logp,
+        old,
+        advantages.to(logp.device),
+        m,
+        None,
+        beta=0.0,
+        eps_low=loss.eps_low,
+        eps_high=loss.eps_high,
+        aggregation=loss.aggregation,
+        max_tokens=module.sampling.max_new_tokens,
+    ).loss.backward()
     torch.nn.utils.clip_grad_norm_(params, optim.max_grad_norm)
     opt.step()
     opt.zero_grad()

@@ -67,8 +67,9 @@ def _grid(n: int, width: float = 4.2, height: float = 3.2) -> tuple[Figure, list
     return fig, flat[:n]
 
 
-def plot_curves(rows: list[dict], metrics: Sequence[str] = CURVE_METRICS,
-                variants: Sequence[str] | None = None) -> Figure:
+def plot_curves(
+    rows: list[dict], metrics: Sequence[str] = CURVE_METRICS, variants: Sequence[str] | None = None
+) -> Figure:
     """Metric vs step, one line per variant (mean over seeds) with its 95% CI band."""
     metrics = [m for m in metrics if any(r["metric"] == m for r in rows)]
     if not metrics:
@@ -85,7 +86,7 @@ def plot_curves(rows: list[dict], metrics: Sequence[str] = CURVE_METRICS,
                 continue
             steps = sorted(by_step)
             cis = [mean_ci(by_step[s]) for s in steps]
-            line, = ax.plot(steps, [c.mean for c in cis], marker="o" if len(steps) < 12 else None, ms=3, label=v)
+            (line,) = ax.plot(steps, [c.mean for c in cis], marker="o" if len(steps) < 12 else None, ms=3, label=v)
             if any(c.n > 1 for c in cis):
                 ax.fill_between(steps, [c.low for c in cis], [c.high for c in cis], color=line.get_color(), alpha=0.2)
         ax.set_title(metric)
@@ -100,8 +101,9 @@ def _final_cis(rows: list[dict], metric: str, variants: Sequence[str]) -> list:
     return [mean_ci([r["value"] for r in rows if r["variant"] == v and r["metric"] == metric]) for v in variants]
 
 
-def plot_final(rows: list[dict], metrics: Sequence[str] = FINAL_METRICS,
-               variants: Sequence[str] | None = None) -> Figure:
+def plot_final(
+    rows: list[dict], metrics: Sequence[str] = FINAL_METRICS, variants: Sequence[str] | None = None
+) -> Figure:
     """Final metrics: one panel per metric, one bar per variant (mean over seeds) with 95% CI error bars."""
     variants = list(variants or _order(rows))
     metrics = [m for m in metrics if any(r["metric"] == m for r in rows)]
@@ -126,8 +128,9 @@ def sweep_points(variants_meta: list[dict], sweep: str) -> list[tuple[str, float
     return points
 
 
-def plot_sweep(rows: list[dict], variants_meta: list[dict], sweep: str,
-               metrics: Sequence[str] = FINAL_METRICS) -> Figure:
+def plot_sweep(
+    rows: list[dict], variants_meta: list[dict], sweep: str, metrics: Sequence[str] = FINAL_METRICS
+) -> Figure:
     """Final metrics against a sweep's x (e.g. epsilon, IIG filter), mean over seeds with 95% CI error bars."""
     ran = set(_order(rows))
     points = [(v, x) for v, x in sweep_points(variants_meta, sweep) if v in ran]
@@ -183,8 +186,10 @@ def plots(directory: str, out: str | None = None) -> list[Path]:
         out: where the PNGs go (None: DIRECTORY/figures).
     """
     if not (Path(directory) / "final.csv").is_file():
-        raise FileNotFoundError(f"{Path(directory) / 'final.csv'} not found: is {directory} an ablation directory "
-                                "(python -m mbpo_lit ablate --out DIR)?")
+        raise FileNotFoundError(
+            f"{Path(directory) / 'final.csv'} not found: is {directory} an ablation directory "
+            "(python -m mbpo_lit ablate --out DIR)?"
+        )
     written = plot_all(directory, out)
     for path in written:
         print(path)

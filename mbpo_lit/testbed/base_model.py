@@ -75,9 +75,17 @@ class WarmStartConfig:
     # Attribute questions carry the colour prior; the other families let the evaluator score POPE, counting,
     # multiple choice and CHAIR on the same model. Repeats weight the mix.
     families: tuple[str, ...] = ("attribute", "attribute", "attribute", "existence", "choice", "count", "describe")
-    spec: TinySpec = field(default_factory=lambda: TinySpec(
-        hidden_size=128, intermediate_size=256, num_heads=4, num_kv_heads=2, vision_hidden_size=64,
-        vocab_size=512, image_size=112))
+    spec: TinySpec = field(
+        default_factory=lambda: TinySpec(
+            hidden_size=128,
+            intermediate_size=256,
+            num_heads=4,
+            num_kv_heads=2,
+            vision_hidden_size=64,
+            vocab_size=512,
+            image_size=112,
+        )
+    )
     grounding_steps: int = 400
     # Colour questions only: with existence questions mixed in, 400 steps did not teach the model to look
     # (1-object attribute accuracy 0.22, chance level); colour alone did (0.82 after 300 steps).
@@ -106,8 +114,9 @@ class WarmStartConfig:
 
     def grounding_world(self) -> WorldConfig:
         """One object per image, so colour binding is trivial and looking pays off at once."""
-        return dataclasses.replace(self.world, n_objects=1, min_objects=1, max_objects=1,
-                                   p_color=self.grounding_p_color)
+        return dataclasses.replace(
+            self.world, n_objects=1, min_objects=1, max_objects=1, p_color=self.grounding_p_color
+        )
 
 
 class WorldRecords(Dataset):
@@ -131,10 +140,12 @@ class SupervisedCollate:
 
     def __call__(self, records: list[dict]) -> dict:
         p = self.processor
-        batch = encode_prompts(p, [r["question"] for r in records], [r["image"] for r in records],
-                               record_ids=[r["id"] for r in records])
-        batch, mask = append_completions(batch, answer_token_ids(p, [r["answer"] for r in records]),
-                                         p.tokenizer.pad_token_id)
+        batch = encode_prompts(
+            p, [r["question"] for r in records], [r["image"] for r in records], record_ids=[r["id"] for r in records]
+        )
+        batch, mask = append_completions(
+            batch, answer_token_ids(p, [r["answer"] for r in records]), p.tokenizer.pad_token_id
+        )
         return {"batch": dict(batch), "mask": mask}
 
 
@@ -147,7 +158,7 @@ class SupervisedModule(L.LightningModule):
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         logp = completion_logprobs(self.model, batch["batch"], batch["mask"])
-        mask = batch["mask"][:, -logp.shape[1]:]
+        mask = batch["mask"][:, -logp.shape[1] :]
         loss = -(logp.sum() / mask.sum())
         self.log("loss", loss, prog_bar=True)
         return loss
@@ -164,20 +175,40 @@ class SupervisedModule(L.LightningModule):
 
 
 def _train_stage(
-    model: torch.nn.Module, processor, world: WorldConfig, families: tuple[str, ...], steps: int, lr: float,
-    warmup: int, cfg: WarmStartConfig, ckpt_dir: Path, progress: bool, callbacks: list | None,
+    model: torch.nn.Module,
+    processor,
+    world: WorldConfig,
+    families: tuple[str, ...],
+    steps: int,
+    lr: float,
+    warmup: int,
+    cfg: WarmStartConfig,
+    ckpt_dir: Path,
+    progress: bool,
+    callbacks: list | None,
 ) -> int:
     """Train one stage with Lightning, resuming from `ckpt_dir/last.ckpt`; returns the step resumed from."""
     loader = DataLoader(
-        WorldRecords(world, cfg.train_records, families), batch_size=cfg.batch_size, shuffle=True,
-        collate_fn=SupervisedCollate(processor), generator=torch.Generator().manual_seed(cfg.seed),
+        WorldRecords(world, cfg.train_records, families),
+        batch_size=cfg.batch_size,
+        shuffle=True,
+        collate_fn=SupervisedCollate(processor),
+        generator=torch.Generator().manual_seed(cfg.seed),
     )
     module = SupervisedModule(model, lr, warmup, steps)
-    checkpoint = L.pytorch.callbacks.ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=0,
-                                                     every_n_train_steps=cfg.checkpoint_every)
+    checkpoint = L.pytorch.callbacks.ModelCheckpoint(
+        dirpath=ckpt_dir, save_last=True, save_top_k=0, every_n_train_steps=cfg.checkpoint_every
+    )
     trainer = L.Trainer(
-        max_steps=steps, accelerator="cpu", devices=1, logger=False, callbacks=[checkpoint, *(callbacks or [])],
-        enable_progress_bar=progress, enable_model_summary=False, default_root_dir=ckpt_dir, log_every_n_steps=50,
+        max_steps=steps,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        callbacks=[checkpoint, *(callbacks or [])],
+        enable_progress_bar=progress,
+        enable_model_summary=False,
+        default_root_dir=ckpt_dir,
+        log_every_n_steps=50,
     )
     last = ckpt_dir / "last.ckpt"
     resumed = torch.load(last, map_location="cpu", weights_only=False)["global_step"] if last.is_file() else 0
@@ -218,9 +249,18 @@ def build_base_model(
     L.seed_everything(cfg.seed, verbose=False)
     start, resumed = time.time(), {}
     grounded = root / "grounded"
-    stages = [("grounding", cfg.grounding_world(), cfg.grounding_families, cfg.grounding_steps, cfg.lr,
-               cfg.warmup_steps, grounded),
-              ("prior", cfg.world, cfg.families, cfg.steps, cfg.prior_lr, cfg.prior_warmup_steps, None)]
+    stages = [
+        (
+            "grounding",
+            cfg.grounding_world(),
+            cfg.grounding_families,
+            cfg.grounding_steps,
+            cfg.lr,
+            cfg.warmup_steps,
+            grounded,
+        ),
+        ("prior", cfg.world, cfg.families, cfg.steps, cfg.prior_lr, cfg.prior_warmup_steps, None),
+    ]
     source = grounded if (grounded / "config.json").is_file() else init
     for name, world, families, steps, lr, warmup, out in stages:
         if out is not None and (out / "config.json").is_file():
@@ -228,17 +268,35 @@ def build_base_model(
         policy = load_policy(ModelConfig(str(source), precision="fp32", quantization="none", lora=None, device="cpu"))
         model = policy.model.requires_grad_(True).train()  # every weight trains, vision tower included
         if steps > 0:
-            resumed[name] = _train_stage(model, policy.processor, world, families, steps, lr, warmup, cfg,
-                                         root / f"lightning-{name}", progress, callbacks)
+            resumed[name] = _train_stage(
+                model,
+                policy.processor,
+                world,
+                families,
+                steps,
+                lr,
+                warmup,
+                cfg,
+                root / f"lightning-{name}",
+                progress,
+                callbacks,
+            )
         if out is not None:
             _save(model, init, out)
             source = out
     seconds = time.time() - start
-    results = evaluate_world(model, policy.processor, cfg.world, evaluate_n, families=("attribute",),
-                             progress=progress, with_iig=False)["summary"]
-    info = {"config": dataclasses.asdict(cfg), "train_seconds": seconds, "resumed_from_step": resumed,
-            "eval_records_per_split": evaluate_n, "in_prior_accuracy": results["in_prior_accuracy"],
-            "counter_prior_accuracy": results["counter_prior_accuracy"], "gap": results["gap"]}
+    results = evaluate_world(
+        model, policy.processor, cfg.world, evaluate_n, families=("attribute",), progress=progress, with_iig=False
+    )["summary"]
+    info = {
+        "config": dataclasses.asdict(cfg),
+        "train_seconds": seconds,
+        "resumed_from_step": resumed,
+        "eval_records_per_split": evaluate_n,
+        "in_prior_accuracy": results["in_prior_accuracy"],
+        "counter_prior_accuracy": results["counter_prior_accuracy"],
+        "gap": results["gap"],
+    }
     _save(model, init, final, info)
     for name, *_ in stages:
         shutil.rmtree(root / f"lightning-{name}", ignore_errors=True)
@@ -248,14 +306,20 @@ def build_base_model(
 def main(argv: list[str] | None = None) -> Path:
     from mbpo_lit.cli import parse_dataclass
 
-    cfg = parse_dataclass(WarmStartConfig, "Build (or reuse) the biased base model of the embedded world: a tiny "
-                          "checkpoint trained until it leans on the language prior.", argv)
+    cfg = parse_dataclass(
+        WarmStartConfig,
+        "Build (or reuse) the biased base model of the embedded world: a tiny "
+        "checkpoint trained until it leans on the language prior.",
+        argv,
+    )
     path = build_base_model(cfg)
     info = json.loads((path / "warmstart.json").read_text())
     print(f"biased base model: {path}")
-    print(f"  trained {info['train_seconds']:.0f} s; attribute accuracy in-prior {info['in_prior_accuracy']:.3f}, "
-          f"counter-prior {info['counter_prior_accuracy']:.3f}, gap {info['gap']:.3f} "
-          f"({info['eval_records_per_split']} records per split)")
+    print(
+        f"  trained {info['train_seconds']:.0f} s; attribute accuracy in-prior {info['in_prior_accuracy']:.3f}, "
+        f"counter-prior {info['counter_prior_accuracy']:.3f}, gap {info['gap']:.3f} "
+        f"({info['eval_records_per_split']} records per split)"
+    )
     return path
 
 

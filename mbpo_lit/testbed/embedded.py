@@ -34,8 +34,12 @@ def embedded_pairs_dir(base: str, mined_root: str = "runs") -> Path:
 def mine_embedded(base: str, mined_root: str = "runs", progress: bool = True) -> Path:
     """The embedded default's pairs (mined on first use): the `datasets` folder `HybridDataModule` reads."""
     settings = dict(EMBEDDED_MINING)
-    cfg = MineConfig(model=base, source=WorldSource(["train"], settings["n"]),
-                     out=str(embedded_pairs_dir(base, mined_root)), **settings)
+    cfg = MineConfig(
+        model=base,
+        source=WorldSource(["train"], settings["n"]),
+        out=str(embedded_pairs_dir(base, mined_root)),
+        **settings,
+    )
     dataset = Path(cfg.out) / "dataset"
     if not (dataset / "dataset_info.json").is_file():
         run(cfg, progress=progress)

@@ -37,8 +37,13 @@ ARCHS = ("qwen2_5_vl", "qwen2_vl", "llava")
 
 # Special tokens as the released checkpoints spell them, so prompts and processors behave identically.
 QWEN_SPECIALS = [
-    "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
-    "<|image_pad|>", "<|video_pad|>",
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
 ]
 LLAVA_SPECIALS = ["<unk>", "<s>", "</s>", "<pad>", "<image>"]
 
@@ -138,9 +143,13 @@ def _qwen_config(arch: str, spec: TinySpec, tok: PreTrainedTokenizerFast):
     half = head_dim // 2
     mrope = [half - 2 * (half // 3), half // 3, half // 3]
     text = dict(
-        vocab_size=len(tok), hidden_size=spec.hidden_size, intermediate_size=spec.intermediate_size,
-        num_hidden_layers=spec.num_layers, num_attention_heads=spec.num_heads,
-        num_key_value_heads=spec.num_kv_heads, max_position_embeddings=2048,
+        vocab_size=len(tok),
+        hidden_size=spec.hidden_size,
+        intermediate_size=spec.intermediate_size,
+        num_hidden_layers=spec.num_layers,
+        num_attention_heads=spec.num_heads,
+        num_key_value_heads=spec.num_kv_heads,
+        max_position_embeddings=2048,
         rope_parameters={"rope_type": "default", "mrope_section": mrope, "rope_theta": 10000.0},
         bos_token_id=tok.convert_tokens_to_ids("<|endoftext|>"),
         eos_token_id=tok.convert_tokens_to_ids("<|im_end|>"),
@@ -154,36 +163,57 @@ def _qwen_config(arch: str, spec: TinySpec, tok: PreTrainedTokenizerFast):
     )
     if arch == "qwen2_5_vl":
         vision = dict(
-            depth=spec.vision_layers, hidden_size=spec.vision_hidden_size,
-            intermediate_size=2 * spec.vision_hidden_size, num_heads=spec.num_heads,
-            out_hidden_size=spec.hidden_size, window_size=112, fullatt_block_indexes=[spec.vision_layers - 1],
+            depth=spec.vision_layers,
+            hidden_size=spec.vision_hidden_size,
+            intermediate_size=2 * spec.vision_hidden_size,
+            num_heads=spec.num_heads,
+            out_hidden_size=spec.hidden_size,
+            window_size=112,
+            fullatt_block_indexes=[spec.vision_layers - 1],
         )
         return Qwen2_5_VLConfig(text_config=text, vision_config=vision, tie_word_embeddings=False, **ids)
     vision = dict(
-        depth=spec.vision_layers, embed_dim=spec.vision_hidden_size, hidden_size=spec.hidden_size,
-        mlp_ratio=2, num_heads=spec.num_heads,
+        depth=spec.vision_layers,
+        embed_dim=spec.vision_hidden_size,
+        hidden_size=spec.hidden_size,
+        mlp_ratio=2,
+        num_heads=spec.num_heads,
     )
     return Qwen2VLConfig(text_config=text, vision_config=vision, tie_word_embeddings=False, **ids)
 
 
 def _llava_config(spec: TinySpec, tok: PreTrainedTokenizerFast) -> LlavaConfig:
     vision = CLIPVisionConfig(
-        hidden_size=spec.vision_hidden_size, intermediate_size=2 * spec.vision_hidden_size,
-        num_hidden_layers=spec.vision_layers, num_attention_heads=spec.num_heads,
-        image_size=spec.image_size, patch_size=14, projection_dim=spec.vision_hidden_size,
+        hidden_size=spec.vision_hidden_size,
+        intermediate_size=2 * spec.vision_hidden_size,
+        num_hidden_layers=spec.vision_layers,
+        num_attention_heads=spec.num_heads,
+        image_size=spec.image_size,
+        patch_size=14,
+        projection_dim=spec.vision_hidden_size,
     )
     text = LlamaConfig(
-        vocab_size=len(tok), hidden_size=spec.hidden_size, intermediate_size=spec.intermediate_size,
-        num_hidden_layers=spec.num_layers, num_attention_heads=spec.num_heads,
-        num_key_value_heads=spec.num_kv_heads, max_position_embeddings=2048,
-        bos_token_id=tok.convert_tokens_to_ids("<s>"), eos_token_id=tok.convert_tokens_to_ids("</s>"),
+        vocab_size=len(tok),
+        hidden_size=spec.hidden_size,
+        intermediate_size=spec.intermediate_size,
+        num_hidden_layers=spec.num_layers,
+        num_attention_heads=spec.num_heads,
+        num_key_value_heads=spec.num_kv_heads,
+        max_position_embeddings=2048,
+        bos_token_id=tok.convert_tokens_to_ids("<s>"),
+        eos_token_id=tok.convert_tokens_to_ids("</s>"),
         pad_token_id=tok.convert_tokens_to_ids("<pad>"),
     )
     # LLaVA-1.5 drops the CLS token ("default" strategy) and uses the penultimate vision layer.
     return LlavaConfig(
-        vision_config=vision, text_config=text, image_token_index=tok.convert_tokens_to_ids("<image>"),
-        image_seq_length=(spec.image_size // 14) ** 2, vision_feature_select_strategy="default",
-        vision_feature_layer=-2, projector_hidden_act="gelu", tie_word_embeddings=False,
+        vision_config=vision,
+        text_config=text,
+        image_token_index=tok.convert_tokens_to_ids("<image>"),
+        image_seq_length=(spec.image_size // 14) ** 2,
+        vision_feature_select_strategy="default",
+        vision_feature_layer=-2,
+        projector_hidden_act="gelu",
+        tie_word_embeddings=False,
     )
 
 
@@ -193,11 +223,17 @@ def _save_processor(arch: str, spec: TinySpec, tok: PreTrainedTokenizerFast, out
         from transformers import CLIPImageProcessorPil, LlavaProcessor
 
         image_processor = CLIPImageProcessorPil(
-            size={"shortest_edge": spec.image_size}, crop_size={"height": spec.image_size, "width": spec.image_size},
+            size={"shortest_edge": spec.image_size},
+            crop_size={"height": spec.image_size, "width": spec.image_size},
         )
         LlavaProcessor(
-            image_processor=image_processor, tokenizer=tok, patch_size=14, vision_feature_select_strategy="default",
-            image_token="<image>", num_additional_image_tokens=1, chat_template=LLAVA_CHAT_TEMPLATE,
+            image_processor=image_processor,
+            tokenizer=tok,
+            patch_size=14,
+            vision_feature_select_strategy="default",
+            image_token="<image>",
+            num_additional_image_tokens=1,
+            chat_template=LLAVA_CHAT_TEMPLATE,
         ).save_pretrained(out)
         return
     from transformers import Qwen2VLImageProcessorPil
@@ -205,7 +241,11 @@ def _save_processor(arch: str, spec: TinySpec, tok: PreTrainedTokenizerFast, out
     # min/max pixels pin the tiny world's images to a fixed grid; real checkpoints keep their own.
     pixels = spec.image_size * spec.image_size
     image_processor = Qwen2VLImageProcessorPil(
-        min_pixels=pixels, max_pixels=pixels, patch_size=14, merge_size=2, temporal_patch_size=2,
+        min_pixels=pixels,
+        max_pixels=pixels,
+        patch_size=14,
+        merge_size=2,
+        temporal_patch_size=2,
     )
     # Qwen's processor class wants a torchvision video processor, so its parts are saved one by one, with
     # processor_class recorded as in the released checkpoints (AutoProcessor works where torchvision does).
@@ -224,18 +264,28 @@ def _tokenizer(arch: str, spec: TinySpec, extra_text: list[str] | None) -> PreTr
         raw = train_tokenizer(LLAVA_SPECIALS, spec.vocab_size, extra_text)
         # LLaVA prompts begin with <s>, as Llama's tokenizer adds it.
         raw.post_processor = processors.TemplateProcessing(
-            single="<s> $A", pair="<s> $A $B", special_tokens=[("<s>", raw.token_to_id("<s>"))],
+            single="<s> $A",
+            pair="<s> $A $B",
+            special_tokens=[("<s>", raw.token_to_id("<s>"))],
         )
         return PreTrainedTokenizerFast(
-            tokenizer_object=raw, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>",
-            extra_special_tokens={"image_token": "<image>"}, padding_side="left",
+            tokenizer_object=raw,
+            bos_token="<s>",
+            eos_token="</s>",
+            unk_token="<unk>",
+            pad_token="<pad>",
+            extra_special_tokens={"image_token": "<image>"},
+            padding_side="left",
             model_max_length=2048,
         )
     raw = train_tokenizer(QWEN_SPECIALS, spec.vocab_size, extra_text)
     return PreTrainedTokenizerFast(
-        tokenizer_object=raw, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+        tokenizer_object=raw,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
         extra_special_tokens={"image_token": "<|image_pad|>", "video_token": "<|video_pad|>"},
-        padding_side="left", model_max_length=2048,
+        padding_side="left",
+        model_max_length=2048,
     )
 
 
@@ -274,8 +324,9 @@ def ensure_tiny_checkpoint(arch: str, root: str | os.PathLike, spec: TinySpec | 
     return out
 
 
-def tiny(out: str, arch: Literal["qwen2_5_vl", "qwen2_vl", "llava"] = "qwen2_5_vl",
-         spec: TinySpec | None = None) -> Path:
+def tiny(
+    out: str, arch: Literal["qwen2_5_vl", "qwen2_vl", "llava"] = "qwen2_5_vl", spec: TinySpec | None = None
+) -> Path:
     """Write a tiny, randomly initialised checkpoint of a supported architecture (config, weights, tokenizer,
     processor, chat template), loadable with `from_pretrained` like a released one.
 

@@ -44,8 +44,14 @@ LETTERS = ("A", "B", "C", "D")
 
 # Far apart in RGB and still bright against the dark background, so colour is never ambiguous.
 PALETTE: dict[str, tuple[int, int, int]] = {
-    "red": (220, 40, 40), "green": (40, 180, 60), "blue": (50, 90, 230), "yellow": (240, 220, 40),
-    "purple": (160, 60, 200), "orange": (250, 140, 20), "white": (240, 240, 240), "cyan": (40, 210, 220),
+    "red": (220, 40, 40),
+    "green": (40, 180, 60),
+    "blue": (50, 90, 230),
+    "yellow": (240, 220, 40),
+    "purple": (160, 60, 200),
+    "orange": (250, 140, 20),
+    "white": (240, 240, 240),
+    "cyan": (40, 210, 220),
 }
 _SS = 4  # supersampling factor: shapes are drawn 4x larger and box-filtered, so 14 px shapes keep their outline
 
@@ -56,8 +62,9 @@ class WorldConfig:
 
     # 112 px scenes: 4x4 merged Qwen tokens; 56 px gave 2x2 tokens, too few to see three objects.
     image_size: int = 112
-    kinds: list[str] = field(default_factory=lambda: [
-        "circle", "square", "triangle", "cross", "ring", "diamond", "star", "bar"])
+    kinds: list[str] = field(
+        default_factory=lambda: ["circle", "square", "triangle", "cross", "ring", "diamond", "star", "bar"]
+    )
     colors: list[str] = field(default_factory=lambda: ["red", "green", "blue", "yellow", "purple", "orange"])
     n_objects: int = 3
     min_objects: int | None = None  # scenes hold min..max objects (count questions); None means n_objects
@@ -89,8 +96,10 @@ class WorldConfig:
         if len(self.kinds) < 2 or len(self.colors) < 4:
             raise ValueError("need at least 2 kinds (partners) and 4 colors (multiple choice A-D)")
         if not 1 <= self.min_objects <= self.max_objects <= min(len(self.kinds), self.grid**2):
-            raise ValueError(f"need 1 <= min_objects <= max_objects <= min(len(kinds), grid**2), got "
-                             f"{self.min_objects}..{self.max_objects}")
+            raise ValueError(
+                f"need 1 <= min_objects <= max_objects <= min(len(kinds), grid**2), got "
+                f"{self.min_objects}..{self.max_objects}"
+            )
         if not (0 <= self.p_color <= 1 and 0 <= self.p_cooc <= 1 and self.kind_skew > 0 and self.seed >= 0):
             raise ValueError("p_color and p_cooc must lie in [0, 1], kind_skew > 0 and seed >= 0")
 
@@ -138,7 +147,7 @@ class Scene:
 def _kind_step(cfg: WorldConfig, present: tuple[str, ...]) -> list[tuple[str, float]]:
     """Distribution of the next kind given those present; sample_scene and kind_frequencies share it."""
     missing = list(dict.fromkeys(cfg.partner(k) for k in present if cfg.partner(k) not in present))
-    absent = [(k, cfg.kind_skew ** i) for i, k in enumerate(cfg.kinds) if k not in present]
+    absent = [(k, cfg.kind_skew**i) for i, k in enumerate(cfg.kinds) if k not in present]
     total = sum(w for _, w in absent)
     p_pair = cfg.p_cooc if missing else 0.0
     out = {k: (1 - p_pair) * w / total for k, w in absent}
@@ -210,9 +219,13 @@ def sample_scene(cfg: WorldConfig, rng: np.random.Generator, follow_prior: bool 
 # ---------------------------------------------------------------------------------------------- rendering
 def _star(x0: float, y0: float, s: float, points: int = 5, inner: float = 0.45) -> list[tuple[float, float]]:
     cx, cy, r = x0 + s / 2, y0 + s / 2 + s * 0.04, s / 2
-    return [(cx + (r if i % 2 == 0 else r * inner) * math.cos(-math.pi / 2 + i * math.pi / points),
-             cy + (r if i % 2 == 0 else r * inner) * math.sin(-math.pi / 2 + i * math.pi / points))
-            for i in range(2 * points)]
+    return [
+        (
+            cx + (r if i % 2 == 0 else r * inner) * math.cos(-math.pi / 2 + i * math.pi / points),
+            cy + (r if i % 2 == 0 else r * inner) * math.sin(-math.pi / 2 + i * math.pi / points),
+        )
+        for i in range(2 * points)
+    ]
 
 
 def _heart(d: ImageDraw.ImageDraw, x: float, y: float, s: float, f: tuple) -> None:
@@ -224,15 +237,18 @@ def _heart(d: ImageDraw.ImageDraw, x: float, y: float, s: float, f: tuple) -> No
 # Each drawer fills the square (x, y, x+s, y+s), in supersampled pixels, and never leaves it.
 SHAPES = {
     "circle": lambda d, x, y, s, f: d.ellipse((x, y, x + s, y + s), fill=f),
-    "square": lambda d, x, y, s, f: d.rectangle((x + s * .08, y + s * .08, x + s * .92, y + s * .92), fill=f),
+    "square": lambda d, x, y, s, f: d.rectangle((x + s * 0.08, y + s * 0.08, x + s * 0.92, y + s * 0.92), fill=f),
     "triangle": lambda d, x, y, s, f: d.polygon([(x + s / 2, y), (x + s, y + s), (x, y + s)], fill=f),
-    "diamond": lambda d, x, y, s, f: d.polygon([(x + s / 2, y), (x + s, y + s / 2), (x + s / 2, y + s),
-                                                (x, y + s / 2)], fill=f),
-    "cross": lambda d, x, y, s, f: (d.rectangle((x, y + s * .33, x + s, y + s * .67), fill=f),
-                                    d.rectangle((x + s * .33, y, x + s * .67, y + s), fill=f)),
-    "ring": lambda d, x, y, s, f: d.ellipse((x, y, x + s, y + s), outline=f, width=max(1, round(s * .22))),
+    "diamond": lambda d, x, y, s, f: d.polygon(
+        [(x + s / 2, y), (x + s, y + s / 2), (x + s / 2, y + s), (x, y + s / 2)], fill=f
+    ),
+    "cross": lambda d, x, y, s, f: (
+        d.rectangle((x, y + s * 0.33, x + s, y + s * 0.67), fill=f),
+        d.rectangle((x + s * 0.33, y, x + s * 0.67, y + s), fill=f),
+    ),
+    "ring": lambda d, x, y, s, f: d.ellipse((x, y, x + s, y + s), outline=f, width=max(1, round(s * 0.22))),
     "star": lambda d, x, y, s, f: d.polygon(_star(x, y, s), fill=f),
-    "bar": lambda d, x, y, s, f: d.rectangle((x, y + s * .32, x + s, y + s * .68), fill=f),
+    "bar": lambda d, x, y, s, f: d.rectangle((x, y + s * 0.32, x + s, y + s * 0.68), fill=f),
     "heart": _heart,
 }
 
@@ -265,8 +281,13 @@ def _prior_says_present(cfg: WorldConfig, scene: Scene, kind: str) -> bool:
 def _attribute(cfg: WorldConfig, scene: Scene, rng: np.random.Generator) -> dict | None:
     """The colour-prior probe itself: the queried object's colour, typical or not."""
     o = scene.objects[scene.query]
-    return dict(question=f"What color is the {o.kind}?", answer=o.color, answer_type="color",
-                follows_prior=o.color == cfg.typical_color(o.kind), query_kind=o.kind)
+    return dict(
+        question=f"What color is the {o.kind}?",
+        answer=o.color,
+        answer_type="color",
+        follows_prior=o.color == cfg.typical_color(o.kind),
+        query_kind=o.kind,
+    )
 
 
 def _choice(cfg: WorldConfig, scene: Scene, rng: np.random.Generator) -> dict | None:
@@ -277,9 +298,14 @@ def _choice(cfg: WorldConfig, scene: Scene, rng: np.random.Generator) -> dict | 
     options += [rest[i] for i in rng.permutation(len(rest))[: 4 - len(options)]]
     options = [options[i] for i in rng.permutation(4)]
     listed = " ".join(f"{letter}. {c}" for letter, c in zip(LETTERS, options))
-    return dict(question=f"What color is the {o.kind}? Options: {listed}. Answer with the letter.",
-                answer=LETTERS[options.index(o.color)], answer_type="choice", choices=options,
-                follows_prior=o.color == cfg.typical_color(o.kind), query_kind=o.kind)
+    return dict(
+        question=f"What color is the {o.kind}? Options: {listed}. Answer with the letter.",
+        answer=LETTERS[options.index(o.color)],
+        answer_type="choice",
+        choices=options,
+        follows_prior=o.color == cfg.typical_color(o.kind),
+        query_kind=o.kind,
+    )
 
 
 def _existence(cfg: WorldConfig, scene: Scene, rng: np.random.Generator) -> dict | None:
@@ -298,21 +324,34 @@ def _existence(cfg: WorldConfig, scene: Scene, rng: np.random.Generator) -> dict
         if not partners:
             return None  # this scene has no absent partner: make_record draws another scene
         kind, answer = partners[int(rng.integers(len(partners)))], "no"
-    return dict(question=f"Is there a {kind} in the image?", answer=answer, answer_type="yes_no",
-                follows_prior=_prior_says_present(cfg, scene, kind) == (answer == "yes"),
-                query_kind=kind, pope_type=pope_type)
+    return dict(
+        question=f"Is there a {kind} in the image?",
+        answer=answer,
+        answer_type="yes_no",
+        follows_prior=_prior_says_present(cfg, scene, kind) == (answer == "yes"),
+        query_kind=kind,
+        pope_type=pope_type,
+    )
 
 
 def _count(cfg: WorldConfig, scene: Scene, rng: np.random.Generator) -> dict | None:
     """All objects, or those of the queried object's colour, where counting by kind alone can mislead."""
     if rng.random() < 0.5:
-        return dict(question="How many objects are there?", answer=str(len(scene.objects)),
-                    answer_type="number", follows_prior=True)
+        return dict(
+            question="How many objects are there?",
+            answer=str(len(scene.objects)),
+            answer_type="number",
+            follows_prior=True,
+        )
     color = scene.objects[scene.query].color
     true = sum(o.color == color for o in scene.objects)
     prior = sum(cfg.typical_color(o.kind) == color for o in scene.objects)  # counting by kind alone
-    return dict(question=f"How many {color} objects are there?", answer=str(true), answer_type="number",
-                follows_prior=true == prior)
+    return dict(
+        question=f"How many {color} objects are there?",
+        answer=str(true),
+        answer_type="number",
+        follows_prior=true == prior,
+    )
 
 
 def describe_objects(names: list[str]) -> str:
@@ -323,18 +362,39 @@ def describe_objects(names: list[str]) -> str:
 
 def _describe(cfg: WorldConfig, scene: Scene, rng: np.random.Generator) -> dict | None:
     """Open-ended captions for CHAIR: every object, in reading order."""
-    return dict(question="Describe the image.", answer=describe_objects([o.name for o in scene.objects]),
-                answer_type="description",
-                follows_prior=all(o.color == cfg.typical_color(o.kind) for o in scene.objects))
+    return dict(
+        question="Describe the image.",
+        answer=describe_objects([o.name for o in scene.objects]),
+        answer_type="description",
+        follows_prior=all(o.color == cfg.typical_color(o.kind) for o in scene.objects),
+    )
 
 
-_BUILDERS = {"attribute": _attribute, "existence": _existence, "count": _count, "choice": _choice,
-             "describe": _describe}
+_BUILDERS = {
+    "attribute": _attribute,
+    "existence": _existence,
+    "count": _count,
+    "choice": _choice,
+    "describe": _describe,
+}
 _STR = Value("string")
-FEATURES = Features({"image": ImageFeature(), "question": _STR, "answer": _STR, "answer_type": _STR, "family": _STR,
-                     "choices": List(_STR), "follows_prior": Value("bool"), "objects": List(_STR),
-                     "query_kind": _STR, "pope_type": _STR, "id": _STR, "group": _STR,
-                     "prior_answer": _STR})
+FEATURES = Features(
+    {
+        "image": ImageFeature(),
+        "question": _STR,
+        "answer": _STR,
+        "answer_type": _STR,
+        "family": _STR,
+        "choices": List(_STR),
+        "follows_prior": Value("bool"),
+        "objects": List(_STR),
+        "query_kind": _STR,
+        "pope_type": _STR,
+        "id": _STR,
+        "group": _STR,
+        "prior_answer": _STR,
+    }
+)
 
 
 def _check(name: str, value: str, allowed: tuple[str, ...]) -> None:
@@ -354,10 +414,19 @@ def make_record(cfg: WorldConfig, split: str, i: int, family: str) -> dict:
         if q is not None:
             break
     else:
-        raise ValueError("this config never leaves a partner absent, so POPE adversarial negatives "
-                         "cannot be made; lower p_cooc or change the object count")
-    record = dict(image=render(scene, cfg, rng), family=family, choices=[], query_kind="", pope_type="",
-                  objects=[o.name for o in scene.objects], id=f"{split}-{cfg.seed}-{i}")
+        raise ValueError(
+            "this config never leaves a partner absent, so POPE adversarial negatives "
+            "cannot be made; lower p_cooc or change the object count"
+        )
+    record = dict(
+        image=render(scene, cfg, rng),
+        family=family,
+        choices=[],
+        query_kind="",
+        pope_type="",
+        objects=[o.name for o in scene.objects],
+        id=f"{split}-{cfg.seed}-{i}",
+    )
     record.update(q)
     # The generic record fields: the metrics slice, and the answer the language prior gives (colour questions).
     record["group"] = "in_prior" if record["follows_prior"] else "counter_prior"
@@ -365,8 +434,9 @@ def make_record(cfg: WorldConfig, split: str, i: int, family: str) -> dict:
     return record
 
 
-def build_records(cfg: WorldConfig, split: str, n: int, families: tuple[str, ...] | list[str] = ("attribute",),
-                  start: int = 0) -> list[dict]:
+def build_records(
+    cfg: WorldConfig, split: str, n: int, families: tuple[str, ...] | list[str] = ("attribute",), start: int = 0
+) -> list[dict]:
     """Records start..start+n-1 of `split`; record i asks a question of family families[i % len(families)]."""
     _check("split", split, SPLITS)
     if not families:
@@ -376,8 +446,9 @@ def build_records(cfg: WorldConfig, split: str, n: int, families: tuple[str, ...
     return [make_record(cfg, split, i, families[i % len(families)]) for i in range(start, start + n)]
 
 
-def build_dataset(cfg: WorldConfig, split: str, n: int, families: tuple[str, ...] | list[str] = ("attribute",),
-                  start: int = 0) -> Dataset:
+def build_dataset(
+    cfg: WorldConfig, split: str, n: int, families: tuple[str, ...] | list[str] = ("attribute",), start: int = 0
+) -> Dataset:
     """The same records as a `datasets.Dataset` with the explicit FEATURES (images stored as PNG)."""
     return Dataset.from_list(build_records(cfg, split, n, families, start), features=FEATURES)
 
@@ -385,12 +456,24 @@ def build_dataset(cfg: WorldConfig, split: str, n: int, families: tuple[str, ...
 def world_vocabulary(cfg: WorldConfig) -> list[str]:
     """Lines covering every template, word and answer, to train a tokenizer that encodes the world compactly."""
     kinds, colors = cfg.kinds, cfg.colors
-    lines = ["Describe the image.", "How many objects are there?", "Answer with the letter.", "yes", "no",
-             "Yes", "No", " ".join(LETTERS), " ".join(NUMBER_WORDS), " ".join(str(i) for i in range(11))]
+    lines = [
+        "Describe the image.",
+        "How many objects are there?",
+        "Answer with the letter.",
+        "yes",
+        "no",
+        "Yes",
+        "No",
+        " ".join(LETTERS),
+        " ".join(NUMBER_WORDS),
+        " ".join(str(i) for i in range(11)),
+    ]
     lines += [f"What color is the {k}?" for k in kinds] + [f"Is there a {k} in the image?" for k in kinds]
     lines += [f"How many {c} objects are there?" for c in colors]
-    lines += [f"Options: {' '.join(f'{L}. {c}' for L, c in zip(LETTERS, colors[i:] + colors[:i]))}."
-              for i in range(len(colors))]
+    lines += [
+        f"Options: {' '.join(f'{L}. {c}' for L, c in zip(LETTERS, colors[i:] + colors[:i]))}."
+        for i in range(len(colors))
+    ]
     lines += [describe_objects([f"{c} {k}" for c in colors]) for k in kinds]
     lines += [" ".join(_plural(k) for k in kinds)]
     # Answers stand alone at the start of the assistant turn (no leading space). As their own lines they
@@ -417,8 +500,11 @@ def parse_mentions(text: str, cfg: WorldConfig) -> list[tuple[str, str | None]]:
     """
     singular = {k: k for k in cfg.kinds} | {_plural(k): k for k in cfg.kinds}
     words = _words(text)
-    return [(singular[w], words[j - 1] if j > 0 and words[j - 1] in cfg.colors else None)
-            for j, w in enumerate(words) if w in singular]
+    return [
+        (singular[w], words[j - 1] if j > 0 and words[j - 1] in cfg.colors else None)
+        for j, w in enumerate(words)
+        if w in singular
+    ]
 
 
 def parse_color(text: str, cfg: WorldConfig) -> str | None:

@@ -37,8 +37,14 @@ class WorldSource(RecordSource):
         world: the world's other settings (None: `WorldConfig()`, the embedded world of 112 px scenes).
     """
 
-    def __init__(self, splits: Sequence[str] = ("train",), n: int = 200, families: Sequence[str] = ("attribute",),
-                 p_color: float | None = None, world: WorldConfig | None = None):
+    def __init__(
+        self,
+        splits: Sequence[str] = ("train",),
+        n: int = 200,
+        families: Sequence[str] = ("attribute",),
+        p_color: float | None = None,
+        world: WorldConfig | None = None,
+    ):
         self.splits, self.n, self.families = list(splits), n, list(families)
         self.world = world or WorldConfig()
         if p_color is not None:
@@ -56,8 +62,14 @@ class WorldSource(RecordSource):
 
 
 def evaluate_world(
-    model, processor, world: WorldConfig, n: int = 200, families: Sequence[str] = FAMILIES,
-    batch_size: int = 32, progress: bool = True, with_iig: bool = True,
+    model,
+    processor,
+    world: WorldConfig,
+    n: int = 200,
+    families: Sequence[str] = FAMILIES,
+    batch_size: int = 32,
+    progress: bool = True,
+    with_iig: bool = True,
 ) -> dict:
     """Evaluate on both eval splits of the world (n records each) and summarise the imbalance gap."""
     from mbpo_lit.vlm.iig import image_information_gain
@@ -66,13 +78,19 @@ def evaluate_world(
     for split in EVAL_SPLITS:
         source = WorldSource([split], n, families, world=world)
         records, _ = source.load()
-        results[split], _ = evaluate_records(model, processor, records, source.vocabulary, source.mentions,
-                                             batch_size, desc=split, progress=progress)
+        results[split], _ = evaluate_records(
+            model, processor, records, source.vocabulary, source.mentions, batch_size, desc=split, progress=progress
+        )
         if with_iig:
             closed = [r for r in records if r["answer_type"] != "description"]
-            gain = image_information_gain(model, processor, [r["question"] for r in closed],
-                                          [r["answer"] for r in closed], [r["image"] for r in closed],
-                                          batch_size=batch_size)
+            gain = image_information_gain(
+                model,
+                processor,
+                [r["question"] for r in closed],
+                [r["answer"] for r in closed],
+                [r["image"] for r in closed],
+                batch_size=batch_size,
+            )
             results[split]["iig"] = {"sum": gain.sum.mean().item(), "mean": gain.mean.mean().item()}
     results["summary"] = summarize_world(results)
     return results
@@ -81,6 +99,7 @@ def evaluate_world(
 def summarize_world(results: dict) -> dict:
     """The headline numbers: attribute accuracy in-prior vs counter-prior, their gap, POPE, multiple choice and
     CHAIR on the counter-prior split."""
+
     def get(split, *keys):
         node = results.get(split, {})
         for k in keys:

@@ -14,20 +14,19 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Literal
 
 import lightning as L
 import torch
 from torchmetrics import MeanMetric
 
-from mbpo_lit.vlm import shared_prefix as prefix
 from mbpo_lit.core.answers import CLOSED_TYPES, is_correct
-from mbpo_lit.vlm.chat import answer_token_ids, append_completions, encode_prompts, vision_token_ids
 from mbpo_lit.core.grpo import LossParts, group_advantages, grpo_loss, offline_pair_rewards
-from mbpo_lit.vlm.logprobs import completion_logprobs
-from mbpo_lit.train.settings import Loss, Optimization, Rewards, Sampling
-from mbpo_lit.vlm.policy import LoraSettings, ModelConfig, load_policy, reference_mode, trainable_parameters
 from mbpo_lit.core.rewards import AccuracyReward, FormatReward, LengthPenalty, compose
+from mbpo_lit.train.settings import Loss, Optimization, Rewards, Sampling
+from mbpo_lit.vlm import shared_prefix as prefix
+from mbpo_lit.vlm.chat import answer_token_ids, append_completions, encode_prompts, vision_token_ids
+from mbpo_lit.vlm.logprobs import completion_logprobs
+from mbpo_lit.vlm.policy import LoraSettings, ModelConfig, load_policy, reference_mode, trainable_parameters
 
 # Checkpoints store the hyper-parameters, the settings dataclasses included; let Lightning's weights-only
 # loading of `--ckpt_path` accept these plain dataclasses (and nothing else of ours).
@@ -99,8 +98,10 @@ class MBPOModule(L.LightningModule):
         self.sampling, self.loss, self.optim = replace(sampling), replace(loss), replace(optim)
         self.reward_settings = replace(rewards)
         if self.optim.accumulate_grad_batches > 1 and self.loss.mu > 1:
-            raise ValueError(f"optim.accumulate_grad_batches={self.optim.accumulate_grad_batches} with "
-                             f"loss.mu={self.loss.mu}: accumulation needs mu = 1 (each of mu passes steps the optimizer)")
+            raise ValueError(
+                f"optim.accumulate_grad_batches={self.optim.accumulate_grad_batches} with "
+                f"loss.mu={self.loss.mu}: accumulation needs mu = 1 (each of mu passes steps the optimizer)"
+            )
         self.save_hyperparameters()
         self.model_config = model
         self.automatic_optimization = False  # mu inner iterations over one rollout
@@ -172,15 +173,34 @@ class MBPOModule(L.LightningModule):
         g, p, hp = self.sampling.group_size, self.processor, self.sampling
         self.model.eval()
         if prompts is not None:
-            completions = prefix.sample(self.model, prompts, g, hp.max_new_tokens, p.tokenizer.eos_token_id,
-                                        hp.temperature, hp.top_p, suppress=vision_token_ids(p))
+            completions = prefix.sample(
+                self.model,
+                prompts,
+                g,
+                hp.max_new_tokens,
+                p.tokenizer.eos_token_id,
+                hp.temperature,
+                hp.top_p,
+                suppress=vision_token_ids(p),
+            )
         else:
-            batch = encode_prompts(p, [r["question"] for r in online], [r["image"] for r in online],
-                                   record_ids=[r.get("id") for r in online]).to(self.device)
-            ids = self.model.generate(**batch, do_sample=True, num_return_sequences=g,
-                                      max_new_tokens=hp.max_new_tokens, temperature=hp.temperature, top_p=hp.top_p,
-                                      top_k=None, suppress_tokens=vision_token_ids(p))
-            completions = self._cut(ids[:, batch["input_ids"].shape[1]:])
+            batch = encode_prompts(
+                p,
+                [r["question"] for r in online],
+                [r["image"] for r in online],
+                record_ids=[r.get("id") for r in online],
+            ).to(self.device)
+            ids = self.model.generate(
+                **batch,
+                do_sample=True,
+                num_return_sequences=g,
+                max_new_tokens=hp.max_new_tokens,
+                temperature=hp.temperature,
+                top_p=hp.top_p,
+                top_k=None,
+                suppress_tokens=vision_token_ids(p),
+            )
+            completions = self._cut(ids[:, batch["input_ids"].shape[1] :])
         self.model.train()
         texts = p.batch_decode(completions, skip_special_tokens=True)
         return [r for r in online for _ in range(g)], completions, texts
@@ -199,7 +219,7 @@ class MBPOModule(L.LightningModule):
         if scored.prompts is None:
             seq, mask = self.sequence_batch(scored.records, scored.ids)
             logp = completion_logprobs(self.model, seq, mask)
-            return logp, mask[:, -logp.shape[1]:]
+            return logp, mask[:, -logp.shape[1] :]
         return prefix.completion_logprobs(self.model, scored.prompts, scored.ids, scored.repeats, pad)
 
     # ---------------------------------------------------------------------------------------- training
@@ -210,8 +230,13 @@ class MBPOModule(L.LightningModule):
         prompts = None
         if self.hparams.share_prefix:  # one tokenization and one vision-tower call for the step's distinct prompts
             records = online + offline
-            prompts = prefix.encode(self.model, self.processor, [r["question"] for r in records],
-                                    [r["image"] for r in records], [r.get("id") for r in records])
+            prompts = prefix.encode(
+                self.model,
+                self.processor,
+                [r["question"] for r in records],
+                [r["image"] for r in records],
+                [r.get("id") for r in records],
+            )
         online_prompts = prompts.take(range(len(online))) if prompts is not None else None
         on_records, on_ids, on_texts = self.rollout(online, online_prompts)
         off_records = [r for r in offline for _ in range(2)]
@@ -227,9 +252,14 @@ class MBPOModule(L.LightningModule):
             rewards.append(r.flatten())
             adv.append(group_advantages(r, scale_std).flatten())
         return Scored(
-            records=on_records + off_records, texts=on_texts + off_texts,
-            ids=on_ids + answer_token_ids(self.processor, off_texts), rewards=torch.cat(rewards),
-            advantages=torch.cat(adv), parts=parts, n_online=len(on_records), group_size=g,
+            records=on_records + off_records,
+            texts=on_texts + off_texts,
+            ids=on_ids + answer_token_ids(self.processor, off_texts),
+            rewards=torch.cat(rewards),
+            advantages=torch.cat(adv),
+            parts=parts,
+            n_online=len(on_records),
+            group_size=g,
             prompts=prompts,
         )
 
@@ -248,9 +278,18 @@ class MBPOModule(L.LightningModule):
             logp, mask = self.logprobs(scored)
             if old is None:  # the weights that sampled the rollout: the first pass's, before any update
                 old = logp.detach()
-            out = grpo_loss(logp, old, advantages, mask, ref, beta=loss.beta, eps_low=loss.eps_low,
-                            eps_high=loss.eps_high, aggregation=loss.aggregation,
-                            max_tokens=self.sampling.max_new_tokens)
+            out = grpo_loss(
+                logp,
+                old,
+                advantages,
+                mask,
+                ref,
+                beta=loss.beta,
+                eps_low=loss.eps_low,
+                eps_high=loss.eps_high,
+                aggregation=loss.aggregation,
+                max_tokens=self.sampling.max_new_tokens,
+            )
             if not torch.isfinite(out.loss):
                 raise FloatingPointError(
                     f"non-finite GRPO loss ({out.loss.item()}) at step {self.global_step}; training stopped. "
@@ -266,8 +305,12 @@ class MBPOModule(L.LightningModule):
 
     def _log_step(self, out: LossParts, scored: Scored, mask: torch.Tensor) -> None:
         n = scored.n_online
-        logs = {"loss": out.loss.item(), "kl": out.kl.item(), "clip_fraction": out.clip_fraction.item(),
-                "completion_length": mask.sum(1).float().mean().item()}
+        logs = {
+            "loss": out.loss.item(),
+            "kl": out.kl.item(),
+            "clip_fraction": out.clip_fraction.item(),
+            "completion_length": mask.sum(1).float().mean().item(),
+        }
         for stream, r in (("online", scored.rewards[:n]), ("offline", scored.rewards[n:])):
             if len(r):
                 logs[f"{stream}/reward_mean"] = r.mean().item()
@@ -281,13 +324,27 @@ class MBPOModule(L.LightningModule):
 
     def _write_samples(self, scored: Scored) -> None:
         """The sample table: printed, and appended to `samples.jsonl` in the run's log directory."""
-        rows = [{"step": self.global_step, "question": r["question"], "answer": r["answer"], "completion": t,
-                 "reward": float(w), "advantage": float(a)}
-                for r, t, w, a in zip(scored.records, scored.texts, scored.rewards, scored.advantages)][:scored.n_online]
-        self.print(f"step {self.global_step} samples (question | answer | completion | reward):\n" + "\n".join(
-            f"  {x['question'][:40]:<40} | {x['answer']:<8} | {x['completion'][:24]!r:<26} | {x['reward']:+.2f}"
-            for x in rows[:8]))
-        log_dir = self.logger.log_dir if self.logger is not None and self.logger.log_dir else self.trainer.default_root_dir
+        rows = [
+            {
+                "step": self.global_step,
+                "question": r["question"],
+                "answer": r["answer"],
+                "completion": t,
+                "reward": float(w),
+                "advantage": float(a),
+            }
+            for r, t, w, a in zip(scored.records, scored.texts, scored.rewards, scored.advantages)
+        ][: scored.n_online]
+        self.print(
+            f"step {self.global_step} samples (question | answer | completion | reward):\n"
+            + "\n".join(
+                f"  {x['question'][:40]:<40} | {x['answer']:<8} | {x['completion'][:24]!r:<26} | {x['reward']:+.2f}"
+                for x in rows[:8]
+            )
+        )
+        log_dir = (
+            self.logger.log_dir if self.logger is not None and self.logger.log_dir else self.trainer.default_root_dir
+        )
         path = Path(log_dir) / "samples.jsonl"
         path.parent.mkdir(parents=True, exist_ok=True)
         with path.open("a") as f:
@@ -310,9 +367,10 @@ class MBPOModule(L.LightningModule):
             return
         p = self.processor
         enc = encode_prompts(p, [r["question"] for r in batch], [r["image"] for r in batch]).to(self.device)
-        ids = self.model.generate(**enc, do_sample=False, max_new_tokens=self.sampling.max_new_tokens,
-                                  suppress_tokens=vision_token_ids(p))
-        texts = p.batch_decode(ids[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+        ids = self.model.generate(
+            **enc, do_sample=False, max_new_tokens=self.sampling.max_new_tokens, suppress_tokens=vision_token_ids(p)
+        )
+        texts = p.batch_decode(ids[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
         for r, t in zip(batch, texts):
             correct = float(is_correct(t, r["answer"], r["answer_type"], self.vocabulary))
             self.val_accuracy["all"].update(correct)

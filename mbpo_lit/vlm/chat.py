@@ -40,8 +40,15 @@ def vision_token_ids(processor: ProcessorMixin) -> list[int]:
     and image tokens do not match"), so generation suppresses these tokens (`suppress_tokens=`).
     """
     tok = processor.tokenizer
-    names = [getattr(processor, "image_token", None), getattr(processor, "video_token", None),
-             "<|vision_start|>", "<|vision_end|>", "<image>", "<|image_pad|>", "<|video_pad|>"]
+    names = [
+        getattr(processor, "image_token", None),
+        getattr(processor, "video_token", None),
+        "<|vision_start|>",
+        "<|vision_end|>",
+        "<image>",
+        "<|image_pad|>",
+        "<|video_pad|>",
+    ]
     ids = {tok.convert_tokens_to_ids(n) for n in names if n}
     return sorted(i for i in ids if i is not None and i != tok.unk_token_id)
 

@@ -3,9 +3,9 @@
     IIG(y) = log p(y | image, q) - log p(y | q without the image)        (baseline="none")
     IIG(y) = log p(y | image, q) - log p(y | neutral image, q)           (baseline="neutral")
 
-This form is *inferred* from the paper's description (arXiv 2506.08022): its exact definition was not given, so the baseline is an
-option. "none" removes the image and its placeholder tokens from the prompt; "neutral" keeps the prompt
-layout identical and replaces the pixels with a uniform grey image, which isolates the image *content*
+This form is *inferred* from the paper's description (arXiv 2506.08022): its exact definition was not given,
+so the baseline is an option. "none" removes the image and its placeholder tokens from the prompt; "neutral"
+keeps the prompt layout identical and replaces the pixels with a uniform grey image, which isolates the image *content*
 from the mere presence of image tokens. Both the sum over answer tokens and the per-token mean are returned:
 the sum is the log-likelihood ratio of the whole answer, the mean does not favour long answers.
 """
@@ -54,7 +54,9 @@ def image_information_gain(
     if baseline not in ("none", "neutral"):
         raise ValueError(f"baseline={baseline!r} is not one of ['none', 'neutral']")
     if not (len(questions) == len(answers) == len(images)):
-        raise ValueError(f"{len(questions)} questions, {len(answers)} answers and {len(images)} images differ in number")
+        raise ValueError(
+            f"{len(questions)} questions, {len(answers)} answers and {len(images)} images differ in number"
+        )
     sums, lp_img, lp_base, counts = [], [], [], []
     for start in range(0, len(questions), batch_size):
         q = questions[start : start + batch_size]

@@ -142,8 +142,11 @@ def _bnb_config(cfg: ModelConfig, arch: Arch) -> BitsAndBytesConfig | None:
     skip = ["lm_head"] + ([] if cfg.quantize_vision else [f"model.{m}" for m in arch.vision_modules])
     if cfg.quantization == "4bit":
         return BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=DTYPES[cfg.precision], llm_int8_skip_modules=skip,
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=DTYPES[cfg.precision],
+            llm_int8_skip_modules=skip,
         )
     if cfg.quantization == "8bit":
         return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=skip)
@@ -168,8 +171,11 @@ def load_policy(cfg: ModelConfig) -> Policy:
     path = str(Path(cfg.name_or_path).expanduser()) if _looks_local(cfg.name_or_path) else cfg.name_or_path
 
     model = AutoModelForImageTextToText.from_pretrained(
-        path, dtype=DTYPES[cfg.precision], quantization_config=_bnb_config(cfg, arch),
-        device_map={"": device}, **hub_kwargs,
+        path,
+        dtype=DTYPES[cfg.precision],
+        quantization_config=_bnb_config(cfg, arch),
+        device_map={"": device},
+        **hub_kwargs,
     )
     model.requires_grad_(False)  # the base (vision tower included) is frozen; only adapters train
     if device.type == "cpu" and cfg.quantization == "4bit":
@@ -184,8 +190,11 @@ def load_policy(cfg: ModelConfig) -> Policy:
         model = PeftModel.from_pretrained(model, cfg.adapter_path, is_trainable=cfg.lora is not None)
     elif cfg.lora is not None:
         lora = LoraConfig(
-            r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
-            target_modules=arch.lora_target_regex(cfg.lora.targets), task_type="CAUSAL_LM",
+            r=cfg.lora.r,
+            lora_alpha=cfg.lora.alpha,
+            lora_dropout=cfg.lora.dropout,
+            target_modules=arch.lora_target_regex(cfg.lora.targets),
+            task_type="CAUSAL_LM",
         )
         model = get_peft_model(model, lora)
     processor = load_processor(path, arch.model_type, **hub_kwargs)

@@ -82,8 +82,10 @@ def check_frozen_vision(model: torch.nn.Module, arch: Arch) -> None:
     """Fail, naming a parameter, if the vision side trains: its output could then not be reused in a step."""
     for name, p in model.named_parameters():
         if p.requires_grad and is_vision_parameter(name, arch):
-            raise ValueError(f"share_prefix=True reuses the vision tower's output within a step, but vision "
-                             f"parameter {name!r} is trainable; freeze it or set share_prefix=False")
+            raise ValueError(
+                f"share_prefix=True reuses the vision tower's output within a step, but vision "
+                f"parameter {name!r} is trainable; freeze it or set share_prefix=False"
+            )
 
 
 @torch.no_grad()
@@ -113,8 +115,12 @@ def _positions(model: torch.nn.Module, prompts: Prompts) -> tuple[torch.Tensor |
     b = prompts.batch
     if "image_grid_thw" not in b:
         return None, None
-    pos, _ = core(model).get_rope_index(b["input_ids"], mm_token_type_ids=b["mm_token_type_ids"],
-                                        image_grid_thw=b["image_grid_thw"], attention_mask=b["attention_mask"])
+    pos, _ = core(model).get_rope_index(
+        b["input_ids"],
+        mm_token_type_ids=b["mm_token_type_ids"],
+        image_grid_thw=b["image_grid_thw"],
+        attention_mask=b["attention_mask"],
+    )
     return pos, pos.amax(dim=(0, 2)) + 1
 
 
@@ -146,7 +152,8 @@ def prefill(model: torch.nn.Module, prompts: Prompts, repeats: Sequence[int] | i
         layer.keys = layer.keys.repeat_interleave(r, dim=0)
         layer.values = layer.values.repeat_interleave(r, dim=0)
     return Prefix(
-        logits=out.logits[:, -1].repeat_interleave(r, dim=0), cache=out.cache,
+        logits=out.logits[:, -1].repeat_interleave(r, dim=0),
+        cache=out.cache,
         attention_mask=prompts.batch["attention_mask"].repeat_interleave(r, dim=0),
         start=None if start is None else start.repeat_interleave(r, dim=0),
     )
@@ -169,7 +176,7 @@ def rowwise_logprobs(
     seq = prompts.take(rows)
     batch, mask = append_completions(seq.batch, completions, pad_id)
     logp = logprob_pass(model, dict(batch, mm_encoder_outputs=seq.inputs()["mm_encoder_outputs"]), mask)
-    return logp, mask[:, -logp.shape[1]:]
+    return logp, mask[:, -logp.shape[1] :]
 
 
 def completion_logprobs(
@@ -192,9 +199,13 @@ def completion_logprobs(
     ids, mask = (t.to(prefix.logits.device) for t in pad_right(completions, pad_id))
     logits = prefix.logits[:, None]  # the prompt's last position predicts the first completion token
     if ids.shape[1] > 1:  # the completion tokens but the last predict the rest
-        out = model(input_ids=ids[:, :-1], attention_mask=torch.cat([prefix.attention_mask, mask[:, :-1].long()], 1),
-                    position_ids=_next_positions(prefix.start, 0, ids.shape[1] - 1), cache=prefix.cache,
-                    use_cache=True)
+        out = model(
+            input_ids=ids[:, :-1],
+            attention_mask=torch.cat([prefix.attention_mask, mask[:, :-1].long()], 1),
+            position_ids=_next_positions(prefix.start, 0, ids.shape[1] - 1),
+            cache=prefix.cache,
+            use_cache=True,
+        )
         logits = torch.cat([logits, out.logits], dim=1)
     return token_logprobs(logits, ids, temperature) * mask, mask
 
@@ -243,8 +254,13 @@ def sample(
         if done.all() or t == max_new_tokens - 1:
             break
         attention = torch.cat([attention, torch.ones_like(attention[:, :1])], dim=1)
-        out = model(input_ids=tok[:, None], attention_mask=attention, position_ids=_next_positions(prefix.start, t, 1),
-                    cache=prefix.cache, use_cache=True)
+        out = model(
+            input_ids=tok[:, None],
+            attention_mask=attention,
+            position_ids=_next_positions(prefix.start, t, 1),
+            cache=prefix.cache,
+            use_cache=True,
+        )
         logits = out.logits[:, -1]
     ids = torch.stack(tokens, dim=1).tolist()
     return [row[: row.index(eos_id) + 1] if eos_id in row else row for row in ids]
