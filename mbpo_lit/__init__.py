@@ -12,7 +12,8 @@ Layers, each importing only the ones before it:
     testbed/      the synthetic world, its biased base model, tiny checkpoints, the embedded default
     experiments/  ablations, benchmark, plots, notebook helpers
 
-The names below are imported on first use, so `import mbpo_lit` stays fast.
+The names below are imported on first use, so `import mbpo_lit` stays fast: `mine_pairs` is `mine.run`,
+`evaluate_model` is `evaluate.evaluate`.
 """
 
 from __future__ import annotations
@@ -36,15 +37,17 @@ _API = {
     "is_correct": "mbpo_lit.core.answers",
     "image_information_gain": "mbpo_lit.vlm.iig",
     "MineConfig": "mbpo_lit.mine",
-    "mine": "mbpo_lit.mine",
-    "evaluate": "mbpo_lit.evaluate",
+    "mine_pairs": "mbpo_lit.mine",
+    "evaluate_model": "mbpo_lit.evaluate",
     "evaluate_records": "mbpo_lit.evaluate",
 }
+# Exported under other names than in their modules, so they never collide with the submodules `mbpo_lit.mine` and
+# `mbpo_lit.evaluate` (importing a submodule sets a package attribute of its name).
+_RENAMED = {"mine_pairs": "run", "evaluate_model": "evaluate"}
 __all__ = sorted(_API)
 
 
 def __getattr__(name: str):
     if name not in _API:
         raise AttributeError(f"module 'mbpo_lit' has no attribute {name!r}")
-    attr = "run" if name == "mine" else name
-    return getattr(importlib.import_module(_API[name]), attr)
+    return getattr(importlib.import_module(_API[name]), _RENAMED.get(name, name))

@@ -15,11 +15,12 @@ from typing import Any, TypeVar
 from jsonargparse import CLI, ArgumentParser
 
 from mbpo_lit.data.sources import SourceError
+from mbpo_lit.train.settings import SettingsError
 
 T = TypeVar("T")
 # What a user can get wrong (a missing path, an unreachable hub id, a column that is not there): reported in one
 # line with exit code 2. Anything else is a bug and keeps its traceback.
-USER_ERRORS: tuple[type[BaseException], ...] = (SourceError, FileNotFoundError)
+USER_ERRORS: tuple[type[BaseException], ...] = (SourceError, SettingsError, FileNotFoundError)
 
 
 @contextmanager

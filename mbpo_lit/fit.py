@@ -5,7 +5,8 @@ LightningCLI feature stays: YAML recipes (shipped in `mbpo_lit/recipes/`, each c
 `--print_config`, and resuming with `--ckpt_path` (hyper-parameters restored from the checkpoint). After
 training it evaluates the base model (adapters disabled) and the trained policy on the recipe's eval set
 (`data.val`) and prints the table. With no arguments it runs the embedded recipe: a tiny biased model on a
-synthetic world, built and mined on first use by the recipe's `prepare` hook.
+synthetic world, built and mined on first use by the recipe's `prepare` hook; options without a `--config`
+apply on top of that recipe.
 
     python -m mbpo_lit fit
     python -m mbpo_lit fit --config mbpo_lit/recipes/qwen2_5_vl_7b_qlora.yaml
@@ -98,17 +99,24 @@ class MBPOCLI(LightningCLI):
         print(f"results: {out}")
 
 
+def with_default_recipe(argv: list[str]) -> list[str]:
+    """`fit` options without a `--config` apply on top of the embedded recipe (`python -m mbpo_lit fit
+    --trainer.max_steps 10`); with a `--config`, the recipes given are the whole configuration."""
+    if any(a == "--config" or a.startswith("--config=") for a in argv) or any(a in ("-h", "--help") for a in argv):
+        return argv
+    return ["--config", recipe(DEFAULT_RECIPE), *argv]
+
+
 def main(args: list[str] | None = None) -> MBPOCLI:
-    """Run `fit`; with no arguments at all, the embedded recipe."""
+    """Run `fit`: the embedded recipe when no `--config` is given, the given recipes otherwise."""
     if args is None:
         # From the command line, LightningCLI must read sys.argv itself: DDP relaunches this very command
-        # line for the other ranks, so "fit" is put into sys.argv (once: the relaunch already has it).
+        # line for the other ranks, so "fit" and the recipe are put into sys.argv (once: a relaunch has them).
         if sys.argv[1:2] != ["fit"]:
             sys.argv[1:1] = ["fit"]
-        if len(sys.argv) == 2:
-            sys.argv += ["--config", recipe(DEFAULT_RECIPE)]
+        sys.argv[2:] = with_default_recipe(sys.argv[2:])
     else:
-        args = ["fit", *(args or ["--config", recipe(DEFAULT_RECIPE)])]
+        args = ["fit", *with_default_recipe(list(args))]
     try:
         return MBPOCLI(MBPOModule, HybridDataModule, args=args, save_config_kwargs={"overwrite": True})
     except USER_ERRORS as err:

@@ -21,6 +21,7 @@ the same dataset as an uninterrupted one.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import os
@@ -51,14 +52,21 @@ class MineConfig:
         adapter: optional LoRA adapter (peft format) on top of `model`.
         source: the records to mine: a path / hub id in the library's record schema, or a `RecordSource`
             with options (`--source Records --source.path F --source.format vqav2`, or another class_path).
-        n: how many source records to mine (from the start).
+        out: output directory (shards, skipped.jsonl, dataset/, summary.json); a killed job resumes in it.
+        n: how many usable source records to mine (the first n the source gives); a source without an `n` of
+            its own reads only n records.
         method: "pgd" or a baseline: "uniform", "gaussian", "diffusion", "none".
-        epsilon, step_size: L-inf budget and PGD step, in /255 units.
+        epsilon, step_size: L-inf budget and PGD step, in /255 units. The default 32/255 suits the synthetic
+            world (its images carry pixel noise); real 7B models are usually attacked at 8-16/255.
         steps: PGD steps; early_stop stops a sample once greedy decoding no longer gives the ground truth.
+        random_start: start PGD from a uniform point in the ball; norm: "linf" or "l2" ball.
+        max_new_tokens: longest rejected answer decoded from the perturbed image.
         diffusion_t: forward-diffusion step of the "diffusion" baseline.
         decode: "greedy" or "sample" (temperature 1) for the rejected answer.
         iig_filter: keep "high" or "low" IIG pairs, or "none" (no filter); iig_fraction is the share kept,
             or iig_threshold (if set) the cut-off; iig_baseline is IIG's no-image side ("none"/"neutral").
+        batch_size: records per chunk (one shard each); seed: of every random choice, per chunk.
+        precision: of the model ("bf16" for 7B models on a GPU).
     """
 
     model: str
@@ -239,8 +247,9 @@ def run(cfg: MineConfig, on_chunk: Callable[[int], None] | None = None, progress
     settings.write_text(mine_settings)
 
     source = as_source(cfg.source)
-    if getattr(source, "n", None) is None and hasattr(source, "n"):
-        source.n = cfg.n  # read only the records that will be mined
+    if getattr(source, "n", 0) is None:  # read no more than will be mined (a copy: the caller's source is unchanged)
+        source = copy.copy(source)
+        source.n = cfg.n
     records, skipped = source.load()
     records = records[: cfg.n]
     report_skipped(skipped, source, "skip")
@@ -307,17 +316,20 @@ def run(cfg: MineConfig, on_chunk: Callable[[int], None] | None = None, progress
         "pairs": len(dataset),
         "seconds_this_run": seconds,
         "images_per_second": (sum(e - s for s, e in todo) / seconds) if todo else None,
-        # On counter-prior questions: how often the answer from the perturbed image is the kind's typical
-        # colour, over all such records and over those the model answered correctly on the clean image.
-        "prior_rate_counter_prior": _rate(counter, "rejected_is_prior"),
-        "prior_rate_counter_prior_clean_correct": _rate(
-            [r for r in counter if r["clean_correct"]], "rejected_is_prior"
-        ),
-        "counter_prior_records": len(counter),
-        "counter_prior_clean_correct": sum(r["clean_correct"] for r in counter),
         "mean_logp_drop": sum(r["logp_before"] - r["logp_after"] for r in candidates) / max(1, len(candidates)),
         "max_linf": max((r["linf"] for r in candidates), default=0.0),
     }
+    if any(r["prior_answer"] for r in candidates):  # only for sources that know the prior's answer
+        # On counter-prior questions: how often the answer from the perturbed image is the prior's answer (the
+        # kind's typical colour), over all such records and over those answered correctly on the clean image.
+        summary |= {
+            "prior_rate_counter_prior": _rate(counter, "rejected_is_prior"),
+            "prior_rate_counter_prior_clean_correct": _rate(
+                [r for r in counter if r["clean_correct"]], "rejected_is_prior"
+            ),
+            "counter_prior_records": len(counter),
+            "counter_prior_clean_correct": sum(r["clean_correct"] for r in counter),
+        }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return out / "dataset"
 

@@ -91,4 +91,4 @@ def test_an_unreachable_model_hub_id_says_so(tmp_path, photos):
         env=dict(os.environ, HF_HUB_OFFLINE="1"),
     )
     assert out.returncode == 2 and "Traceback" not in out.stderr
-    assert "model 'someone/no-such-model' is not a local directory and could not be loaded from the hub" in out.stderr
+    assert "model 'someone/no-such-model' is not a local path and could not be loaded from the hub" in out.stderr

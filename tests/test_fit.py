@@ -200,3 +200,14 @@ def test_embedded_pairs_are_cached_per_base_model():
     a, b = embedded_pairs_dir("runs/base/qwen2_5_vl-aaa/model"), embedded_pairs_dir("runs/base/qwen2_5_vl-bbb/model")
     assert a != b and a.parent == b.parent == Path("runs")
     assert embedded_pairs_dir("runs/base/qwen2_5_vl-aaa/model") == a
+
+
+def test_options_without_a_config_apply_on_top_of_the_embedded_recipe_and_a_config_stands_alone(capsys):
+    with pytest.raises(SystemExit):
+        main(["--trainer.max_steps", "7", "--print_config"])
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["trainer"]["max_steps"] == 7 and printed["model"]["model"]["name_or_path"] == "embedded"
+    with pytest.raises(SystemExit):
+        main(["--config", str(files("mbpo_lit") / "recipes" / "qwen2_vl_7b_qlora.yaml"), "--print_config"])
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["prepare"] is None and printed["model"]["rewards"]["vocabulary"] is None  # nothing embedded

@@ -90,3 +90,12 @@ def test_no_file_points_outside_the_repository():
     pattern = re.compile(r"MBPO\.md|PITFALLS\.md|DESIGN\.md|FINDINGS\.md|\.\./shared|\bissue \d+\b")
     offenders = [f"{p.name}: {m.group(0)}" for p in texts if p.exists() for m in [pattern.search(p.read_text())] if m]
     assert not offenders, offenders
+
+
+def test_the_public_api_gives_what_it_names():
+    from mbpo_lit.evaluate import evaluate
+    from mbpo_lit.mine import run
+
+    assert mbpo_lit.mine_pairs is run and mbpo_lit.evaluate_model is evaluate
+    for name in mbpo_lit.__all__:
+        assert getattr(mbpo_lit, name) is not None and not isinstance(getattr(mbpo_lit, name), type(mbpo_lit)), name

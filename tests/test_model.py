@@ -233,4 +233,4 @@ def test_hub_id_loads_from_the_hub_cache(tiny_root, tmp_path):
     # And an id that is in no cache fails with a message that names it.
     code = "from mbpo_lit.vlm.policy import ModelConfig, load_policy; load_policy(ModelConfig('mbpo-test/absent'))"
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
-    assert out.returncode != 0 and "'mbpo-test/absent' is not a local directory" in out.stderr
+    assert out.returncode != 0 and "'mbpo-test/absent' is not a local path" in out.stderr

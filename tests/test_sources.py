@@ -114,7 +114,7 @@ def test_bad_records_are_each_named_and_none_is_dropped_silently(tmp_path, photo
     reasons = {s["index"]: s["reason"] for s in skipped}
     assert reasons[1] == "empty question" and reasons[2] == "missing answer"
     assert reasons[3].startswith("unreadable image") and reasons[4].startswith("unreadable image")
-    assert reasons[5] == "answer 'maybe' is not yes or no"
+    assert reasons[5] == "answer 'maybe' is not a yes_no answer"
     with pytest.raises(SourceError, match=r"5 unusable records(.|\n)*record 4 \(id 4\): unreadable image"):
         report_skipped(skipped, src, "error")
 
@@ -183,3 +183,61 @@ def test_images_of_every_mode_become_rgb(tmp_path):
     (tmp_path / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     records, _ = Records(str(tmp_path / "d.jsonl")).load()
     assert [r["image"].mode for r in records] == ["RGB", "RGB"] and sizes(records) == {(30, 20), (20, 30)}
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+def test_answers_must_read_as_their_type_and_descriptions_need_a_mention_parser(tmp_path, photos):
+    photos[0].save(tmp_path / "a.png")
+    rows = [
+        {"image": "a.png", "question": "How many?", "answer": "many", "answer_type": "number"},
+        {"image": "a.png", "question": "How many?", "answer": "three", "answer_type": "number"},
+        {"image": "a.png", "question": "Which?", "answer": "E", "answer_type": "choice"},
+        {"image": "a.png", "question": "Which?", "answer": "(b)", "answer_type": "choice"},
+        {"image": "a.png", "question": "Describe it.", "answer": "a cat", "answer_type": "description"},
+    ]
+    records, skipped = Records(write_jsonl(tmp_path / "d.jsonl", rows)).load()
+    assert [r["source_index"] for r in records] == [1, 3]
+    reasons = {s["index"]: s["reason"] for s in skipped}
+    assert reasons[0] == "answer 'many' is not a number answer" and reasons[2] == "answer 'E' is not a choice answer"
+    assert reasons[4].startswith("answer_type 'description' is not close-ended")
+
+
+def test_a_misspelt_field_in_columns_is_refused_by_name(tmp_path):
+    path = write_jsonl(tmp_path / "d.jsonl", [{"image": "x.png", "prompt": "q", "answer": "a"}])
+    with pytest.raises(SourceError, match=r"columns names unknown record fields \['questoin'\]"):
+        Records(path, columns={"questoin": "prompt"}).load()
+
+
+def test_a_saved_dataset_dict_is_read_at_its_split(tmp_path, photos):
+    from datasets import Dataset, DatasetDict
+
+    rows = [{"image": photos[0], "question": "Is there a person?", "answer": "yes", "answer_type": "yes_no"}]
+    DatasetDict({"test": Dataset.from_list(rows)}).save_to_disk(str(tmp_path / "dd"))
+    records, _ = Records(str(tmp_path / "dd"), split="test").load()
+    assert records[0]["answer"] == "yes" and records[0]["image"].size == photos[0].size
+    with pytest.raises(SourceError, match=r"no split 'train'; its splits are \['test'\]"):
+        Records(str(tmp_path / "dd")).load()
+
+
+def test_aokvqa_records_with_a_bad_choice_index_are_named(tmp_path, photos):
+    from datasets import load_from_disk
+
+    path = bf.aokvqa(tmp_path, photos)
+    data = load_from_disk(str(path)).map(
+        lambda r, i: {"correct_choice_idx": 7 if i == 1 else r["correct_choice_idx"]}, with_indices=True
+    )
+    data.save_to_disk(str(tmp_path / "bad"))
+    records, skipped = Records(str(tmp_path / "bad"), format="aokvqa").load()
+    assert len(records) == 3 and [(s["index"], s["id"]) for s in skipped] == [(1, "q1")]
+    assert "correct index 7" in skipped[0]["reason"]
+
+
+def test_records_left_out_by_answer_types_are_counted_not_refused(tmp_path, photos, capsys):
+    src = Records(str(bf.vqav2(tmp_path, photos)), format="vqav2", answer_types=["yes_no", "number"])
+    records, skipped = src.load()
+    report_skipped(skipped, src, "error")  # filtered on purpose: no error
+    assert len(records) == 3 and "1 records left out by answer_types" in capsys.readouterr().out

@@ -15,7 +15,8 @@ _ARTICLES = {"a", "an", "the"}
 NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")
 
 
-def _words(text: str) -> list[str]:
+def words(text: str) -> list[str]:
+    """Lower-case words and digit runs of `text`: "Two red circles." -> ["two", "red", "circles"]."""
     return re.findall(r"[a-z]+|\d+", str(text).lower())
 
 
@@ -72,12 +73,12 @@ def parse_yes_no(text: str) -> str | None:
         "nope": "no",
         "false": "no",
     }
-    return next((table[w] for w in _words(text) if w in table), None)
+    return next((table[w] for w in words(text) if w in table), None)
 
 
 def parse_count(text: str) -> int | None:
     """The first number in `text`, as digits or a word from zero to ten ("three" -> 3), or None."""
-    for w in _words(text):
+    for w in words(text):
         if w.isdigit():
             return int(w)
         if w in NUMBER_WORDS:

@@ -216,6 +216,8 @@ class HybridDataModule(L.LightningDataModule):
             self.length_group_batches,
         )
         self.eval_records = self._load(self.val) if self.val is not None else []
+        if self.val is not None and not self.eval_records:
+            raise SourceError(f"data.val: {self.val} has no usable records (use data.val: null for no validation)")
         self.val_records = interleave_groups(self.eval_records, self.val_n)
 
     def train_dataloader(self) -> DataLoader:

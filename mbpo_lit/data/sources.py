@@ -23,7 +23,6 @@ returned in the `skipped` list with its index, id and reason, and the caller rep
 from __future__ import annotations
 
 import io
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,14 +30,22 @@ from typing import Literal
 
 from PIL import Image
 
-from mbpo_lit.core.answers import CLOSED_TYPES, extract
+from mbpo_lit.core.answers import CLOSED_TYPES, extract, parse_choice, parse_count
+from mbpo_lit.vlm.hub import hub_failure, looks_local
 
 FormatName = Literal["records", "pope", "aokvqa", "vqav2"]
-LETTERS = "ABCDEFGH"
+LETTERS = "ABCD"  # the verifier reads options A-D
 
 
 class SourceError(ValueError):
     """A data source that cannot be opened (missing path, unreachable hub id, unknown column)."""
+
+
+class Filtered(ValueError):
+    """A usable record left out on purpose (by `answer_types`): listed, but not a bad record."""
+
+
+FIELDS = ("image", "question", "answer", "answer_type", "id", "family", "group", "choices")
 
 
 @dataclass(frozen=True)
@@ -102,42 +109,31 @@ FORMATS: dict[str, Format] = {
 }
 
 
-def looks_local(name: str) -> bool:
-    """A hub id is `name` or `org/name`; anything else (absolute, ./, ~, deeper paths, a file) is local."""
-    return (
-        os.path.isabs(name)
-        or name.startswith((".", "~"))
-        or name.count("/") > 1
-        or Path(name).exists()
-        or Path(name).suffix in (".jsonl", ".json", ".csv", ".parquet")
-    )
-
-
 def open_dataset(source: str, split: str = "train", name: str | None = None):
     """A `datasets.Dataset` from a local data file, a `save_to_disk` folder or a hub dataset id.
 
     Raises `SourceError` with one line that says which it was: a local path that does not exist, or a hub id
     that could not be loaded (offline, private, misspelt).
     """
-    from datasets import load_dataset, load_from_disk
+    from datasets import DatasetDict, load_dataset, load_from_disk
 
     if looks_local(source):
         path = Path(source).expanduser()
         if path.is_file():
             fmt = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}.get(path.suffix, "json")
             return load_dataset(fmt, data_files=str(path), split="train")
-        if path.is_dir():
-            return load_from_disk(str(path))
-        raise SourceError(f"data path {source!r} does not exist (a local file or save_to_disk folder was expected)")
+        if not path.is_dir():
+            raise SourceError(f"data path {source!r} does not exist (a local file or save_to_disk folder was expected)")
+        data = load_from_disk(str(path))
+        if isinstance(data, DatasetDict):  # a saved DatasetDict: its splits are sub-folders
+            if split not in data:
+                raise SourceError(f"{source}: no split {split!r}; its splits are {sorted(data)}")
+            data = data[split]
+        return data
     try:
         return load_dataset(source, name, split=split)
     except Exception as err:  # noqa: BLE001 - any hub failure becomes one line naming the id
-        offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise SourceError(
-            f"dataset {source!r} is not a local path and could not be loaded from the hub"
-            f"{' (HF_HUB_OFFLINE is set)' if offline else ''}: {reason}"
-        ) from err
+        raise SourceError(hub_failure("dataset", source, err)) from err
 
 
 def open_image(value, root: Path | None) -> Image.Image:
@@ -224,12 +220,15 @@ class Records(RecordSource):
     def _column_map(self, available: list[str]) -> dict[str, str]:
         """Record field -> source column present in the data; a user-named column must exist."""
         fmt = FORMATS[self.format]
+        if bad := sorted(set(self.columns) - set(FIELDS)):
+            raise SourceError(f"{self}: columns names unknown record fields {bad}; the fields are {list(FIELDS)}")
         unknown = {k: v for k, v in self.columns.items() if v not in available}
         if unknown:
             raise SourceError(f"{self}: columns {unknown} not in the data; its columns are {available}")
         found = {k: next((c for c in cands if c in available), None) for k, cands in fmt.columns.items()}
         mapping = {k: c for k, c in found.items() if c is not None} | self.columns
-        missing = [k for k in ("image", "question", "answer") if k not in mapping]
+        needed = ("image", "question", "answer") + (("choices",) if self.format == "aokvqa" else ())
+        missing = [k for k in needed if k not in mapping]
         if missing:
             raise SourceError(
                 f"{self}: no column for {missing} (format {self.format!r}); its columns are "
@@ -262,19 +261,30 @@ class Records(RecordSource):
         )
         question = str(question)
         if self.format == "aokvqa":  # a lettered multiple-choice prompt; the answer is the correct letter
-            choices = list(row[cols["choices"]])
+            choices = list(row.get(cols["choices"]) or [])
+            if not 2 <= len(choices) <= len(LETTERS) or not 0 <= int(answer) < len(choices):
+                raise ValueError(f"{len(choices)} choices and correct index {answer}: needs 2-4 choices and an index")
             question += "\n" + "\n".join(f"{LETTERS[j]}. {c}" for j, c in enumerate(choices))
             question += "\nAnswer with the option's letter from the given choices directly."
             answer = LETTERS[int(answer)]
-        if answer_type == "yes_no":
-            label = extract(str(answer), "yes_no")
-            if label is None:
-                raise ValueError(f"answer {answer!r} is not yes or no")
-            answer = label
-        if answer_type not in (*CLOSED_TYPES, "description"):
-            raise ValueError(f"answer_type {answer_type!r} is not one of {(*CLOSED_TYPES, 'description')}")
+        if answer_type not in CLOSED_TYPES:
+            # Open-ended answers (descriptions) are scored by CHAIR, which needs a source that parses object
+            # mentions (`RecordSource.mentions`); this one cannot.
+            raise ValueError(f"answer_type {answer_type!r} is not close-ended {CLOSED_TYPES}")
         if self.answer_types is not None and answer_type not in self.answer_types:
-            raise ValueError(f"answer_type {answer_type!r} not in answer_types={self.answer_types}")
+            raise Filtered(f"answer_type {answer_type!r} not in answer_types={self.answer_types}")
+        # The reference answer must read as its type; yes/no and choice labels are stored normalized ("Yes." ->
+        # "yes", "(b)" -> "B"), as the verifier compares them.
+        readable = {
+            "yes_no": lambda a: extract(a, "yes_no"),
+            "number": parse_count,
+            "choice": lambda a: parse_choice(a.strip().upper()),
+        }
+        if answer_type in readable:
+            label = readable[answer_type](str(answer))
+            if label is None:
+                raise ValueError(f"answer {answer!r} is not a {answer_type} answer")
+            answer = label if answer_type != "number" else answer
         try:
             image = open_image(row.get(cols["image"]), root)
         except Exception as err:  # noqa: BLE001 - any decoding failure is this record's reason
@@ -308,7 +318,8 @@ class Records(RecordSource):
                 records.append(self.record(row, i, cols, root))
             except ValueError as err:
                 rid = row.get(cols["id"]) if "id" in cols else None
-                skipped.append({"index": i, "id": str(rid if rid is not None else i), "reason": str(err)})
+                entry = {"index": i, "id": str(rid if rid is not None else i), "reason": str(err)}
+                skipped.append(entry | ({"filtered": True} if isinstance(err, Filtered) else {}))
         return records, skipped
 
 
@@ -320,7 +331,15 @@ def as_source(source: RecordSource | str | None) -> RecordSource | None:
 
 
 def report_skipped(skipped: list[dict], source: object, bad_records: Literal["skip", "error"]) -> None:
-    """Print every skipped record with its reason; with bad_records="error", refuse them all in one error."""
+    """Print every skipped record with its reason; with bad_records="error", refuse the unusable ones in one
+    error (records left out by an `answer_types` filter are only counted: they were left out on purpose)."""
+    filtered = [s for s in skipped if s.get("filtered")]
+    if filtered:
+        print(
+            f"{source}: {len(filtered)} records left out by answer_types (first: record {filtered[0]['index']}, "
+            f"{filtered[0]['reason']})"
+        )
+    skipped = [s for s in skipped if not s.get("filtered")]
     if not skipped:
         return
     lines = [f"{source}: record {s['index']} (id {s.get('id')}): {s['reason']}" for s in skipped]

@@ -35,7 +35,7 @@ except ImportError:  # datasets < 4 (pyproject allows >= 3) spells a list featur
     from datasets import Sequence as List
 from PIL import Image, ImageDraw
 
-from mbpo_lit.core.answers import NUMBER_WORDS
+from mbpo_lit.core.answers import NUMBER_WORDS, words
 
 SPLITS = ("train", "eval_in_prior", "eval_counter_prior")
 FAMILIES = ("attribute", "existence", "count", "choice", "describe")
@@ -488,10 +488,6 @@ def _plural(word: str) -> str:
     return word + ("es" if word.endswith(("s", "x", "ch", "sh")) else "s")
 
 
-def _words(text: str) -> list[str]:
-    return re.findall(r"[a-z]+|\d+", str(text).lower())
-
-
 def parse_mentions(text: str, cfg: WorldConfig) -> list[tuple[str, str | None]]:
     """(kind, colour or None) for every kind word in free text, singular or plural, in order of mention.
 
@@ -499,14 +495,14 @@ def parse_mentions(text: str, cfg: WorldConfig) -> list[tuple[str, str | None]]:
     ("circle", "red")). CHAIR-style metrics compare these mentions with the scene's objects.
     """
     singular = {k: k for k in cfg.kinds} | {_plural(k): k for k in cfg.kinds}
-    words = _words(text)
+    said = words(text)
     return [
-        (singular[w], words[j - 1] if j > 0 and words[j - 1] in cfg.colors else None)
-        for j, w in enumerate(words)
+        (singular[w], said[j - 1] if j > 0 and said[j - 1] in cfg.colors else None)
+        for j, w in enumerate(said)
         if w in singular
     ]
 
 
 def parse_color(text: str, cfg: WorldConfig) -> str | None:
     """The first colour word in `text` ("It is red." -> "red"), or None."""
-    return next((w for w in _words(text) if w in cfg.colors), None)
+    return next((w for w in words(text) if w in cfg.colors), None)

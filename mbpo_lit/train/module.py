@@ -12,6 +12,7 @@ what trains (the LoRA weights) and the optimizer state.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from torchmetrics import MeanMetric
 from mbpo_lit.core.answers import CLOSED_TYPES, is_correct
 from mbpo_lit.core.grpo import LossParts, group_advantages, grpo_loss, offline_pair_rewards
 from mbpo_lit.core.rewards import AccuracyReward, FormatReward, LengthPenalty, compose
-from mbpo_lit.train.settings import Loss, Optimization, Rewards, Sampling
+from mbpo_lit.train.settings import Loss, Optimization, Rewards, Sampling, SettingsError
 from mbpo_lit.vlm import shared_prefix as prefix
 from mbpo_lit.vlm.chat import answer_token_ids, append_completions, encode_prompts, vision_token_ids
 from mbpo_lit.vlm.logprobs import completion_logprobs
@@ -98,7 +99,7 @@ class MBPOModule(L.LightningModule):
         self.sampling, self.loss, self.optim = replace(sampling), replace(loss), replace(optim)
         self.reward_settings = replace(rewards)
         if self.optim.accumulate_grad_batches > 1 and self.loss.mu > 1:
-            raise ValueError(
+            raise SettingsError(
                 f"optim.accumulate_grad_batches={self.optim.accumulate_grad_batches} with "
                 f"loss.mu={self.loss.mu}: accumulation needs mu = 1 (each of mu passes steps the optimizer)"
             )
@@ -108,8 +109,11 @@ class MBPOModule(L.LightningModule):
         self.strict_loading = False  # checkpoints hold the adapters, not the frozen base
         self.policy = None
         self.evaluate_after_fit = evaluate_after_fit
-        self.val_accuracy = torch.nn.ModuleDict({"all": MeanMetric()})
+        self.val_accuracy = MeanMetric()
+        self.val_group_accuracy = torch.nn.ModuleDict()  # metric key -> accuracy of one group of the eval set
+        self.val_group_names: dict[str, str] = {}  # group name -> metric key (ModuleDict keys cannot hold ".")
         self.set_vocabulary(self.reward_settings.vocabulary)
+        self.val_vocabulary = self.vocabulary
 
     def set_vocabulary(self, vocabulary: list[str] | None) -> None:
         """Answer words for colour/phrase answers (e.g. a synthetic world's colours), and the rewards using them."""
@@ -356,8 +360,12 @@ class MBPOModule(L.LightningModule):
         keys are logged on every rank: a key logged on one rank only would hang a distributed sync."""
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         for group in getattr(datamodule, "val_groups", []):
-            if group not in self.val_accuracy:
-                self.val_accuracy[group] = MeanMetric()
+            key = f"group_{re.sub(r'[^0-9A-Za-z_]', '_', group)}_{len(self.val_group_names)}"
+            if group not in self.val_group_names:
+                self.val_group_names[group] = key
+                self.val_group_accuracy[key] = MeanMetric()
+        # The eval set's own answer vocabulary, if it has one (as the after-fit table uses), else the rewards'.
+        self.val_vocabulary = getattr(getattr(datamodule, "val", None), "vocabulary", None) or self.vocabulary
 
     def validation_step(self, batch: list[dict], batch_idx: int) -> None:
         # Close-ended records only: descriptions have no single right answer (the after-fit table scores them
@@ -372,9 +380,10 @@ class MBPOModule(L.LightningModule):
         )
         texts = p.batch_decode(ids[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
         for r, t in zip(batch, texts):
-            correct = float(is_correct(t, r["answer"], r["answer_type"], self.vocabulary))
-            self.val_accuracy["all"].update(correct)
-            if r.get("group") in self.val_accuracy:
-                self.val_accuracy[r["group"]].update(correct)
-        for name, metric in self.val_accuracy.items():
-            self.log("val/accuracy" if name == "all" else f"val/{name}_accuracy", metric, on_epoch=True, on_step=False)
+            correct = float(is_correct(t, r["answer"], r["answer_type"], self.val_vocabulary))
+            self.val_accuracy.update(correct)
+            if r.get("group") in self.val_group_names:
+                self.val_group_accuracy[self.val_group_names[r["group"]]].update(correct)
+        self.log("val/accuracy", self.val_accuracy, on_epoch=True, on_step=False)
+        for group, key in self.val_group_names.items():
+            self.log(f"val/{group}_accuracy", self.val_group_accuracy[key], on_epoch=True, on_step=False)

@@ -10,6 +10,10 @@ from dataclasses import dataclass
 from typing import Literal
 
 
+class SettingsError(ValueError):
+    """An out-of-range setting, named by its recipe key (a user's mistake: one line, no traceback)."""
+
+
 @dataclass
 class Sampling:
     """The online rollout.
@@ -27,12 +31,12 @@ class Sampling:
 
     def __post_init__(self) -> None:
         if self.group_size < 2:
-            raise ValueError(
+            raise SettingsError(
                 f"sampling.group_size={self.group_size}: must be >= 2 (every advantage of a group of "
                 "one is 0, so the online stream would teach nothing)"
             )
         if self.temperature <= 0 or not 0 < self.top_p <= 1 or self.max_new_tokens < 1:
-            raise ValueError(
+            raise SettingsError(
                 f"sampling: temperature={self.temperature} must be > 0, top_p={self.top_p} in (0, 1], "
                 f"max_new_tokens={self.max_new_tokens} >= 1"
             )
@@ -60,7 +64,7 @@ class Loss:
 
     def __post_init__(self) -> None:
         if self.beta < 0 or self.eps_low < 0 or self.eps_high < 0 or self.mu < 1:
-            raise ValueError(
+            raise SettingsError(
                 f"loss: beta={self.beta}, eps_low={self.eps_low}, eps_high={self.eps_high} must be "
                 f">= 0 and mu={self.mu} >= 1"
             )
@@ -104,7 +108,7 @@ class Optimization:
 
     def __post_init__(self) -> None:
         if self.lr <= 0 or self.weight_decay < 0 or self.max_grad_norm <= 0 or self.accumulate_grad_batches < 1:
-            raise ValueError(
+            raise SettingsError(
                 f"optim: lr={self.lr} and max_grad_norm={self.max_grad_norm} must be > 0, "
                 f"weight_decay={self.weight_decay} >= 0, accumulate_grad_batches >= 1"
             )

@@ -24,6 +24,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import AutoConfig, AutoModelForImageTextToText, BitsAndBytesConfig, PreTrainedModel, ProcessorMixin
 
 from mbpo_lit.vlm.arch import Arch, arch_of, load_processor
+from mbpo_lit.vlm.hub import hub_failure, looks_local
 
 Precision = Literal["bf16", "fp16", "fp32"]
 Quantization = Literal["4bit", "8bit", "none"]
@@ -77,15 +78,10 @@ class Policy:
     arch: Arch
 
 
-def _looks_local(name: str) -> bool:
-    """A hub id is `name` or `org/name`; anything else (absolute, ./, ~, deeper paths) is a directory."""
-    return os.path.isabs(name) or name.startswith((".", "~")) or name.count("/") > 1 or Path(name).exists()
-
-
 def resolve_source(name_or_path: str, revision: str | None = None) -> tuple[AutoConfig, dict]:
     """Load a checkpoint's config, with one clear error for a missing directory or an unreachable hub id."""
     hub_kwargs = {"revision": revision} if revision else {}
-    if _looks_local(name_or_path):
+    if looks_local(name_or_path):
         path = Path(name_or_path).expanduser()
         if not (path / "config.json").is_file():
             what = "does not exist" if not path.exists() else "has no config.json"
@@ -97,11 +93,7 @@ def resolve_source(name_or_path: str, revision: str | None = None) -> tuple[Auto
     try:
         return AutoConfig.from_pretrained(name_or_path, **hub_kwargs), hub_kwargs
     except OSError as err:
-        offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
-        raise FileNotFoundError(
-            f"model {name_or_path!r} is not a local directory and could not be loaded from the hub"
-            f"{' (HF_HUB_OFFLINE is set)' if offline else ''}: {err}"
-        ) from err
+        raise FileNotFoundError(hub_failure("model", name_or_path, err)) from err
 
 
 def _quantized_widths(config) -> dict[str, int]:
@@ -168,7 +160,7 @@ def load_policy(cfg: ModelConfig) -> Policy:
         raise ValueError(f"quantization={cfg.quantization!r} is not one of ['4bit', '8bit', 'none']")
     device = torch.device(cfg.device) if cfg.device else default_device()
     check_quantization(cfg, config, device)
-    path = str(Path(cfg.name_or_path).expanduser()) if _looks_local(cfg.name_or_path) else cfg.name_or_path
+    path = str(Path(cfg.name_or_path).expanduser()) if looks_local(cfg.name_or_path) else cfg.name_or_path
 
     model = AutoModelForImageTextToText.from_pretrained(
         path,
