@@ -151,7 +151,27 @@ class Miner:
         return normalize_phrase(text) != normalize_phrase(rec["answer"])
 
     def mine(self, records: list[dict], start: int) -> list[dict]:
-        """Candidate pairs (kept or not, with the reason) for one chunk of records."""
+        """Candidate pairs (kept or not, with the reason) for one chunk of records, in their order.
+
+        PGD perturbs a batch of images of one size, so a chunk of mixed sizes (real photographs under Qwen's
+        processor, which keeps each image's resolution) is mined one size at a time; a chunk of one size (the
+        synthetic world) is one batch, exactly as before.
+        """
+        by_size: dict[tuple[int, int], list[int]] = {}
+        for i, rec in enumerate(records):
+            by_size.setdefault(tuple(rec["image"].size), []).append(i)
+        if len(by_size) == 1:
+            return self.mine_batch(records, start)
+        rows: list[dict | None] = [None] * len(records)
+        for indices in by_size.values():
+            # Each size group is seeded by its first record's position, so the result does not depend on the
+            # other records of the chunk.
+            for i, row in zip(indices, self.mine_batch([records[i] for i in indices], start + indices[0])):
+                rows[i] = row | {"source_index": start + i}
+        return rows
+
+    def mine_batch(self, records: list[dict], start: int) -> list[dict]:
+        """`mine` for records whose images have one size (PGD runs on them as one batch)."""
         cfg = self.cfg
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + start)
         torch.manual_seed(cfg.seed * 1_000_003 + start)  # sampled decoding, if chosen

@@ -139,14 +139,13 @@ def test_a_fit_on_benchmark_files_of_real_photographs_never_touches_the_world(ti
     mine_args = dict(vqa_source["init_args"])
     from mbpo_lit.data.sources import Records
 
-    # batch_size 1: mining batches of mixed image sizes is not supported yet (torch.stack of the raw images).
     pairs = run(
         MineConfig(
             model=path,
             source=Records(**mine_args),
             out=str(tmp_path / "mined"),
             n=4,
-            batch_size=1,
+            batch_size=4,
             steps=1,
             iig_filter="none",
         ),

@@ -129,3 +129,24 @@ def test_adversarial_negatives_follow_the_prior_far_more_than_uniform_noise(bias
     assert pgd["prior_rate_counter_prior_clean_correct"] >= uniform["prior_rate_counter_prior_clean_correct"] + 0.3
     assert pgd["prior_rate_counter_prior"] > uniform["prior_rate_counter_prior"]
     assert pgd["mean_logp_drop"] > 0 and pgd["max_linf"] <= 32 + 1e-3
+
+
+def test_a_chunk_of_mixed_image_sizes_is_mined_one_size_at_a_time(qwen_path, tmp_path, photos):
+    """Real photographs of three sizes in one chunk: each size is attacked as its own batch, the rows come back
+    in record order, and (without a random start) they equal mining each record on its own."""
+    from mbpo_lit.data.sources import Records
+
+    for i, photo in enumerate(photos):
+        photo.save(tmp_path / f"{i}.jpg")
+    rows = [
+        {"image": f"{i}.jpg", "question": "Is there a cat?", "answer": "yes", "answer_type": "yes_no"}
+        for i in range(len(photos))
+    ]
+    (tmp_path / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    source = Records(str(tmp_path / "d.jsonl"))
+    kw = dict(model=qwen_path, source=source, n=4, steps=2, random_start=False, iig_filter="none")
+    together = load_from_disk(str(run(MineConfig(out=str(tmp_path / "a"), batch_size=4, **kw), progress=False)))
+    alone = load_from_disk(str(run(MineConfig(out=str(tmp_path / "b"), batch_size=1, **kw), progress=False)))
+    assert len({p.size for p in photos}) == 3 and together["source_index"] == [0, 1, 2, 3]
+    assert together["attack_steps"] == alone["attack_steps"] and together["rejected"] == alone["rejected"]
+    assert np.allclose(together["logp_after"], alone["logp_after"], atol=1e-4)

@@ -1,4 +1,4 @@
-"""Shared prompt prefix (prefix.py): the same numbers as one row per completion, for every architecture."""
+"""Shared prompt prefix (vlm/shared_prefix.py): the same numbers as one row per completion, for every architecture."""
 
 import dataclasses
 

@@ -4,7 +4,7 @@ A reward is any callable with this signature (users add their own the same way):
 
     reward(completions: list[str], records: list[dict]) -> list[float]
 
-`records` are the prompts' records in the world's schema (answer, answer_type, choices, ...), one per
+`records` are the prompts' records (answer, answer_type, ...; see mbpo_lit.data.sources), one per
 completion. `compose` adds weighted rewards and keeps each part for logging.
 """
 

@@ -180,7 +180,8 @@ class Records(RecordSource):
         name: config name of a hub dataset (e.g. "Full" for lmms-lab/POPE).
         format: the layout: "records" (this library's schema), "pope", "aokvqa" or "vqav2".
         columns: record field -> source column, on top of the format's (e.g. {"question": "prompt"}).
-        image_root: folder that relative image paths are resolved against (default: the data file's folder).
+        image_root: folder that relative image paths are resolved against (default: the data file's folder;
+            for folders and hub ids, the working directory).
         answer_type: answer type of records whose source has none ("yes_no", "number", "choice", "phrase").
         answer_types: keep only records of these answer types; the others are skipped *and listed*.
         group: metrics slice of every record when the source has none (POPE: taken from the file name).

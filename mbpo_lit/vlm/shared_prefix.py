@@ -3,7 +3,7 @@
 A GRPO step scores k completions per prompt (G sampled ones online; chosen and rejected offline) in up to
 three passes: generation, the policy pass, the reference pass. Laid out the straightforward way, one row per
 completion with the prompt repeated, every pass re-runs the vision tower on each row's copy of the image and
-the language model on each row's copy of the prompt. `python -m mbpo_lit.experiments.bench` counted 68 image encodings
+the language model on each row's copy of the prompt. `python -m mbpo_lit bench` counted 68 image encodings
 per step for 4 distinct images at G = 8. Here instead:
 
 1. `encode`: the step's distinct prompts are tokenized once, and the vision tower runs once over their images.
