@@ -5,7 +5,7 @@ set, a hub dataset, or a testbed's own), scored with the verifier that the rewar
 per group (e.g. POPE's random / popular / adversarial) and per question family, POPE precision / recall / F1
 and yes-ratio on yes/no questions, CHAIR on descriptions when the source can parse object mentions.
 
-    python -m mbpo_lit evaluate --model Qwen/Qwen2.5-VL-7B-Instruct --adapter ADAPTER_DIR \
+    python -m mbpo_lit evaluate --model Qwen/Qwen2.5-VL-7B-Instruct --adapter runs/fit-qwen2_5_vl_7b/adapter \
         --data Records --data.path coco_pope_adversarial.json --data.format pope --data.image_root val2014/
     python -m mbpo_lit evaluate --model DIR --data pope.jsonl --out results.json
 """

@@ -9,11 +9,13 @@ from importlib.resources import files
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 import benchmark_files as bf
 from mbpo_lit.fit import main
 from mbpo_lit.mine import MineConfig, run
+from mbpo_lit.vlm.policy import ModelConfig, load_policy
 
 RECIPES = sorted(p.name for p in (files("mbpo_lit") / "recipes").iterdir() if p.name.endswith(".yaml"))
 COLORS = ["red", "green", "blue", "yellow", "purple", "orange"]
@@ -55,7 +57,7 @@ def tiny_config(path, pairs, root, data: dict, steps=2) -> dict:
             "enable_model_summary": False,
             "callbacks": [
                 {
-                    "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                    "class_path": "mbpo_lit.train.checkpoint.AdapterCheckpoint",
                     "init_args": {"save_last": True, "save_top_k": 0, "every_n_train_steps": 1},
                 }
             ],
@@ -102,7 +104,7 @@ def test_short_cli_fit_on_the_world_writes_checkpoint_and_before_after(tiny_pair
     )
     config["trainer"]["limit_val_batches"] = None
     config["model"]["rewards"] = {"vocabulary": COLORS}
-    main(["--config", write_config(tmp_path, config)])
+    cli = main(["--config", write_config(tmp_path, config)])
     results = json.loads((tmp_path / "before_after.json").read_text())
     assert set(results) == {"before", "after"}
     assert {"in_prior_accuracy", "counter_prior_accuracy"} <= set(results["after"]["summary"])
@@ -110,6 +112,17 @@ def test_short_cli_fit_on_the_world_writes_checkpoint_and_before_after(tiny_pair
     assert list(tmp_path.rglob("last.ckpt"))
     metrics = (next(tmp_path.rglob("metrics.csv"))).read_text().splitlines()[0]
     assert "val/in_prior_accuracy" in metrics and "val/counter_prior_accuracy" in metrics
+    # The adapters as peft folders, at the end and beside the last checkpoint: loading one gives the trained LoRA
+    # weights (and not the fresh ones: LoRA B starts at zero).
+    trained = {k: v for k, v in cli.model.model.named_parameters() if "lora_" in k}
+    for folder in (tmp_path / "adapter", next(tmp_path.rglob("last-adapter"))):
+        assert {p.name for p in folder.iterdir()} >= {"adapter_config.json", "adapter_model.safetensors"}
+        loaded = load_policy(
+            ModelConfig(path, precision="fp32", quantization="4bit", lora=None, adapter_path=str(folder))
+        )
+        lora = {k: v for k, v in loaded.model.named_parameters() if "lora_" in k}
+        assert lora.keys() == trained.keys() and any(v.abs().sum() > 0 for k, v in lora.items() if "lora_B" in k)
+        assert all(torch.equal(lora[k], trained[k].cpu()) for k in trained)
 
 
 def test_a_fit_on_benchmark_files_of_real_photographs_never_touches_the_world(tiny_root, tmp_path, photos):

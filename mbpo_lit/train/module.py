@@ -145,6 +145,13 @@ class MBPOModule(L.LightningModule):
         trainable = set(trainable_parameters(self))
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
 
+    def on_train_end(self) -> None:
+        """The trained adapters as a peft folder, `<default_root_dir>/adapter` (see train/checkpoint.py)."""
+        if self.trainer.is_global_zero and self.policy is not None:
+            from mbpo_lit.train.checkpoint import export_adapter
+
+            export_adapter(self, Path(self.trainer.default_root_dir) / "adapter")
+
     def configure_optimizers(self):
         params = list(trainable_parameters(self).values())
         return torch.optim.AdamW(params, lr=self.optim.lr, weight_decay=self.optim.weight_decay)

@@ -1,0 +1,52 @@
+"""Adapters for everyone else's tools: the LoRA weights as a peft folder beside every Lightning checkpoint.
+
+A Lightning checkpoint (`last.ckpt`) resumes training; a peft folder (`adapter_config.json` +
+`adapter_model.safetensors`) is what `PeftModel.from_pretrained(base, path)`, `ModelConfig(adapter_path=path)`,
+`python -m mbpo_lit evaluate --adapter path` and TRL read. `AdapterCheckpoint` writes both; the module writes
+`<default_root_dir>/adapter` when training ends.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import lightning as L
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from mbpo_lit.vlm.policy import save_adapter
+
+
+def adapter_dir(checkpoint: str | os.PathLike) -> Path:
+    """The peft folder written beside a checkpoint: `.../last.ckpt` -> `.../last-adapter`."""
+    path = Path(checkpoint)
+    return path.with_name(path.stem + "-adapter")
+
+
+def export_adapter(module: L.LightningModule, out: str | os.PathLike) -> Path:
+    """Write the module's LoRA adapters to `out` as a peft folder (safetensors), atomically: a kill during the
+    write leaves the previous folder (or none), never a half-written one."""
+    out = Path(out)
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    save_adapter(module.model, tmp)
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(tmp, out)
+    return out
+
+
+class AdapterCheckpoint(ModelCheckpoint):
+    """`ModelCheckpoint` that also writes each checkpoint's adapters as a peft folder beside it (see the module
+    docstring), and removes that folder with the checkpoint. Takes ModelCheckpoint's arguments."""
+
+    def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
+        super()._save_checkpoint(trainer, filepath)
+        if trainer.is_global_zero:
+            export_adapter(trainer.lightning_module, adapter_dir(filepath))
+
+    def _remove_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
+        super()._remove_checkpoint(trainer, filepath)
+        if trainer.is_global_zero:
+            shutil.rmtree(adapter_dir(filepath), ignore_errors=True)
