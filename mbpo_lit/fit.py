@@ -10,7 +10,7 @@ apply on top of that recipe.
 
     python -m mbpo_lit fit
     python -m mbpo_lit fit --config mbpo_lit/recipes/qwen2_5_vl_7b_qlora.yaml
-    python -m mbpo_lit fit --config recipe.yaml --ckpt_path runs/fit-x/lightning_logs/version_0/checkpoints/last.ckpt
+    python -m mbpo_lit fit --config recipe.yaml --ckpt_path last   # continue the last run of this recipe
 """
 
 from __future__ import annotations

@@ -223,3 +223,21 @@ def test_options_without_a_config_apply_on_top_of_the_embedded_recipe_and_a_conf
         main(["--config", str(files("mbpo_lit") / "recipes" / "qwen2_vl_7b_qlora.yaml"), "--print_config"])
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["prepare"] is None and printed["model"]["rewards"]["vocabulary"] is None  # nothing embedded
+
+
+def test_ckpt_path_last_resumes_the_previous_run_of_the_same_recipe(tiny_pairs, tmp_path):
+    """Checkpoints live in <default_root_dir>/checkpoints (not a new logger version per run), so the same command
+    with `--ckpt_path last` continues from where the previous run stopped."""
+    path, pairs = tiny_pairs
+    config = tiny_config(path, pairs, tmp_path, {"online": world(["train"], 8), "val": None})
+    config["model"]["evaluate_after_fit"] = False
+    recipe_path = write_config(tmp_path, config)
+    main(["--config", recipe_path])
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    assert (
+        torch.load(last, weights_only=False)["global_step"] == 2
+        and (tmp_path / "checkpoints" / "last-adapter").is_dir()
+    )
+    cli = main(["--config", recipe_path, "--ckpt_path", "last", "--trainer.max_steps", "3"])
+    assert cli.trainer.ckpt_path == str(last) and cli.trainer.global_step == 3
+    assert torch.load(last, weights_only=False)["global_step"] == 3

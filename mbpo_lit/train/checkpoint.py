@@ -39,7 +39,27 @@ def export_adapter(module: L.LightningModule, out: str | os.PathLike) -> Path:
 
 class AdapterCheckpoint(ModelCheckpoint):
     """`ModelCheckpoint` that also writes each checkpoint's adapters as a peft folder beside it (see the module
-    docstring), and removes that folder with the checkpoint. Takes ModelCheckpoint's arguments."""
+    docstring), and removes that folder with the checkpoint. Takes ModelCheckpoint's arguments.
+
+    Without a `dirpath`, checkpoints go to `<default_root_dir>/checkpoints`, one folder for every run of a recipe
+    (not the logger's new `version_N` each time), so `--ckpt_path last` finds the last one of the previous run.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._default_dirpath = self.dirpath is None
+
+    def _stable_dirpath(self, trainer: L.Trainer) -> None:
+        if self._default_dirpath:
+            self.dirpath = os.path.join(trainer.default_root_dir, "checkpoints")
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self._stable_dirpath(trainer)
+        super().setup(trainer, pl_module, stage)
+
+    def _find_last_checkpoints(self, trainer: L.Trainer) -> set[str]:
+        self._stable_dirpath(trainer)  # asked before `setup` when resolving `--ckpt_path last`
+        return super()._find_last_checkpoints(trainer)
 
     def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
         super()._save_checkpoint(trainer, filepath)
