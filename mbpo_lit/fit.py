@@ -18,6 +18,7 @@ from __future__ import annotations
 import importlib
 import json
 import sys
+from contextlib import nullcontext
 from importlib.resources import files
 from pathlib import Path
 
@@ -42,13 +43,8 @@ def before_after(module: MBPOModule, data: HybridDataModule) -> dict:
     source, records = data.val, data.eval_records
     vocabulary = source.vocabulary or module.vocabulary
     results = {}
-    for name in ("before", "after"):
-        if name == "before":
-            with reference_mode(module.model):
-                metrics, _ = evaluate_records(
-                    module.model, module.processor, records, vocabulary, source.mentions, desc=f"{name}: {source}"
-                )
-        else:
+    for name, context in (("before", reference_mode(module.model)), ("after", nullcontext())):
+        with context:
             metrics, _ = evaluate_records(
                 module.model, module.processor, records, vocabulary, source.mentions, desc=f"{name}: {source}"
             )
