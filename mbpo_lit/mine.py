@@ -26,6 +26,7 @@ import dataclasses
 import json
 import os
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,8 +36,8 @@ import torch
 from tqdm.auto import tqdm
 
 from mbpo_lit.core.answers import CLOSED_TYPES, is_correct, normalize_phrase
-from mbpo_lit.core.attack import METHODS, pgd, random_perturbation
-from mbpo_lit.data.sources import RecordSource, SourceError, as_source, report_skipped
+from mbpo_lit.core.attack import METHODS, pgd, random_perturbation, to_uint8_grid
+from mbpo_lit.data.sources import Records, RecordSource, SourceError, as_source, report_skipped
 from mbpo_lit.vlm.chat import answer_token_ids, append_completions, encode_prompts, user_message, vision_token_ids
 from mbpo_lit.vlm.codec import PixelCodec, to_pil
 from mbpo_lit.vlm.iig import image_information_gain
@@ -58,7 +59,11 @@ class MineConfig:
         method: "pgd" or a baseline: "uniform", "gaussian", "diffusion", "none".
         epsilon, step_size: L-inf budget and PGD step, in /255 units. The default 32/255 suits the synthetic
             world (its images carry pixel noise); real 7B models are usually attacked at 8-16/255.
-        steps: PGD steps; early_stop stops a sample once greedy decoding no longer gives the ground truth.
+        answer_type: answer type of records whose source has none, for a `source` given as a path or hub id
+            ("yes_no", "number", "choice", "phrase"; a source's own `answer_type` column wins). It picks the
+            verifier (core/answers.py) that decides whether a rejected answer is wrong.
+        steps: PGD steps; early_stop stops a sample once the model's greedy answer, decoded from the 8-bit
+            perturbed image and judged by the verifier, is wrong (so "Yes." for ground truth "yes" is correct).
         random_start: start PGD from a uniform point in the ball; norm: "linf" or "l2" ball.
         max_new_tokens: longest rejected answer decoded from the perturbed image.
         diffusion_t: forward-diffusion step of the "diffusion" baseline.
@@ -66,7 +71,10 @@ class MineConfig:
         iig_filter: keep "high" or "low" IIG pairs, or "none" (no filter); iig_fraction is the share kept,
             or iig_threshold (if set) the cut-off; iig_baseline is IIG's no-image side ("none"/"neutral").
         batch_size: records per chunk (one shard each); seed: of every random choice, per chunk.
-        precision: of the model ("bf16" for 7B models on a GPU).
+        precision: of the model: "auto" is bf16 on a GPU and fp32 on the CPU.
+        quantization: "4bit" / "8bit" load the model quantized (bitsandbytes), as a 7B model fits a
+            workstation GPU; "none" keeps `precision`. PGD needs no trainable weights, only pixel gradients.
+        overwrite: discard the shards and settings of an earlier job in `out` (with other settings) and start over.
     """
 
     model: str
@@ -74,6 +82,7 @@ class MineConfig:
     out: str = "runs/mined"
     adapter: str | None = None
     n: int = 256
+    answer_type: str | None = None
     method: Literal["pgd", "uniform", "gaussian", "diffusion", "none"] = "pgd"
     # The embedded world's images carry pixel noise of std 0.08 (20/255), so its model shrugs off 8/255:
     # measured, PGD at 8/255 moved the ground-truth log-likelihood by 0.15 nats in 20 steps and flipped 1 of
@@ -93,7 +102,9 @@ class MineConfig:
     iig_baseline: Literal["none", "neutral"] = "none"
     batch_size: int = 16
     seed: int = 0
-    precision: Literal["bf16", "fp16", "fp32"] = "fp32"
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
+    quantization: Literal["none", "4bit", "8bit"] = "none"
+    overwrite: bool = False
 
 
 def settings_json(cfg: MineConfig) -> str:
@@ -102,7 +113,9 @@ def settings_json(cfg: MineConfig) -> str:
     def plain(o):
         return {"class": type(o).__name__, **vars(o)} if isinstance(o, RecordSource) else str(o)
 
-    return json.dumps(dataclasses.asdict(cfg), sort_keys=True, default=plain)
+    # `overwrite` is how to start over, not a property of the job's data.
+    settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "overwrite"}
+    return json.dumps(settings, sort_keys=True, default=plain)
 
 
 class Miner:
@@ -114,41 +127,72 @@ class Miner:
         self.device = next(model.parameters()).device
         model.requires_grad_(False)  # PGD needs gradients for the pixels only
 
-    def objective(self, prompts, answers_ids) -> Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
-        """images -> (ground-truth log-likelihood per sample, whether greedy decoding still gives it)."""
+    def loglik(self, prompts, answers_ids) -> Callable[[torch.Tensor], torch.Tensor]:
+        """images -> the ground-truth answer's log-likelihood per sample (differentiable in the images)."""
         batch, mask = append_completions(prompts, answers_ids, self.processor.tokenizer.pad_token_id)
         batch, mask = batch.to(self.device), mask.to(self.device)
 
-        def value(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        def value(images: torch.Tensor) -> torch.Tensor:
             pixel_values, _ = self.codec.encode(images)
             inputs = dict(batch, pixel_values=pixel_values.to(batch["pixel_values"].dtype))
-            logp, greedy = completion_scores(self.model, inputs, mask)
-            return logp.sum(1), greedy
+            return completion_scores(self.model, inputs, mask)[0].sum(1)
 
         return value
 
     @torch.no_grad()
-    def answer(self, prompts, images: torch.Tensor) -> list[str]:
-        """The model's answers given perturbed raw images."""
+    def answer(self, prompts, images: torch.Tensor, sample: bool = False) -> list[str]:
+        """The model's answers given raw images (greedy, or sampled at temperature 1).
+
+        Decoding applies no logits processor of the checkpoint's `generation_config` (Qwen's repetition
+        penalty, say): only vision tokens are suppressed, and it stops at any of the generation config's end
+        ids. A mined answer is then the model's own distribution, the same whichever checkpoint it came from.
+        """
         pixel_values, _ = self.codec.encode(images)
         batch = dict(prompts.to(self.device), pixel_values=pixel_values.to(prompts["pixel_values"].dtype))
-        sample = self.cfg.decode == "sample"
         ids = self.model.generate(
             **batch,
             max_new_tokens=self.cfg.max_new_tokens,
             do_sample=sample,
             temperature=1.0 if sample else None,
-            top_p=None,
-            top_k=None,
+            top_p=1.0 if sample else None,
+            top_k=0 if sample else None,
+            repetition_penalty=1.0,
             suppress_tokens=vision_token_ids(self.processor),
         )
         return self.processor.batch_decode(ids[:, prompts["input_ids"].shape[1] :], skip_special_tokens=True)
 
     def is_wrong(self, rec: dict, text: str) -> bool:
-        """Whether a rejected answer is wrong: the verifier for close-ended types, else a different phrase."""
+        """Whether a rejected answer is wrong: the verifier for close-ended types, else a different phrase.
+
+        An answer that is the ground truth's own text is never wrong, even where the verifier cannot parse
+        either (a pair whose rejected answer equals its chosen one would push the right answer down)."""
+        if text.strip().lower() == str(rec["answer"]).strip().lower():
+            return False
         if rec["answer_type"] in CLOSED_TYPES:
-            return not is_correct(text, rec["answer"], rec["answer_type"], self.vocabulary)
+            return not is_correct(text, rec["answer"], rec["answer_type"], self.vocabulary, **_choices(rec))
         return normalize_phrase(text) != normalize_phrase(rec["answer"])
+
+    def objective(
+        self, prompts, answers_ids, records: list[dict] | None = None, raw: torch.Tensor | None = None
+    ) -> Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+        """PGD's objective: images -> (ground-truth log-likelihood, whether the model still answers correctly).
+
+        "Still correct" is the verifier's judgement of the greedy answer decoded from the images rounded to
+        8 bits inside the ball around `raw` (the picture that will be saved), so an answer worded unlike the
+        ground truth ("Yes." for "yes") is not mistaken for a successful attack. Without `records` (or with
+        early_stop off) nothing is decoded and every sample counts as not yet successful.
+        """
+        loglik, eps = self.loglik(prompts, answers_ids), self.cfg.epsilon / 255
+
+        def value(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            logp = loglik(images)
+            if records is None or not self.cfg.early_stop:
+                return logp, torch.ones(len(logp), dtype=torch.bool)
+            base = raw if raw is not None else images.detach()
+            texts = self.answer(prompts, to_uint8_grid(images.detach(), base, eps, self.cfg.norm))
+            return logp, torch.tensor([not self.is_wrong(r, t) for r, t in zip(records, texts)])
+
+        return value
 
     def mine(self, records: list[dict], start: int) -> list[dict]:
         """Candidate pairs (kept or not, with the reason) for one chunk of records, in their order.
@@ -171,27 +215,38 @@ class Miner:
         return rows
 
     def mine_batch(self, records: list[dict], start: int) -> list[dict]:
-        """`mine` for records whose images have one size (PGD runs on them as one batch)."""
+        """`mine` for records whose images have one size (PGD runs on them as one batch).
+
+        Every image the model answers from, and every score recorded, is the 8-bit one (`to_uint8_grid`): the
+        saved `perturbed_image` reproduces the recorded rejected answer and `logp_after`.
+        """
         cfg = self.cfg
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + start)
         torch.manual_seed(cfg.seed * 1_000_003 + start)  # sampled decoding, if chosen
         qs, answers = [r["question"] for r in records], [r["answer"] for r in records]
         images = [r["image"] for r in records]
         prompts = encode_prompts(self.processor, qs, images, record_ids=[r["id"] for r in records])
-        raw = torch.stack(self.codec.raw_images(prompts)).to(self.device)
-        objective = self.objective(prompts, answer_token_ids(self.processor, answers))
         eps, step = cfg.epsilon / 255, cfg.step_size / 255
-        with torch.no_grad():  # ground truth on the clean image: its log-likelihood, and is it the greedy answer
-            before, clean_correct = (t.cpu() for t in objective(raw))
+        raw = torch.stack(self.codec.raw_images(prompts)).to(self.device)
+        raw = to_uint8_grid(raw, raw, 0.0)
+        answer_ids = answer_token_ids(self.processor, answers)
+        loglik = self.loglik(prompts, answer_ids)
+        with torch.no_grad():  # the ground truth's log-likelihood on the clean image
+            before = loglik(raw).cpu()
+        clean = self.answer(prompts, raw)
         if cfg.method == "pgd":
+            objective = self.objective(prompts, answer_ids, records, raw)
             res = pgd(objective, raw, eps, step, cfg.steps, cfg.random_start, cfg.norm, cfg.early_stop, gen)
-            perturbed, steps_used, after = res.images, res.steps_used, res.logp_after
+            perturbed, steps_used = res.images, res.steps_used
         else:
             perturbed = random_perturbation(cfg.method, raw, eps, cfg.diffusion_t, gen)
-            with torch.no_grad():
-                after = objective(perturbed)[0].cpu()
             steps_used = torch.zeros(len(records), dtype=torch.long)
-        rejected = self.answer(prompts, perturbed)
+        # The diffusion baseline is not bounded by epsilon: round it without projecting.
+        bound = eps if cfg.method != "diffusion" else 1.0
+        perturbed = to_uint8_grid(perturbed, raw, bound, cfg.norm if cfg.method == "pgd" else "linf")
+        with torch.no_grad():
+            after = loglik(perturbed).cpu()
+        rejected = self.answer(prompts, perturbed, sample=cfg.decode == "sample")
         iig = image_information_gain(
             self.model, self.processor, qs, answers, images, cfg.iig_baseline, batch_size=cfg.batch_size
         )
@@ -213,7 +268,8 @@ class Miner:
                     "answer_type": rec["answer_type"],
                     "group": rec.get("group") or "",
                     "prior_answer": prior,
-                    "clean_correct": bool(clean_correct[i]),
+                    "clean_answer": clean[i],
+                    "clean_correct": not self.is_wrong(rec, clean[i]),
                     "rejected_is_prior": bool(prior)
                     and is_correct(rejected[i], prior, rec["answer_type"], self.vocabulary),
                     "kept": wrong,
@@ -223,11 +279,16 @@ class Miner:
                     "attack_steps": int(steps_used[i]),
                     "logp_before": float(before[i]),
                     "logp_after": float(after[i]),
-                    "linf": float((perturbed[i] - raw[i]).abs().max() * 255),
+                    "linf": float(((perturbed[i] - raw[i]) * 255).round().abs().max()),  # whole 8-bit steps
                     "method": cfg.method,
                 }
             )
         return rows
+
+
+def _choices(rec: dict) -> dict:
+    """The verifier's `choices` argument for a multiple-choice record that carries its options."""
+    return {"choices": rec["choices"]} if rec.get("choices") else {}
 
 
 def _rate(rows: list[dict], key: str) -> float | None:
@@ -259,25 +320,40 @@ def run(cfg: MineConfig, on_chunk: Callable[[int], None] | None = None, progress
     if cfg.method not in METHODS:
         raise ValueError(f"method={cfg.method!r} is not one of {list(METHODS)}")
     out = Path(cfg.out)
-    (out / "shards").mkdir(parents=True, exist_ok=True)
     settings = out / "config.json"
     mine_settings = settings_json(cfg)
-    if settings.is_file() and settings.read_text() != mine_settings:
-        raise ValueError(f"{out} holds a mining job with other settings ({settings}); use another --out")
+    if cfg.overwrite and out.exists():
+        import shutil
+
+        for name in ("shards", "dataset", "config.json", "summary.json", "skipped.jsonl"):
+            target = out / name
+            shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
+    has_shards = any((out / "shards").glob("*.parquet"))
+    # Settings bind the shards they produced: a job that stopped before its first shard blocks nothing.
+    if has_shards and settings.is_file() and settings.read_text() != mine_settings:
+        raise SourceError(
+            f"{out} holds the shards of a mining job with other settings ({settings}); use another --out, "
+            f"or --overwrite true to discard them and start over"
+        )
+    (out / "shards").mkdir(parents=True, exist_ok=True)
     settings.write_text(mine_settings)
 
-    source = as_source(cfg.source)
+    source = _source(cfg)
     if getattr(source, "n", 0) is None:  # read no more than will be mined (a copy: the caller's source is unchanged)
         source = copy.copy(source)
         source.n = cfg.n
     records, skipped = source.load()
-    records = records[: cfg.n]
+    read = len(records) + len(skipped)
+    usable, records = len(records), records[: cfg.n]
     report_skipped(skipped, source, "skip")
     (out / "skipped.jsonl").write_text("".join(json.dumps(s) + "\n" for s in skipped))
     if not records:
         raise SourceError(f"{source}: no usable records to mine")
+    from mbpo_lit.vlm.policy import default_device
+
+    precision = cfg.precision if cfg.precision != "auto" else ("bf16" if default_device().type == "cuda" else "fp32")
     policy = load_policy(
-        ModelConfig(cfg.model, precision=cfg.precision, quantization="none", lora=None, adapter_path=cfg.adapter)
+        ModelConfig(cfg.model, precision=precision, quantization=cfg.quantization, lora=None, adapter_path=cfg.adapter)
     )
     miner = Miner(policy.model, policy.processor, cfg, source.vocabulary)
     done = {p.name for p in (out / "shards").glob("*.parquet")}
@@ -311,9 +387,8 @@ def run(cfg: MineConfig, on_chunk: Callable[[int], None] | None = None, progress
     candidates = [dict(r) for r in stats]
     kept = [r for r in candidates if r["kept"]]
     keep_ids = {r["source_index"] for r in apply_iig_filter(kept, cfg)}
-    dataset = (
-        allrows.filter(lambda k, i: k and i in keep_ids, input_columns=["kept", "source_index"]) if kept else allrows
-    )
+    # Only pairs whose rejected answer the verifier refuses: with none, the dataset is empty (and said so).
+    dataset = allrows.filter(lambda k, i: bool(k) and i in keep_ids, input_columns=["kept", "source_index"])
     dataset.save_to_disk(str(out / "dataset.tmp"))
     if (out / "dataset").exists():
         import shutil
@@ -329,8 +404,10 @@ def run(cfg: MineConfig, on_chunk: Callable[[int], None] | None = None, progress
     summary = {
         "method": cfg.method,
         "epsilon": cfg.epsilon,
-        "source_records": len(records) + len(skipped),
+        "source_records_read": read,
         "skipped": len(skipped),
+        "usable_records": usable,
+        "mined_records": len(records),
         "candidates": len(candidates),
         "rejected_wrong": len(kept),
         "pairs": len(dataset),
@@ -351,7 +428,28 @@ def run(cfg: MineConfig, on_chunk: Callable[[int], None] | None = None, progress
             "counter_prior_clean_correct": sum(r["clean_correct"] for r in counter),
         }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    if len(dataset) == 0:
+        warnings.warn(
+            f"mining kept no pair in {out / 'dataset'}: the verifier accepted every one of the "
+            f"{len(candidates)} rejected answers (rejected_wrong: {len(kept)}); a larger --epsilon or more --steps "
+            f"perturb harder, or the model already fails these questions on clean images",
+            stacklevel=2,
+        )
     return out / "dataset"
+
+
+def _source(cfg: MineConfig) -> RecordSource:
+    """The configured source; `answer_type` applies to a source given as a path or hub id."""
+    if cfg.answer_type is None:
+        return as_source(cfg.source)
+    if not isinstance(cfg.source, str):
+        raise SourceError(
+            f"answer_type={cfg.answer_type!r} applies to a source given as a path; "
+            f"set the source's own option instead (--source.answer_type {cfg.answer_type})"
+        )
+    if cfg.answer_type not in CLOSED_TYPES:
+        raise SourceError(f"answer_type={cfg.answer_type!r} is not one of {list(CLOSED_TYPES)}")
+    return Records(cfg.source, answer_type=cfg.answer_type)
 
 
 def main(argv: list[str] | None = None) -> None:

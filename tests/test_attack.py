@@ -7,7 +7,7 @@ from PIL import Image
 from transformers import AutoConfig
 
 from mbpo_lit.core.answers import is_correct
-from mbpo_lit.core.attack import diffusion_noise, pgd, project, random_perturbation
+from mbpo_lit.core.attack import diffusion_noise, pgd, project, random_perturbation, to_uint8_grid
 from mbpo_lit.mine import MineConfig, Miner
 from mbpo_lit.testbed.tiny import ensure_tiny_checkpoint
 from mbpo_lit.testbed.world import WorldConfig, build_records
@@ -99,10 +99,11 @@ def test_pgd_on_a_real_model_lowers_ground_truth_likelihood(tiny_path, quantizat
     assert all(p.grad is None for p in policy.model.parameters())  # no parameter gradients
 
 
-@pytest.fixture(scope="module")
-def seeing_model(tiny_root):
+@pytest.fixture(scope="module", params=["{}", "The shape is {}."], ids=["bare", "sentence"])
+def seeing_model(tiny_root, request):
     """(policy, world, records): a tiny Qwen2.5-VL trained until greedy decoding gives the answers of 4 records
-    that ask the same question about one-object images of 4 colours, so that only the image tells them apart."""
+    that ask the same question about one-object images of 4 colours, so that only the image tells them apart.
+    "sentence" trains it to answer as real models do ("The shape is red.") while the ground truth stays "red"."""
     world = WorldConfig(image_size=56, n_objects=1, grid=1, p_color=1 / 6)  # one shape filling the image, any colour
     pool = build_records(world, "train", 80)
     recs, colors = [], set()
@@ -123,7 +124,8 @@ def seeing_model(tiny_root):
     )
     model, p = policy.model, policy.processor
     batch = encode_prompts(p, [r["question"] for r in recs], [r["image"] for r in recs])
-    batch, mask = append_completions(batch, answer_token_ids(p, [r["answer"] for r in recs]), p.tokenizer.pad_token_id)
+    said = [request.param.format(r["answer"]) for r in recs]
+    batch, mask = append_completions(batch, answer_token_ids(p, said), p.tokenizer.pad_token_id)
     model.requires_grad_(True)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     for _ in range(300):
@@ -142,10 +144,12 @@ def seeing_model(tiny_root):
 def test_pgd_early_stop_records_the_first_wrong_answer(seeing_model):
     policy, world, recs = seeing_model
     cfg = MineConfig(
-        "model", "source", epsilon=64.0, step_size=8.0, steps=20, random_start=False, early_stop=True, max_new_tokens=4
+        "model", "source", epsilon=64.0, step_size=8.0, steps=20, random_start=False, early_stop=True, max_new_tokens=24
     )
     rows = Miner(policy.model, policy.processor, cfg, world.colors).mine(recs, 0)
-    assert all(r["clean_correct"] for r in rows)  # step 0 (the clean image, no random start) does not stop
+    # Step 0 (the clean image, no random start) does not stop, also when the model words its answer unlike the
+    # ground truth ("The shape is red." for "red"): success is the verifier's judgement, not a token match.
+    assert all(r["clean_correct"] for r in rows), [r["clean_answer"] for r in rows]
     stopped = [r for r in rows if r["attack_steps"] < cfg.steps]
     assert len(stopped) >= 2
     for r in rows:
@@ -156,3 +160,23 @@ def test_pgd_early_stop_records_the_first_wrong_answer(seeing_model):
             assert r["kept"]
         # Sign steps of step_size from the clean image: a stopped image moved no further after its stop.
         assert r["linf"] <= min(cfg.epsilon, r["attack_steps"] * cfg.step_size) + 1e-3
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_to_uint8_grid_gives_the_saved_picture_inside_the_ball(norm):
+    g = torch.Generator().manual_seed(0)
+    raw = torch.randint(0, 256, (3, 3, 20, 24), generator=g).float() / 255
+    eps = 8 / 255
+    moved = raw + project(raw, (torch.rand(raw.shape, generator=g) * 2 - 1) * eps * 3, eps, norm)
+    grid = to_uint8_grid(moved, raw, eps, norm)
+    assert torch.allclose((grid * 255).round(), grid * 255, atol=1e-4)
+    # Saving and reading back the picture gives exactly these values: the image answered is the image saved.
+    for x in grid:
+        assert torch.allclose(to_raw(to_pil(x)), x, atol=1e-6)
+    delta = grid - raw
+    if norm == "linf":
+        assert delta.abs().max() <= eps + 1e-6
+    else:
+        assert (delta.flatten(1).norm(dim=1) <= eps + 1e-5).all()
+    # Rounding moves each pixel by at most half a step, except where that would leave the ball.
+    assert (grid - moved).abs().max() <= 1 / 255 + 1e-6

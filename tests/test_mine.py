@@ -5,10 +5,12 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from datasets import load_from_disk
 from PIL import Image
 
-from mbpo_lit.mine import MineConfig, apply_iig_filter, run
+from mbpo_lit.data.sources import Records, SourceError
+from mbpo_lit.mine import MineConfig, Miner, apply_iig_filter, run
 from mbpo_lit.testbed.tiny import ensure_tiny_checkpoint
 from mbpo_lit.testbed.world_source import WorldSource
 
@@ -55,12 +57,6 @@ def test_killed_and_resumed_run_equals_uninterrupted(qwen_path, tmp_path):
     resumed = load_from_disk(str(run(small(tmp_path / "b", qwen_path), progress=False)))
     assert resumed["id"] == whole["id"] and len(set(resumed["id"])) == len(resumed)
     assert resumed["rejected"] == whole["rejected"] and resumed["logp_after"] == whole["logp_after"]
-
-
-def test_changed_settings_in_the_same_directory_are_refused(qwen_path, tmp_path):
-    run(small(tmp_path / "m", qwen_path, n=3), progress=False)
-    with pytest.raises(ValueError, match="other settings"):
-        run(small(tmp_path / "m", qwen_path, n=3, epsilon=4.0), progress=False)
 
 
 def test_bad_source_records_are_reported_by_index_and_counted(qwen_path, tmp_path):
@@ -153,3 +149,90 @@ def test_a_chunk_of_mixed_image_sizes_is_mined_one_size_at_a_time(qwen_path, tmp
     assert len({p.size for p in photos}) == 3 and together["source_index"] == [0, 1, 2, 3]
     assert together["attack_steps"] == alone["attack_steps"] and together["rejected"] == alone["rejected"]
     assert np.allclose(together["logp_after"], alone["logp_after"], atol=1e-4)
+
+
+def photo_records(tmp_path, photos, answers, answer_type="phrase"):
+    """A jsonl of real photographs (mixed sizes) with the given ground-truth answers, cycling the photos."""
+    for i, photo in enumerate(photos):
+        photo.save(tmp_path / f"{i}.jpg")
+    rows = [
+        {"image": f"{i % len(photos)}.jpg", "question": "What is in the picture?", "answer": a, "id": f"r{i}"}
+        for i, a in enumerate(answers)
+    ]
+    path = tmp_path / f"{answer_type}.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+def test_no_pair_is_written_whose_rejected_answer_the_verifier_accepts(qwen_path, tmp_path, photos):
+    """Ground truth = the model's own clean answer for half the records: with no perturbation ("none") those
+    answers are correct and must not become pairs; with every answer correct, the dataset is empty."""
+    from mbpo_lit.core.answers import is_correct
+
+    probe = photo_records(tmp_path, photos, ["zebra crossing"] * 4)
+    kw = dict(model=qwen_path, n=4, method="none", iig_filter="none")
+    clean = load_from_disk(str(run(MineConfig(out=str(tmp_path / "probe"), source=probe, **kw), progress=False)))
+    said = clean["clean_answer"]
+    assert len(said) == 4 and all(s.strip() for s in said)
+
+    mixed = photo_records(tmp_path, photos, [said[0], "zebra crossing", said[2], "zebra crossing"])
+    data = load_from_disk(str(run(MineConfig(out=str(tmp_path / "mixed"), source=mixed, **kw), progress=False)))
+    assert data["id"] == ["r1", "r3"]
+    for row in data:
+        assert not is_correct(row["rejected"][0]["content"][0]["text"], row["answer"], row["answer_type"])
+
+    same = photo_records(tmp_path, photos, said)
+    with pytest.warns(UserWarning, match="kept no pair"):
+        path = run(MineConfig(out=str(tmp_path / "same"), source=same, **kw), progress=False)
+    assert len(load_from_disk(str(path))) == 0
+    summary = json.loads((tmp_path / "same" / "summary.json").read_text())
+    assert summary["candidates"] == 4 and summary["rejected_wrong"] == 0 and summary["pairs"] == 0
+
+
+@pytest.mark.parametrize("arch", ["qwen2_5_vl", "llava"])
+def test_the_saved_perturbed_image_reproduces_the_recorded_answer(arch, tiny_root, tmp_path, photos):
+    """Read back from disk, the saved 8-bit perturbed picture, given to the model in place of the (resized)
+    clean image, yields the greedy answer and the ground-truth log-likelihood that mining recorded."""
+    from mbpo_lit.vlm.chat import answer_token_ids, encode_prompts
+    from mbpo_lit.vlm.codec import to_raw
+    from mbpo_lit.vlm.policy import ModelConfig, load_policy
+
+    model = str(ensure_tiny_checkpoint(arch, tiny_root))
+    source = photo_records(tmp_path, photos, ["zebra crossing"] * 4)
+    cfg = MineConfig(model=model, source=source, out=str(tmp_path / "m"), n=4, steps=3, iig_filter="none")
+    data = load_from_disk(str(run(cfg, progress=False)))
+    policy = load_policy(ModelConfig(model, precision="fp32", quantization="none", lora=None, device="cpu"))
+    miner = Miner(policy.model, policy.processor, cfg)
+    assert len(data) == 4 and max(data["linf"]) <= cfg.epsilon
+    for row in data:
+        prompts = encode_prompts(policy.processor, [row["question"]], row["images"])
+        saved = to_raw(row["perturbed_image"])[None]
+        clean = torch.stack(miner.codec.raw_images(prompts))
+        assert saved.shape == clean.shape and 0 < (saved - clean).abs().max() * 255 <= cfg.epsilon + 1e-3
+        assert miner.answer(prompts, saved) == [row["rejected"][0]["content"][0]["text"]]
+        logp = miner.loglik(prompts, answer_token_ids(policy.processor, [row["answer"]]))(saved)
+        assert abs(float(logp) - row["logp_after"]) < 1e-3
+
+
+def test_mining_reads_answer_type_and_loads_4bit(qwen_path, tmp_path, photos):
+    """`answer_type` picks the verifier for a source given as a path, and a 4-bit model mines (QLoRA's loading,
+    as a 7B model is mined on one GPU); the summary counts what was read, usable and mined."""
+    source = photo_records(tmp_path, photos, ["Yes.", "no", "maybe", "yes"])
+    out = tmp_path / "m"
+    cfg = MineConfig(model=qwen_path, source=source, out=str(out), n=2, answer_type="yes_no", quantization="4bit")
+    data = load_from_disk(str(run(cfg, progress=False)))
+    stats = load_from_disk(str(out / "dataset"))
+    assert set(stats["answer_type"]) <= {"yes_no"} and set(data["answer"]) <= {"yes", "no"}
+    summary = json.loads((out / "summary.json").read_text())
+    # n=2 reads two rows; both are usable yes/no answers.
+    assert (summary["source_records_read"], summary["usable_records"], summary["mined_records"]) == (2, 2, 2)
+    with pytest.raises(SourceError, match="--source.answer_type"):
+        run(MineConfig(model=qwen_path, source=Records(source), out=str(tmp_path / "x"), answer_type="yes_no"))
+
+
+def test_another_jobs_shards_name_the_override(qwen_path, tmp_path):
+    run(small(tmp_path / "m", qwen_path, n=3), progress=False)
+    with pytest.raises(SourceError, match="--overwrite true"):
+        run(small(tmp_path / "m", qwen_path, n=3, epsilon=4.0), progress=False)
+    run(small(tmp_path / "m", qwen_path, n=3, epsilon=4.0, overwrite=True), progress=False)
+    assert json.loads((tmp_path / "m" / "summary.json").read_text())["epsilon"] == 4.0

@@ -98,6 +98,27 @@ def pgd(
     return AttackResult((raw + delta).detach(), steps_used, before, trace[-1], trace)
 
 
+def to_uint8_grid(images: torch.Tensor, raw: torch.Tensor, epsilon: float, norm: str = "linf") -> torch.Tensor:
+    """`images` moved onto the 8-bit grid (multiples of 1/255), still inside the epsilon ball around `raw`.
+
+    A perturbed image is saved as an 8-bit picture, so mining answers and scores the rounded image, which is
+    exactly the one written to disk. `raw` must be on the grid itself (a decoded 8-bit picture is, up to float
+    error, and is rounded here). Each pixel's offset from `raw` is rounded to whole 1/255 steps; where that
+    would leave the ball (L-inf: an offset above epsilon; L2: a norm above epsilon), it is rounded toward zero
+    instead, which never grows an offset.
+    """
+    base = (raw * 255).round()
+    steps = (images * 255 - base).round()
+    if norm == "linf":
+        limit = torch.floor(torch.tensor(epsilon * 255 + 1e-3))
+        steps = torch.minimum(steps.abs(), limit.to(steps)) * steps.sign()
+    else:
+        outside = steps.flatten(1).norm(dim=1) > epsilon * 255 + 1e-3
+        toward_zero = (images * 255 - base).trunc()
+        steps = torch.where(outside.view(-1, *[1] * (steps.dim() - 1)), toward_zero, steps)
+    return ((base + steps).clamp(0, 255) / 255).to(images.dtype)
+
+
 def diffusion_noise(
     raw: torch.Tensor, t: int, generator: torch.Generator | None = None, total: int = 1000
 ) -> torch.Tensor:

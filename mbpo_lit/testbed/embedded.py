@@ -23,11 +23,15 @@ EMBEDDED = "embedded"
 # 2,048 train records hold about 220 counter-prior ones; 512 held 45, which left 25 counter-prior pairs.
 EMBEDDED_MINING: dict = {"n": 2048, "method": "pgd", "epsilon": 32.0, "iig_filter": "high", "iig_fraction": 0.5}
 
+# Bumped when the miner's output changes for the same settings (2: the verifier judges attack success and the
+# 8-bit round trip), so cached pairs of an older miner are not reused.
+MINER_VERSION = 2
+
 
 def embedded_pairs_dir(base: str, mined_root: str = "runs") -> Path:
     """Where the embedded default's pairs are cached: keyed by base model and mining settings, so a rebuilt
     base model never reuses pairs mined from an older one."""
-    key = hashlib.sha1(json.dumps([str(base), EMBEDDED_MINING], sort_keys=True).encode()).hexdigest()[:8]
+    key = hashlib.sha1(json.dumps([str(base), EMBEDDED_MINING, MINER_VERSION], sort_keys=True).encode()).hexdigest()[:8]
     return Path(mined_root) / f"mined-default-{key}"
 
 
