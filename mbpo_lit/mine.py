@@ -38,6 +38,7 @@ from tqdm.auto import tqdm
 from mbpo_lit.core.answers import CLOSED_TYPES, is_correct, normalize_phrase
 from mbpo_lit.core.attack import METHODS, pgd, random_perturbation, to_uint8_grid
 from mbpo_lit.data.sources import Records, RecordSource, SourceError, as_source, report_skipped
+from mbpo_lit.train.settings import SettingsError
 from mbpo_lit.vlm.chat import answer_token_ids, append_completions, encode_prompts, user_message, vision_token_ids
 from mbpo_lit.vlm.codec import PixelCodec, to_pil
 from mbpo_lit.vlm.iig import image_information_gain
@@ -74,6 +75,9 @@ class MineConfig:
         precision: of the model: "auto" is bf16 on a GPU and fp32 on the CPU.
         quantization: "4bit" / "8bit" load the model quantized (bitsandbytes), as a 7B model fits a
             workstation GPU; "none" keeps `precision`. PGD needs no trainable weights, only pixel gradients.
+        bad_records: unusable source records (empty question, missing answer, unreadable image, ...) are listed
+            with index, id and reason in `out/skipped.jsonl` and counted in the summary; "skip" goes on
+            without them, "error" stops after listing them all.
         overwrite: discard the shards and settings of an earlier job in `out` (with other settings) and start over.
     """
 
@@ -105,6 +109,7 @@ class MineConfig:
     precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
     quantization: Literal["none", "4bit", "8bit"] = "none"
     overwrite: bool = False
+    bad_records: Literal["skip", "error"] = "skip"
 
 
 def settings_json(cfg: MineConfig) -> str:
@@ -317,8 +322,7 @@ def run(cfg: MineConfig, on_chunk: Callable[[int], None] | None = None, progress
 
     from mbpo_lit.vlm.policy import ModelConfig, load_policy
 
-    if cfg.method not in METHODS:
-        raise ValueError(f"method={cfg.method!r} is not one of {list(METHODS)}")
+    check(cfg)
     out = Path(cfg.out)
     settings = out / "config.json"
     mine_settings = settings_json(cfg)
@@ -331,7 +335,7 @@ def run(cfg: MineConfig, on_chunk: Callable[[int], None] | None = None, progress
     has_shards = any((out / "shards").glob("*.parquet"))
     # Settings bind the shards they produced: a job that stopped before its first shard blocks nothing.
     if has_shards and settings.is_file() and settings.read_text() != mine_settings:
-        raise SourceError(
+        raise SettingsError(
             f"{out} holds the shards of a mining job with other settings ({settings}); use another --out, "
             f"or --overwrite true to discard them and start over"
         )
@@ -345,8 +349,8 @@ def run(cfg: MineConfig, on_chunk: Callable[[int], None] | None = None, progress
     records, skipped = source.load()
     read = len(records) + len(skipped)
     usable, records = len(records), records[: cfg.n]
-    report_skipped(skipped, source, "skip")
     (out / "skipped.jsonl").write_text("".join(json.dumps(s) + "\n" for s in skipped))
+    report_skipped(skipped, source, cfg.bad_records)
     if not records:
         raise SourceError(f"{source}: no usable records to mine")
     from mbpo_lit.vlm.policy import default_device
@@ -436,6 +440,27 @@ def run(cfg: MineConfig, on_chunk: Callable[[int], None] | None = None, progress
             stacklevel=2,
         )
     return out / "dataset"
+
+
+def check(cfg: MineConfig) -> None:
+    """Refuse out-of-range settings before any data or model is loaded, naming the option."""
+    problems = []
+    if cfg.method not in METHODS:
+        problems.append(f"--method {cfg.method!r} is not one of {list(METHODS)}")
+    if cfg.method in ("pgd", "uniform", "gaussian") and cfg.epsilon <= 0:
+        problems.append(f"--epsilon {cfg.epsilon} must be > 0 (in /255 units)")
+    if cfg.method == "pgd" and (cfg.step_size <= 0 or cfg.steps < 0):
+        problems.append(f"--step_size {cfg.step_size} must be > 0 and --steps {cfg.steps} >= 0")
+    if cfg.n < 1 or cfg.batch_size < 1 or cfg.max_new_tokens < 1:
+        problems.append(
+            f"--n {cfg.n}, --batch_size {cfg.batch_size}, --max_new_tokens {cfg.max_new_tokens} must be >= 1"
+        )
+    if not 0 < cfg.iig_fraction <= 1:
+        problems.append(f"--iig_fraction {cfg.iig_fraction} must be in (0, 1]")
+    if cfg.bad_records not in ("skip", "error"):
+        problems.append(f"--bad_records {cfg.bad_records!r} is not 'skip' or 'error'")
+    if problems:
+        raise SettingsError("; ".join(problems))
 
 
 def _source(cfg: MineConfig) -> RecordSource:

@@ -13,6 +13,7 @@ from mbpo_lit.data.sources import Records, SourceError
 from mbpo_lit.mine import MineConfig, Miner, apply_iig_filter, run
 from mbpo_lit.testbed.tiny import ensure_tiny_checkpoint
 from mbpo_lit.testbed.world_source import WorldSource
+from mbpo_lit.train.settings import SettingsError
 
 
 @pytest.fixture(scope="module")
@@ -232,7 +233,45 @@ def test_mining_reads_answer_type_and_loads_4bit(qwen_path, tmp_path, photos):
 
 def test_another_jobs_shards_name_the_override(qwen_path, tmp_path):
     run(small(tmp_path / "m", qwen_path, n=3), progress=False)
-    with pytest.raises(SourceError, match="--overwrite true"):
+    with pytest.raises(SettingsError, match="--overwrite true"):
         run(small(tmp_path / "m", qwen_path, n=3, epsilon=4.0), progress=False)
     run(small(tmp_path / "m", qwen_path, n=3, epsilon=4.0, overwrite=True), progress=False)
     assert json.loads((tmp_path / "m" / "summary.json").read_text())["epsilon"] == 4.0
+
+
+def test_a_job_that_failed_before_its_first_shard_blocks_no_retry(qwen_path, tmp_path):
+    with pytest.raises(OSError):
+        run(small(tmp_path / "m", str(tmp_path / "no-such-model"), n=3), progress=False)
+    run(small(tmp_path / "m", qwen_path, n=3), progress=False)  # other settings, same --out: fine, no shards yet
+    assert json.loads((tmp_path / "m" / "summary.json").read_text())["candidates"] == 3
+
+
+@pytest.mark.parametrize(
+    "option, message",
+    [
+        ({"epsilon": 0.0}, "--epsilon 0.0 must be > 0"),
+        ({"steps": -1}, "--steps -1"),
+        ({"iig_fraction": 1.5}, "--iig_fraction 1.5 must be in"),
+        ({"batch_size": 0}, "--batch_size 0"),
+    ],
+)
+def test_out_of_range_options_are_refused_before_loading_anything(option, message, tmp_path):
+    with pytest.raises(SettingsError, match=message):
+        run(small(tmp_path / "m", "no-model-is-loaded", **option), progress=False)
+    assert not (tmp_path / "m").exists()
+
+
+def test_bad_records_error_lists_every_unusable_record_and_mines_nothing(qwen_path, tmp_path):
+    Image.fromarray(np.zeros((56, 56, 3), dtype="uint8")).save(tmp_path / "ok.png")
+    rows = [
+        {"image": "ok.png", "question": "  ", "answer": "red", "id": "blank"},
+        {"image": "missing.png", "question": "What color?", "answer": "blue", "id": "lost"},
+        {"image": "ok.png", "question": "What color?", "answer": "red", "id": "fine"},
+    ]
+    (tmp_path / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "m"
+    with pytest.raises(SourceError, match=r"2 unusable records") as err:
+        run(small(out, qwen_path, source=str(tmp_path / "d.jsonl"), n=3, bad_records="error"), progress=False)
+    assert "id blank): empty question" in str(err.value) and "id lost): unreadable image" in str(err.value)
+    assert [json.loads(x)["id"] for x in (out / "skipped.jsonl").read_text().splitlines()] == ["blank", "lost"]
+    assert not list((out / "shards").glob("*.parquet"))
