@@ -127,3 +127,114 @@ def vqav2(root: Path, photos) -> Path:
     path = root / "vqav2"
     Dataset.from_list(rows, features=features).save_to_disk(str(path))
     return path
+
+
+# AMBER's discriminative queries for four photographs (astronaut, coffee, cat, rocket): (type, query, truth),
+# as AMBER words them. AMBER's annotations.json labels some relation negatives "relation".
+AMBER_QUERIES = [
+    (1, "discriminative-hallucination", "Is there a person in this image?", "yes"),
+    (1, "discriminative-hallucination", "Is there a dog in this image?", "no"),
+    (2, "discriminative-attribute-state", "Is the cup white in this image?", "yes"),
+    (2, "discriminative-attribute-number", "Are there two cups in this image?", "no"),
+    (3, "discriminative-attribute-action", "Does the cat sleep in this image?", "no"),
+    (3, "discriminative-relation", "Are the cat and the blanket touching?", "yes"),
+    (4, "relation", "Are the rocket and the tower touching?", "no"),
+    (4, "discriminative-hallucination", "Is there a rocket in this image?", "yes"),
+]
+
+
+def amber(root: Path, photos) -> Path:
+    """AMBER's repository layout (github.com/junyangwang0410/AMBER): data/annotations.json, a JSON list of
+    {id, type, truth} (generative entries first, ids from 1, truth a list of objects; discriminative ids from
+    1005, truth "yes"/"no"), data/query/query_discriminative.json, a JSON list of {id, image, query}, and
+    data/query/query_all.json with the generative queries too; the images (AMBER_<k>.jpg) are a separate
+    download, here in image/. Returns the path of query_discriminative.json."""
+    images, data = root / "image", root / "data"
+    (data / "query").mkdir(parents=True, exist_ok=True)
+    images.mkdir(parents=True, exist_ok=True)
+    annotations, generative = [], []
+    for k, photo in enumerate(photos, 1):
+        photo.save(images / f"AMBER_{k}.jpg")
+        annotations.append({"id": k, "type": "generative", "truth": ["person"], "hallu": ["dog"]})
+        generative.append({"id": k, "image": f"AMBER_{k}.jpg", "query": "Describe this image."})
+    queries = []
+    for j, (k, kind, query, truth) in enumerate(AMBER_QUERIES):
+        annotations.append({"id": 1005 + j, "type": kind, "truth": truth})
+        queries.append({"id": 1005 + j, "image": f"AMBER_{k}.jpg", "query": query})
+    (data / "annotations.json").write_text(json.dumps(annotations, indent=4))
+    (data / "query" / "query_discriminative.json").write_text(json.dumps(queries, indent=4))
+    (data / "query" / "query_all.json").write_text(json.dumps(generative + queries, indent=4))
+    return data / "query" / "query_discriminative.json"
+
+
+# COCO category ids as in instances_val2014.json (a subset).
+COCO_CATEGORIES = [
+    (1, "person", "person"),
+    (5, "airplane", "vehicle"),
+    (17, "cat", "animal"),
+    (18, "dog", "animal"),
+    (47, "cup", "kitchen"),
+    (58, "hot dog", "food"),
+    (67, "dining table", "furniture"),
+    (88, "teddy bear", "indoor"),
+]
+# The objects of each photograph (astronaut, coffee, cat, rocket), by category id: the rocket has none.
+COCO_OBJECTS = [[1, 1], [47, 67], [17], []]
+
+
+def coco_instances(root: Path, photos) -> Path:
+    """COCO's instances_val2014.json layout: info, licenses, images [{id, file_name, width, height, ...}],
+    annotations [{id, image_id, category_id, bbox, area, iscrowd, segmentation}], categories [{supercategory,
+    id, name}]; images COCO_val2014_<id>.jpg in val2014/. Returns the annotations file's path."""
+    images = root / "val2014"
+    images.mkdir(parents=True, exist_ok=True)
+    (root / "annotations").mkdir(parents=True, exist_ok=True)
+    data = {
+        "info": {"description": "COCO 2014 Dataset"},
+        "licenses": [{"id": 1, "name": "Attribution License", "url": "http://creativecommons.org/licenses/by/2.0/"}],
+        "images": [],
+        "annotations": [],
+        "categories": [{"supercategory": s, "id": i, "name": n} for i, n, s in COCO_CATEGORIES],
+    }
+    for k, (photo, objects) in enumerate(zip(photos, COCO_OBJECTS)):
+        image_id = 100 + k
+        name = f"COCO_val2014_{image_id:012d}.jpg"
+        photo.save(images / name)
+        data["images"].append(
+            {"license": 1, "file_name": name, "height": photo.height, "width": photo.width, "id": image_id}
+        )
+        for category in objects:
+            data["annotations"].append(
+                {
+                    "id": len(data["annotations"]) + 1,
+                    "image_id": image_id,
+                    "category_id": category,
+                    "bbox": [0.0, 0.0, 10.0, 10.0],
+                    "area": 100.0,
+                    "iscrowd": 0,
+                    "segmentation": [[0.0, 0.0, 10.0, 0.0, 10.0, 10.0]],
+                }
+            )
+    path = root / "annotations" / "instances_val2014.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+def vqa_jsonl(root: Path, photos) -> Path:
+    """A generic close-ended VQA file: jsonl lines {image, question, answer}, images by relative path, no
+    answer_type column (given by `Records(answer_type=...)`)."""
+    images = root / "images"
+    images.mkdir(parents=True, exist_ok=True)
+    qa = [
+        ("What is the person wearing?", "spacesuit"),
+        ("What is in the cup?", "coffee"),
+        ("What animal is this?", "cat"),
+        ("What is launching?", "rocket"),
+    ]
+    lines = []
+    for i, (photo, (q, a)) in enumerate(zip(photos, qa)):
+        photo.save(images / f"{i}.jpg")
+        lines.append({"image": f"images/{i}.jpg", "question": q, "answer": a})
+    path = root / "vqa.jsonl"
+    path.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    return path

@@ -5,7 +5,7 @@ import json
 import pytest
 
 import benchmark_files as bf
-from mbpo_lit.data.sources import Records
+from mbpo_lit.data.sources import CocoChair, Records
 from mbpo_lit.evaluate import evaluate_records, evaluate_source, main, score, summarize
 from mbpo_lit.testbed.world import WorldConfig, build_records
 from mbpo_lit.testbed.world_source import WorldSource, evaluate_world
@@ -69,6 +69,91 @@ def test_free_form_garbage_never_crashes_and_counts_as_wrong():
         n = sum(r["family"] == family for r in records)
         assert m["by_family"][family] == {"accuracy": 0.0, "n": n, "unparseable": n}
     assert m["chair"]["n"] == 10 - len(closed) and m["pope"]["yes_ratio"] == 0.0
+
+
+def test_a_perfect_caption_has_chair_recall_one_and_no_hallucination():
+    records = [rec("", "description", "describe", objects=["red circle", "blue square"])]
+    for caption in (
+        "a red circle and a blue square",
+        "A circle and a square.",
+        "Two shapes: a blue square, a red circle.",
+    ):
+        m = score(records, [caption], WORLD.colors, MENTIONS)["chair"]
+        assert (m["recall"], m["chair_i"], m["chair_s"]) == (1.0, 0.0, 0.0), caption
+    half = score(records, ["a red circle and a green square"], WORLD.colors, MENTIONS)
+    assert half["chair"]["recall"] == 0.5 and half["chair"]["chair_i"] == 0.5
+    assert summarize(half)["chair_recall"] == 0.5
+
+
+def test_pope_files_read_by_glob_are_scored_per_subset(tmp_path, photos):
+    for category in ("random", "popular", "adversarial"):
+        bf.pope_github(tmp_path, photos[:2], category)
+    records, _ = Records(str(tmp_path / "coco_pope_*.json"), format="pope", image_root=str(tmp_path / "val2014")).load()
+    # Each file: yes, no, yes, no. Qwen-style sentences; the adversarial subset answers yes to everything.
+    right = ["Yes, there is a person in the image.", "No, there is no dog in the image."] * 2
+    preds = ["Yes, there is a dog in the image."] * 4 + right + ["Yes.", "There is not a dog.", "No.", "No"]
+    m = score(records, preds)
+    assert set(m["pope_by_type"]) == {"random", "popular", "adversarial"} and "amber" not in m
+    adv, rnd = m["pope_by_type"]["adversarial"], m["pope_by_type"]["random"]
+    assert (adv["accuracy"], adv["precision"], adv["recall"], adv["yes_ratio"]) == (0.5, 0.5, 1.0, 1.0)
+    assert adv["f1"] == pytest.approx(2 / 3)
+    assert m["pope_by_type"]["popular"]["f1"] == 1.0
+    assert (rnd["accuracy"], rnd["precision"], rnd["recall"], rnd["yes_ratio"]) == (0.75, 1.0, 0.5, 0.25)
+    assert m["by_group"]["random"]["accuracy"] == 0.75 and m["pope"]["n"] == 12
+
+
+def test_amber_is_scored_with_no_as_positive_per_type(tmp_path, photos):
+    path = bf.amber(tmp_path, photos)
+    records, _ = Records(str(path), format="amber", image_root=str(tmp_path / "image")).load()
+    # truths: yes no | yes no no | yes no | yes
+    preds = [
+        "Yes, there is a person in this image.",
+        "No, there is no dog in this image.",
+        "No, the cup is not white.",
+        "No.",
+        "Yes, the cat is sleeping.",
+        "Yes.",
+        "No, they are not touching.",
+        "Yes, there is a rocket.",
+    ]
+    m = score(records, preds)
+    assert "pope" not in m and set(m["amber_by_type"]) == {"existence", "attribute", "relation"}
+    assert m["amber_by_type"]["existence"]["accuracy"] == 1.0 and m["amber_by_type"]["relation"]["f1"] == 1.0
+    attr = m["amber_by_type"]["attribute"]  # predicted no, no, yes against yes, no, no: TP=1 FP=1 FN=1
+    assert (attr["precision"], attr["recall"], attr["no_ratio"]) == (0.5, 0.5, pytest.approx(2 / 3))
+    assert m["amber"]["accuracy"] == pytest.approx(6 / 8) and m["by_group"]["attribute"]["accuracy"] == pytest.approx(
+        1 / 3
+    )
+    flat = summarize(m)
+    assert flat["amber_f1"] == m["amber"]["f1"] and flat["amber_attribute_f1"] == 0.5 and "pope_f1" not in flat
+
+
+def test_coco_captions_are_scored_by_chair_against_the_instances(tmp_path, photos):
+    src = CocoChair(str(bf.coco_instances(tmp_path, photos)), image_root=str(tmp_path / "val2014"))
+    records, _ = src.load()  # person | cup, dining table | cat | nothing
+    perfect = [
+        "An astronaut, a man in a white suit, stands in front of a flag.",
+        "A cup of coffee on a wooden table.",
+        "A cat lying down.",
+        "A rocket launching into the sky.",
+    ]
+    m = score(records, perfect, src.vocabulary, src.mentions)["chair"]
+    assert (m["recall"], m["chair_i"], m["chair_s"], m["mentions"]) == (1.0, 0.0, 0.0, 4)
+    halluc = ["A man with a dog.", "Two cups.", "A cat eating a hot dog.", "A rocket and people."]
+    m = score(records, halluc, src.vocabulary, src.mentions)["chair"]
+    # mentions: person dog | cup | cat "hot dog" | person: 3 of 6 hallucinated, in 3 of 4 captions ("hot dog" is
+    # no dog); recalled: person, cup, cat of person, cup, dining table, cat
+    assert (m["chair_i"], m["chair_s"], m["recall"], m["mentions"]) == (0.5, 0.75, 0.75, 6)
+
+
+def test_verbose_answers_to_a_generic_vqa_file_and_to_multiple_choice(tmp_path, photos):
+    records, _ = Records(str(bf.vqa_jsonl(tmp_path / "v", photos)), answer_type="phrase").load()
+    preds = ["The person is wearing a spacesuit.", "There is no coffee in the cup.", "Cats.", "It is a rocket."]
+    m = score(records, preds)
+    assert m["all"] == {"accuracy": 0.75, "n": 4, "unparseable": 0}
+    records, _ = Records(str(bf.aokvqa(tmp_path / "a", photos)), format="aokvqa").load()
+    preds = ["The answer is (A).", "A cup of coffee.", "C. a cat", "The answer is a cat."]
+    assert score(records, preds)["by_family"]["choice"] == {"accuracy": 0.75, "n": 4, "unparseable": 0}
 
 
 @pytest.fixture(scope="module")

@@ -77,3 +77,15 @@ def test_phrase_answers_without_vocabulary_are_normalized():
 def test_description_is_not_close_ended():
     with pytest.raises(ValueError, match="'description' is not close-ended"):
         extract("a red circle", "description")
+
+
+def test_chair_counts_a_mention_of_an_objects_kind_and_recalls_each_true_object_once():
+    kind = lambda o: o.split()[-1]  # noqa: E731
+    perfect = chair([["red circle", "blue square"]], [["red circle", "blue square"]], kind)
+    assert perfect["recall"] == 1.0 and perfect["chair_i"] == 0.0 and perfect["chair_s"] == 0.0
+    kinds = chair([["circle", "square", "circle"]], [["red circle", "blue square", "green star"]], kind)
+    assert kinds["recall"] == pytest.approx(2 / 3) and kinds["chair_i"] == 0.0 and kinds["mentions"] == 3
+    wrong_colour = chair([["blue circle"]], [["red circle"]], kind)
+    assert wrong_colour["chair_i"] == 1.0 and wrong_colour["recall"] == 0.0
+    assert chair([["circle"]], [["red circle"]])["chair_i"] == 1.0  # without `kind`, names must be equal
+    assert chair([["dog"]], [["dog", "dog"]])["recall"] == 1.0  # duplicate truths count once

@@ -39,3 +39,24 @@ def test_compose_weights_and_reports_parts():
 def test_compose_rejects_a_reward_of_the_wrong_length():
     with pytest.raises(ValueError, match="reward 'bad' returned 1 values for 4 completions"):
         compose({"bad": (lambda c, r: [0.0], 1.0)}, ["a"] * 4, RECORDS)
+
+
+def test_full_sentence_answers_earn_accuracy_but_not_the_format_reward():
+    records = [
+        {"answer": "yes", "answer_type": "yes_no"},
+        {"answer": "2", "answer_type": "number"},
+        {"answer": "C", "answer_type": "choice", "choices": ["a person", "a cup of coffee", "a cat", "a rocket"]},
+        {"answer": "sofa", "answer_type": "phrase"},
+    ]
+    verbose = [
+        "Yes, there is a cat in the image.",
+        "There are 2 apples in the image.",
+        "The correct answer is a cat.",
+        "The cat is on the sofa.",
+    ]
+    assert AccuracyReward()(verbose, records) == [1.0] * 4
+    assert FormatReward()(verbose, records) == [0.0] * 4
+    assert FormatReward()(["Yes.", "2", "a cat", "Sofa."], records) == [1.0] * 4
+    assert (
+        AccuracyReward()(["No, there is no cat.", "three", "a rocket", "It is not on the sofa."], records) == [0.0] * 4
+    )

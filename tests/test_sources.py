@@ -9,7 +9,15 @@ import yaml
 from PIL import Image
 
 import benchmark_files as bf
-from mbpo_lit.data.sources import Records, SourceError, as_source, report_skipped
+from mbpo_lit.data.sources import (
+    COCO_SYNONYMS,
+    CocoChair,
+    ObjectMentions,
+    Records,
+    SourceError,
+    as_source,
+    report_skipped,
+)
 from mbpo_lit.fit import recipe
 from mbpo_lit.mine import main as mine_main
 
@@ -241,3 +249,134 @@ def test_records_left_out_by_answer_types_are_counted_not_refused(tmp_path, phot
     records, skipped = src.load()
     report_skipped(skipped, src, "error")  # filtered on purpose: no error
     assert len(records) == 3 and "1 records left out by answer_types" in capsys.readouterr().out
+
+
+def test_amber_queries_are_joined_with_annotations_by_id_and_grouped_by_amber_type(tmp_path, photos):
+    path = bf.amber(tmp_path, photos)
+    records, skipped = Records(str(path), format="amber", image_root=str(tmp_path / "image")).load()
+    assert not skipped and [r["id"] for r in records] == [str(1005 + j) for j in range(len(bf.AMBER_QUERIES))]
+    assert [r["answer"] for r in records] == [q[3] for q in bf.AMBER_QUERIES]
+    assert [r["group"] for r in records] == ["existence"] * 2 + ["attribute"] * 3 + ["relation"] * 2 + ["existence"]
+    assert [r["amber_type"] for r in records] == [r["group"] for r in records]
+    assert [r["family"] for r in records][2:5] == ["attribute-state", "attribute-number", "attribute-action"]
+    assert {r["answer_type"] for r in records} == {"yes_no"} and records[1]["question"] == bf.AMBER_QUERIES[1][2]
+    assert len(sizes(records)) == 3
+
+
+def test_amber_generative_queries_are_counted_and_bad_ids_named(tmp_path, photos, capsys):
+    path = bf.amber(tmp_path, photos)
+    src = Records(str(path.parent / "query_all.json"), format="amber", image_root=str(tmp_path / "image"))
+    records, skipped = src.load()
+    assert len(records) == len(bf.AMBER_QUERIES) and [s["id"] for s in skipped] == ["1", "2", "3", "4"]
+    report_skipped(skipped, src, "error")  # the generative task left out on purpose: no error
+    assert "4 records left out" in capsys.readouterr().out
+    queries = json.loads(path.read_text()) + [{"id": 99999, "image": "AMBER_1.jpg", "query": "Is it?"}]
+    annotations = json.loads((tmp_path / "data" / "annotations.json").read_text())
+    annotations[-1]["type"] = "discriminative-colour"
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "ann.json").write_text(json.dumps(annotations))
+    odd = write_jsonl(tmp_path / "odd.jsonl", queries)
+    src = Records(
+        odd, format="amber", image_root=str(tmp_path / "image"), annotations=str(tmp_path / "elsewhere/ann.json")
+    )
+    records, skipped = src.load()
+    reasons = {s["id"]: s["reason"] for s in skipped}
+    assert len(records) == len(bf.AMBER_QUERIES) - 1 and reasons["99999"].startswith("id 99999 is not in ")
+    assert reasons["1012"].startswith("AMBER type 'discriminative-colour' is none of")
+
+
+def test_amber_without_its_annotations_file_says_which_option_to_pass(tmp_path):
+    path = write_jsonl(tmp_path / "q.jsonl", [{"id": 1005, "image": "AMBER_1.jpg", "query": "Is there a dog?"}])
+    with pytest.raises(SourceError, match=r"format 'amber' needs AMBER's data/annotations.json.*annotations=PATH"):
+        Records(path, format="amber").load()
+    with pytest.raises(SourceError, match="annotations=.* is an option of format 'amber', not 'pope'"):
+        Records(path, format="pope", annotations="a.json")
+
+
+def test_pope_subsets_read_in_one_go_from_a_glob(tmp_path, photos):
+    for category in ("random", "popular", "adversarial"):
+        bf.pope_github(tmp_path, photos[:2], category)
+    src = Records(str(tmp_path / "coco_pope_*.json"), format="pope", image_root=str(tmp_path / "val2014"))
+    records, skipped = src.load()
+    assert not skipped and len(records) == 12
+    assert [r["group"] for r in records[::4]] == ["adversarial", "popular", "random"]  # sorted file names
+    assert records[0]["id"] == "coco_pope_adversarial/1" and len({r["id"] for r in records}) == 12
+    spread, _ = Records(src.path, format="pope", image_root=src.image_root, n=3, spread=True).load()
+    assert [r["group"] for r in spread] == ["adversarial", "popular", "random"]
+    with pytest.raises(SourceError, match="matches no file"):
+        Records(str(tmp_path / "nothing_*.json"), format="pope").load()
+
+
+def test_a_generic_vqa_jsonl_takes_its_answer_type_from_the_option(tmp_path, photos):
+    path = str(bf.vqa_jsonl(tmp_path, photos))
+    records, skipped = Records(path, answer_type="phrase").load()
+    assert not skipped and [r["answer"] for r in records] == ["spacesuit", "coffee", "cat", "rocket"]
+    assert {r["answer_type"] for r in records} == {"phrase"} and sizes(records) == {p.size for p in photos}
+    assert [r["question"] for r in records][2] == "What animal is this?" and records[3]["id"] == "3"
+
+
+def test_multiple_choice_records_carry_their_options_for_the_verifier(tmp_path, photos):
+    records, _ = Records(str(bf.aokvqa(tmp_path, photos)), format="aokvqa").load()
+    assert records[1]["choices"] == ["a person", "a cup of coffee", "a cat", "a rocket"]
+    photos[0].save(tmp_path / "a.png")
+    row = {"image": "a.png", "question": "Which? A. red B. blue", "answer": "B", "answer_type": "choice"}
+    records, _ = Records(write_jsonl(tmp_path / "c.jsonl", [row | {"choices": ["red", "blue"]}])).load()
+    assert records[0]["choices"] == ["red", "blue"]
+    records, skipped = Records(write_jsonl(tmp_path / "s.jsonl", [row | {"choices": "red, blue"}])).load()
+    assert skipped[0]["reason"] == "choices must be a list of the options' texts, got str"
+    records, _ = Records(write_jsonl(tmp_path / "n.jsonl", [row])).load()
+    assert "choices" not in records[0]
+
+
+def test_coco_instances_give_description_records_with_the_objects_present(tmp_path, photos):
+    path = bf.coco_instances(tmp_path, photos)
+    src = CocoChair(str(path), image_root=str(tmp_path / "val2014"))
+    records, skipped = src.load()
+    assert not skipped and [r["id"] for r in records] == ["100", "101", "102", "103"]
+    assert [r["objects"] for r in records] == [["person"], ["cup", "dining table"], ["cat"], []]
+    assert {r["answer_type"] for r in records} == {"description"} and len(sizes(records)) == 3
+    assert records[0]["question"] == "Please describe this image in detail."
+    first, _ = CocoChair(str(path), image_root=str(tmp_path / "val2014"), n=2, spread=True).load()
+    assert [r["id"] for r in first] == ["100", "102"]
+
+
+def test_coco_mentions_find_category_names_plurals_and_synonyms_longest_first():
+    mentions = ObjectMentions(
+        ["person", "dog", "hot dog", "teddy bear", "dining table", "cup"], {**COCO_SYNONYMS, "cup": ["mug"]}
+    )
+    assert mentions("A man and two women eat hot dogs at a dining table with a dog.") == [
+        "person",
+        "person",
+        "hot dog",
+        "dining table",
+        "dog",
+    ]
+    assert mentions("Two teddy bears on a table; mugs, cups and people.") == [
+        "teddy bear",
+        "dining table",
+        "cup",
+        "cup",
+        "person",
+    ]
+    assert mentions("A bear and a hotdog.") == []  # not COCO names here
+    assert mentions("A cat on a couch.") == []  # synonyms of categories the file lacks are not found
+
+
+def test_coco_bad_images_are_named_and_a_bad_file_is_refused(tmp_path, photos):
+    path = bf.coco_instances(tmp_path, photos)
+    data = json.loads(path.read_text())
+    data["images"][1]["file_name"] = "gone.jpg"
+    data["annotations"].append({"id": 99, "image_id": 102, "category_id": 999})
+    path.write_text(json.dumps(data))
+    records, skipped = CocoChair(str(path), image_root=str(tmp_path / "val2014")).load()
+    assert [r["id"] for r in records] == ["100", "103"]
+    reasons = {s["id"]: s["reason"] for s in skipped}
+    assert (
+        reasons["101"].startswith("unreadable image")
+        and reasons["102"] == "annotations name unknown category ids [999]"
+    )
+    (tmp_path / "x.json").write_text(json.dumps({"images": []}))
+    with pytest.raises(SourceError, match="not a COCO instances file"):
+        CocoChair(str(tmp_path / "x.json")).load()
+    with pytest.raises(SourceError, match="does not exist"):
+        CocoChair(str(tmp_path / "nope.json")).load()

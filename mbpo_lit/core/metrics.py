@@ -7,7 +7,7 @@ scored as the answer opposite to the label, and it is never a "yes" in the yes-r
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torchmetrics.classification import BinaryAccuracy, BinaryF1Score, BinaryPrecision, BinaryRecall
@@ -53,23 +53,31 @@ def amber_discriminative(predictions: Sequence[str | None], labels: Sequence[str
     return binary_metrics(predictions, labels, positive="no")
 
 
-def chair(mentions: Sequence[Sequence[str]], truths: Sequence[Sequence[str]]) -> dict[str, float]:
+def chair(
+    mentions: Sequence[Sequence[str]],
+    truths: Sequence[Sequence[str]],
+    kind: Callable[[str], str] | None = None,
+) -> dict[str, float]:
     """CHAIR over captions, given the objects each caption mentions and the objects truly present.
 
-    CHAIR_i = hallucinated mentions / all mentions; CHAIR_s = captions with at least one hallucinated
-    mention / all captions; recall = distinct true objects mentioned / true objects.
+    A mention names a present object when it equals it, or, given `kind` (object -> its kind, e.g. the last
+    word: "red circle" -> "circle"), when it equals the object's kind; a mention that names no present object
+    is hallucinated. CHAIR_i = hallucinated mentions / all mentions; CHAIR_s = captions with at least one
+    hallucinated mention / all captions; recall = distinct true objects named by some mention / distinct true
+    objects. A caption that names every present object and nothing else has CHAIR_i 0 and recall 1.
     """
     if len(mentions) != len(truths):
         raise ValueError(f"{len(mentions)} captions but {len(truths)} ground-truth object lists")
     n_mentions = n_halluc = n_bad_captions = n_recalled = n_true = 0
     for said, present in zip(mentions, truths):
-        present_set = set(present)
-        halluc = [m for m in said if m not in present_set]
+        present = list(dict.fromkeys(present))
+        named = [{o for o in present if m == o or (kind is not None and m == kind(o))} for m in said]
+        halluc = sum(not objects for objects in named)
         n_mentions += len(said)
-        n_halluc += len(halluc)
+        n_halluc += halluc
         n_bad_captions += bool(halluc)
-        n_recalled += len(present_set & set(said))
-        n_true += len(present_set)
+        n_recalled += len(set().union(*named))
+        n_true += len(present)
     return {
         "chair_s": n_bad_captions / len(mentions) if mentions else 0.0,
         "chair_i": n_halluc / n_mentions if n_mentions else 0.0,

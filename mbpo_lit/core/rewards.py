@@ -22,14 +22,15 @@ RewardFn = Callable[[list[str], list[dict]], list[float]]
 class AccuracyReward:
     """1.0 if the completion gives the reference answer under the shared verifier (answers.py), else 0.0.
 
-    `vocabulary` restricts colour/phrase answers to known words (e.g. the world's colours).
+    `vocabulary` restricts colour/phrase answers to known words (e.g. the world's colours). A record's
+    `choices` (its options' texts, when it has them) let a multiple-choice completion name its option by text.
     """
 
     vocabulary: Sequence[str] | None = None
 
     def __call__(self, completions: list[str], records: list[dict]) -> list[float]:
         return [
-            float(is_correct(c, r["answer"], r["answer_type"], self.vocabulary))
+            float(is_correct(c, r["answer"], r["answer_type"], self.vocabulary, choices=r.get("choices") or None))
             for c, r in zip(completions, records, strict=True)
         ]
 
@@ -39,7 +40,8 @@ class FormatReward:
     """1.0 if the completion is a bare answer of the right type: parseable and at most `max_words` words.
 
     Close-ended questions ask for a word, a number or a letter; rewarding the bare form keeps completions
-    short and verifiable, and is the "format reward" of MBPO's online stream.
+    short and verifiable, and is the "format reward" of MBPO's online stream. A full-sentence answer that the
+    verifier accepts ("Yes, there is a cat in the image.") earns the accuracy reward but not this one.
     """
 
     max_words: int = 3
@@ -48,7 +50,7 @@ class FormatReward:
     def __call__(self, completions: list[str], records: list[dict]) -> list[float]:
         out = []
         for c, r in zip(completions, records, strict=True):
-            parsed = extract(c, r["answer_type"], self.vocabulary)
+            parsed = extract(c, r["answer_type"], self.vocabulary, choices=r.get("choices") or None)
             out.append(float(parsed is not None and 0 < len(normalize_phrase(c).split()) <= self.max_words))
         return out
 

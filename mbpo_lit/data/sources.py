@@ -2,19 +2,29 @@
 
 A record is a dict: `image` (PIL, RGB), `question`, `answer`, `answer_type` ("yes_no", "number", "choice",
 "phrase", "color", or "description" for open-ended captions), `id`, and optionally `family` (the question
-family, e.g. "existence") and `group` (the slice metrics are reported by: POPE's random / popular /
-adversarial, or a synthetic world's in-prior / counter-prior).
+family, e.g. "existence"), `group` (the slice metrics are reported by: POPE's random / popular /
+adversarial, AMBER's existence / attribute / relation, or a synthetic world's in-prior / counter-prior),
+`choices` (the options' texts of a multiple-choice question, A first: the verifier accepts an option's text
+for its letter), `amber_type` (AMBER's records: scored with AMBER's "no"-positive metrics) and `objects` (the
+objects present, for descriptions scored by CHAIR).
 
 Sources are classes with a `load()`, so a LightningCLI recipe names one by `class_path` (as torchgeo's
 datasets are named) and a new kind of data is a new subclass, not an edit here. `Records` reads
 
 * a Hugging Face hub dataset id (with `split` and config `name`),
-* a local .jsonl / .json / .csv / .parquet file, or a `datasets` `save_to_disk` folder,
+* a local .jsonl / .json / .csv / .parquet file, a glob of such files ("pope/coco_pope_*.json": each file
+  read in turn, ids prefixed by the file's stem), or a `datasets` `save_to_disk` folder,
 
 in the library's schema or in a benchmark's published layout (`format`): "pope" (POPE's files: question_id,
-image, text, label; or lmms-lab/POPE's question / answer / category), "aokvqa" (A-OKVQA: question, choices,
-correct_choice_idx, rendered as a lettered multiple-choice prompt) and "vqav2" (VQAv2: question,
-multiple_choice_answer, answer_type). `columns` renames a source's columns on top of the format's.
+image, text, label, the subset from the file name; or lmms-lab/POPE's question / answer / category), "amber"
+(AMBER's discriminative queries, data/query/query_discriminative*.json: id, image, query, joined by id with
+data/annotations.json's type and truth), "aokvqa" (A-OKVQA: question, choices, correct_choice_idx, rendered
+as a lettered multiple-choice prompt) and "vqav2" (VQAv2: question, multiple_choice_answer, answer_type).
+`columns` renames a source's columns on top of the format's; a close-ended VQA file in the library's schema
+with no answer_type column takes `answer_type` ("yes_no", "number", "phrase", ...) for all its records.
+
+`CocoChair` reads COCO's instance annotations (instances_val2014.json) as description records, whose
+captions `CocoChair.mentions` parses into COCO category names for CHAIR.
 
 Nothing is dropped silently: a record that cannot be used (no question, no answer, an unreadable image) is
 returned in the `skipped` list with its index, id and reason, and the caller reports or refuses it.
@@ -22,19 +32,22 @@ returned in the `skipped` list with its index, id and reason, and the caller rep
 
 from __future__ import annotations
 
+import bisect
+import glob
 import io
+import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 from PIL import Image
 
-from mbpo_lit.core.answers import CLOSED_TYPES, extract, parse_choice, parse_count
+from mbpo_lit.core.answers import CLOSED_TYPES, LETTERS, extract, parse_choice, parse_count, word_forms
 from mbpo_lit.vlm.hub import hub_failure, looks_local
 
-FormatName = Literal["records", "pope", "aokvqa", "vqav2"]
-LETTERS = "ABCD"  # the verifier reads options A-D
+FormatName = Literal["records", "pope", "amber", "aokvqa", "vqav2"]
 
 
 class SourceError(ValueError):
@@ -68,6 +81,7 @@ FORMATS: dict[str, Format] = {
             "id": ("id",),
             "family": ("family",),
             "group": ("group",),
+            "choices": ("choices",),
         }
     ),
     # POPE's own jsonl files (github.com/RUCAIBox/POPE: question_id, image, text, label; the category is in the
@@ -82,6 +96,13 @@ FORMATS: dict[str, Format] = {
         },
         answer_type="yes_no",
         family="existence",
+    ),
+    # AMBER's discriminative queries (github.com/junyangwang0410/AMBER, data/query/query_discriminative*.json:
+    # a JSON list of {id, image, query}); the answer ("truth") and the type come from data/annotations.json by id
+    # (`Records(annotations=...)`), so "truth" is not a column of the query file.
+    "amber": Format(
+        {"image": ("image",), "question": ("query", "question"), "answer": ("truth",), "id": ("id",)},
+        answer_type="yes_no",
     ),
     # A-OKVQA (HuggingFaceM4/A-OKVQA): four choices and the index of the correct one.
     "aokvqa": Format(
@@ -106,6 +127,18 @@ FORMATS: dict[str, Format] = {
         },
         answer_types={"yes/no": "yes_no", "number": "number", "other": "phrase"},
     ),
+}
+
+
+# AMBER's annotation types -> (group: AMBER's breakdown, family). AMBER's annotations.json labels some relation
+# queries "relation" rather than "discriminative-relation"; its own evaluation counts both as relation.
+AMBER_TYPES = {
+    "discriminative-hallucination": ("existence", "existence"),
+    "discriminative-attribute-state": ("attribute", "attribute-state"),
+    "discriminative-attribute-number": ("attribute", "attribute-number"),
+    "discriminative-attribute-action": ("attribute", "attribute-action"),
+    "discriminative-relation": ("relation", "relation"),
+    "relation": ("relation", "relation"),
 }
 
 
@@ -172,23 +205,30 @@ class RecordSource:
 
 
 class Records(RecordSource):
-    """Records from a hub dataset id, a local file or a `save_to_disk` folder (see the module docstring).
+    """Records from a hub dataset id, a local file (or a glob of files) or a `save_to_disk` folder (see the
+    module docstring).
 
     Args:
-        path: hub dataset id (e.g. "lmms-lab/POPE"), local .jsonl/.json/.csv/.parquet file, or folder.
+        path: hub dataset id (e.g. "lmms-lab/POPE"), local .jsonl/.json/.csv/.parquet file, a glob of local
+            files (e.g. "pope/coco_pope_*.json": POPE's three subsets in one go, each grouped by its file name;
+            ids become "<file stem>/<id>", as POPE's files number their questions alike), or folder.
         split: split of a hub dataset.
         name: config name of a hub dataset (e.g. "Full" for lmms-lab/POPE).
-        format: the layout: "records" (this library's schema), "pope", "aokvqa" or "vqav2".
+        format: the layout: "records" (this library's schema), "pope", "amber", "aokvqa" or "vqav2".
         columns: record field -> source column, on top of the format's (e.g. {"question": "prompt"}).
         image_root: folder that relative image paths are resolved against (default: the data file's folder;
-            for folders and hub ids, the working directory).
+            for folders and hub ids, the working directory). AMBER's images are a separate download: pass it.
         answer_type: answer type of records whose source has none ("yes_no", "number", "choice", "phrase").
         answer_types: keep only records of these answer types; the others are skipped *and listed*.
-        group: metrics slice of every record when the source has none (POPE: taken from the file name).
+        group: metrics slice of every record when the source has none (POPE: taken from the file name; AMBER:
+            its type, existence / attribute / relation).
         n: at most this many records (None: all): the first n, or with `spread` n spread evenly over the data.
         spread: take every (len / n)-th record instead of the first n, so a file ordered by category (POPE's
             hub copy: adversarial, then popular, then random) gives a sample of every category.
         vocabulary: closed answer vocabulary for "color"/"phrase" answers (see `RecordSource`).
+        annotations: format "amber": AMBER's data/annotations.json (default: annotations.json in the query
+            file's parent folder, as in AMBER's repository, or in its own folder). Queries of the generative
+            task are left out and counted, like an `answer_types` filter.
     """
 
     def __init__(
@@ -205,18 +245,32 @@ class Records(RecordSource):
         n: int | None = None,
         spread: bool = False,
         vocabulary: list[str] | None = None,
+        annotations: str | None = None,
     ):
         if format not in FORMATS:
             raise SourceError(f"format={format!r}: one of {sorted(FORMATS)}")
         if n is not None and n < 1:
             raise SourceError(f"n={n}: must be >= 1 (or None for all records)")
+        if annotations is not None and format != "amber":
+            raise SourceError(f"annotations={annotations!r} is an option of format 'amber', not {format!r}")
         self.path, self.split, self.name, self.format = path, split, name, format
         self.columns, self.image_root, self.answer_type = dict(columns or {}), image_root, answer_type
         self.answer_types, self.group, self.n, self.spread = answer_types, group, n, spread
-        self.vocabulary = vocabulary
+        self.vocabulary, self.annotations = vocabulary, annotations
+        self._amber: dict[str, dict] = {}  # AMBER's annotations by id, read by `load`
+        self._amber_path: Path | None = None
 
     def __str__(self) -> str:
         return self.path if self.split == "train" or looks_local(self.path) else f"{self.path}[{self.split}]"
+
+    def _paths(self) -> list[str]:
+        """The files a glob `path` matches (sorted), or [path]."""
+        if not (looks_local(self.path) and glob.has_magic(self.path)):
+            return [self.path]
+        found = sorted(glob.glob(str(Path(self.path).expanduser())))
+        if not found:
+            raise SourceError(f"data path {self.path!r} matches no file")
+        return found
 
     def _column_map(self, available: list[str]) -> dict[str, str]:
         """Record field -> source column present in the data; a user-named column must exist."""
@@ -226,9 +280,11 @@ class Records(RecordSource):
         unknown = {k: v for k, v in self.columns.items() if v not in available}
         if unknown:
             raise SourceError(f"{self}: columns {unknown} not in the data; its columns are {available}")
+        if self.format == "amber":
+            available = [*available, "truth"]  # joined from annotations.json by id
         found = {k: next((c for c in cands if c in available), None) for k, cands in fmt.columns.items()}
         mapping = {k: c for k, c in found.items() if c is not None} | self.columns
-        needed = ("image", "question", "answer") + (("choices",) if self.format == "aokvqa" else ())
+        needed = ("image", "question", "answer") + {"aokvqa": ("choices",), "amber": ("id",)}.get(self.format, ())
         missing = [k for k in needed if k not in mapping]
         if missing:
             raise SourceError(
@@ -237,16 +293,54 @@ class Records(RecordSource):
             )
         return mapping
 
-    def _default_group(self) -> str:
+    def _default_group(self, path: str | None = None) -> str:
         if self.group is not None:
             return self.group
-        if self.format == "pope" and (m := re.search(r"(random|popular|adversarial)", Path(self.path).name)):
+        name = Path(path or self.path).name
+        if self.format == "pope" and (m := re.search(r"(random|popular|adversarial)", name)):
             return m.group(1)
         return ""
 
-    def record(self, row: dict, i: int, cols: dict[str, str], root: Path | None) -> dict:
-        """One source row as a record; raises ValueError with the reason if it cannot be used."""
+    def _load_amber_annotations(self, path: str) -> None:
+        """AMBER's annotations.json as {id: annotation}, from `annotations` or next to the query file."""
+        if self.annotations is not None:
+            candidates = [Path(self.annotations).expanduser()]
+        else:
+            query = Path(path).expanduser()
+            candidates = [query.parent.parent / "annotations.json", query.parent / "annotations.json"]
+        found = next((c for c in candidates if c.is_file()), None)
+        if found is None:
+            raise SourceError(
+                f"{self}: format 'amber' needs AMBER's data/annotations.json; not found at "
+                f"{', '.join(map(str, candidates))}: pass annotations=PATH"
+            )
+        try:
+            items = json.loads(found.read_text())
+            self._amber = {str(a["id"]): a for a in items}
+        except (ValueError, TypeError, KeyError) as err:
+            raise SourceError(f"{found}: not AMBER's annotations (a JSON list of {{id, type, truth}}): {err}") from err
+        self._amber_path = found
+
+    def _amber_row(self, row: dict, cols: dict[str, str]) -> tuple[dict, str, str]:
+        """The query row joined with its annotation: (row with "truth", group, family)."""
+        rid = row.get(cols["id"])
+        ann = self._amber.get(str(rid))
+        if ann is None:
+            raise ValueError(f"id {rid} is not in {self._amber_path}")
+        kind = AMBER_TYPES.get(str(ann.get("type")))
+        if kind is None:
+            if ann.get("type") == "generative":
+                raise Filtered("a generative query (AMBER's generative task is not scored by this evaluator)")
+            raise ValueError(f"AMBER type {ann.get('type')!r} is none of {sorted(AMBER_TYPES)}")
+        return dict(row) | {"truth": ann.get("truth")}, *kind
+
+    def record(self, row: dict, i: int, cols: dict[str, str], root: Path | None, path: str | None = None) -> dict:
+        """One source row (of the file `path`, for the default group) as a record; raises ValueError with the
+        reason if it cannot be used."""
         fmt = FORMATS[self.format]
+        group = family = None
+        if self.format == "amber":
+            row, group, family = self._amber_row(row, cols)
         question = row.get(cols["question"])
         if question is None or not str(question).strip():
             raise ValueError("empty question")
@@ -261,8 +355,12 @@ class Records(RecordSource):
             or "phrase"
         )
         question = str(question)
+        choices = row.get(cols["choices"]) if "choices" in cols else None
+        if choices is not None and not isinstance(choices, (list, tuple)):
+            raise ValueError(f"choices must be a list of the options' texts, got {type(choices).__name__}")
+        choices = [str(c) for c in choices] if choices else None
         if self.format == "aokvqa":  # a lettered multiple-choice prompt; the answer is the correct letter
-            choices = list(row.get(cols["choices"]) or [])
+            choices = choices or []
             if not 2 <= len(choices) <= len(LETTERS) or not 0 <= int(answer) < len(choices):
                 raise ValueError(f"{len(choices)} choices and correct index {answer}: needs 2-4 choices and an index")
             question += "\n" + "\n".join(f"{LETTERS[j]}. {c}" for j, c in enumerate(choices))
@@ -270,7 +368,7 @@ class Records(RecordSource):
             answer = LETTERS[int(answer)]
         if answer_type not in CLOSED_TYPES:
             # Open-ended answers (descriptions) are scored by CHAIR, which needs a source that parses object
-            # mentions (`RecordSource.mentions`); this one cannot.
+            # mentions (`RecordSource.mentions`, e.g. `CocoChair`); this one cannot.
             raise ValueError(f"answer_type {answer_type!r} is not close-ended {CLOSED_TYPES}")
         if self.answer_types is not None and answer_type not in self.answer_types:
             raise Filtered(f"answer_type {answer_type!r} not in answer_types={self.answer_types}")
@@ -291,37 +389,210 @@ class Records(RecordSource):
         except Exception as err:  # noqa: BLE001 - any decoding failure is this record's reason
             raise ValueError(f"unreadable image: {err}") from err
         rid = row.get(cols["id"]) if "id" in cols else None
-        return dict(
+        out = dict(
             image=image,
             question=question,
             answer=str(answer),
             answer_type=answer_type,
             id=str(rid if rid is not None else i),
             source_index=i,
-            family=row.get(cols.get("family", "")) or fmt.family or answer_type,
-            group=str(row.get(cols.get("group", "")) or self._default_group()),
+            family=family or row.get(cols.get("family", "")) or fmt.family or answer_type,
+            group=str(group or row.get(cols.get("group", "")) or self._default_group(path)),
         )
+        if choices:
+            out["choices"] = choices
+        if self.format == "amber":
+            out["amber_type"] = group
+        return out
 
     def load(self) -> tuple[list[dict], list[dict]]:
-        data = open_dataset(self.path, self.split, self.name)
-        cols = self._column_map(list(data.column_names))
-        local = Path(self.path).expanduser()
-        root = Path(self.image_root) if self.image_root else (local.parent if local.is_file() else None)
+        paths = self._paths()
+        parts = []  # (path, dataset, column map, image root)
+        for path in paths:
+            data = open_dataset(path, self.split, self.name)
+            local = Path(path).expanduser()
+            root = Path(self.image_root) if self.image_root else (local.parent if local.is_file() else None)
+            parts.append((path, data, self._column_map(list(data.column_names)), root))
+        if self.format == "amber":
+            self._load_amber_annotations(paths[0])
+        starts = [0]
+        for _, data, _, _ in parts:
+            starts.append(starts[-1] + len(data))
+        total = starts[-1]
         records, skipped = [], []
-        n = len(data) if self.n is None else min(self.n, len(data))
-        for i in range(n) if not self.spread else sorted({k * len(data) // n for k in range(n)}):
+        n = total if self.n is None else min(self.n, total)
+        for i in range(n) if not self.spread else sorted({k * total // n for k in range(n)}):
+            part = bisect.bisect_right(starts, i) - 1
+            path, data, cols, root = parts[part]
+            prefix = f"{Path(path).stem}/" if len(parts) > 1 else ""
             try:
-                row = data[i]
+                row = data[i - starts[part]]
             except Exception as err:  # noqa: BLE001 - an undecodable row (e.g. corrupt image bytes)
-                skipped.append({"index": i, "id": str(i), "reason": f"unreadable record: {err}"})
+                skipped.append({"index": i, "id": f"{prefix}{i - starts[part]}", "reason": f"unreadable record: {err}"})
                 continue
             try:
-                records.append(self.record(row, i, cols, root))
+                rec = self.record(row, i, cols, root, path)
+                rec["id"] = prefix + rec["id"]
+                records.append(rec)
             except ValueError as err:
                 rid = row.get(cols["id"]) if "id" in cols else None
-                entry = {"index": i, "id": str(rid if rid is not None else i), "reason": str(err)}
+                entry = {"index": i, "id": prefix + str(rid if rid is not None else i), "reason": str(err)}
                 skipped.append(entry | ({"filtered": True} if isinstance(err, Filtered) else {}))
         return records, skipped
+
+
+# Words that name a COCO category besides its own name (and their simple plurals), kept small: the usual
+# words for people, and short names of long categories. A caption's words are matched longest first, so "hot
+# dog" is a hot dog and not a dog, "teddy bear" not a bear, "dining table" one table.
+COCO_SYNONYMS: dict[str, tuple[str, ...]] = {
+    "person": ("man", "woman", "boy", "girl", "child", "kid", "guy", "lady", "people"),
+    "bicycle": ("bike",),
+    "motorcycle": ("motorbike",),
+    "airplane": ("plane", "aeroplane", "jet", "aircraft"),
+    "couch": ("sofa",),
+    "tv": ("television",),
+    "dining table": ("table",),
+    "cell phone": ("phone", "cellphone", "smartphone"),
+    "sports ball": ("ball",),
+    "tennis racket": ("racket", "racquet"),
+    "donut": ("doughnut",),
+    "hair drier": ("hair dryer",),
+    "refrigerator": ("fridge",),
+    "potted plant": ("houseplant",),
+    "handbag": ("purse",),
+    "cup": ("mug",),
+}
+
+
+class ObjectMentions:
+    """Object names found in free text: each category by its name or a synonym, in simple plural or singular
+    form ("two dogs", "a man and a woman" -> ["dog", "person", "person"]), one mention per occurrence, longest
+    names first. A negated mention still counts ("there is no dog" mentions a dog), as in CHAIR.
+    """
+
+    def __init__(self, names: Sequence[str], synonyms: dict[str, Sequence[str]] | None = None):
+        surfaces = [(name, name) for name in names]
+        surfaces += [(s, name) for name, extra in (synonyms or {}).items() if name in names for s in extra]
+        self.surfaces = sorted(
+            ((tuple(word_forms(w) for w in surface.lower().split()), name) for surface, name in surfaces),
+            key=lambda x: -len(x[0]),
+        )
+
+    def __call__(self, text: str) -> list[str]:
+        said = re.findall(r"[a-z]+", str(text).lower())
+        out, i = [], 0
+        while i < len(said):
+            for forms, name in self.surfaces:
+                if i + len(forms) <= len(said) and all(said[i + j] in f for j, f in enumerate(forms)):
+                    out.append(name)
+                    i += len(forms)
+                    break
+            else:
+                i += 1
+        return out
+
+
+class CocoChair(RecordSource):
+    """COCO images to describe, scored by CHAIR against COCO's instance annotations.
+
+    Reads COCO's instances file (instances_val2014.json: images [{id, file_name}], annotations [{image_id,
+    category_id}], categories [{id, name}]) as description records: `question` the prompt, `objects` the
+    category names present, `answer` those names joined (for reference only: CHAIR scores descriptions).
+    `mentions` finds category names in a caption (see `ObjectMentions` and `COCO_SYNONYMS`). An image whose
+    file is missing or unreadable, or whose annotations name an unknown category, is skipped and listed.
+
+    Args:
+        annotations: path of the instances file.
+        image_root: folder of the images (default: the annotations file's folder).
+        question: the prompt.
+        n: at most this many images (None: all 40,504 of val2014; CHAIR is usually reported on 500).
+        spread: take n images spread evenly over the file instead of the first n.
+        synonyms: extra names per category, on top of `COCO_SYNONYMS` (e.g. {"couch": ["settee"]}).
+    """
+
+    def __init__(
+        self,
+        annotations: str,
+        image_root: str | None = None,
+        question: str = "Please describe this image in detail.",
+        n: int | None = None,
+        spread: bool = False,
+        synonyms: dict[str, list[str]] | None = None,
+    ):
+        if n is not None and n < 1:
+            raise SourceError(f"n={n}: must be >= 1 (or None for all images)")
+        self.annotations, self.image_root, self.question = annotations, image_root, question
+        self.n, self.spread, self.synonyms = n, spread, dict(synonyms or {})
+        self._mentions: ObjectMentions | None = None
+
+    def __str__(self) -> str:
+        return self.annotations
+
+    def _read(self) -> dict:
+        path = Path(self.annotations).expanduser()
+        if not path.is_file():
+            raise SourceError(f"annotations {self.annotations!r} does not exist (COCO's instances_*.json)")
+        try:
+            data = json.loads(path.read_text())
+            if not all(isinstance(data.get(k), list) for k in ("images", "annotations", "categories")):
+                raise ValueError("needs the lists images, annotations and categories")
+        except (ValueError, AttributeError) as err:
+            raise SourceError(f"{self.annotations}: not a COCO instances file: {err}") from err
+        return data
+
+    def _parser(self, categories: list[dict]) -> ObjectMentions:
+        names = [str(c["name"]) for c in categories]
+        extra = {k: (*COCO_SYNONYMS.get(k, ()), *self.synonyms.get(k, ())) for k in {*COCO_SYNONYMS, *self.synonyms}}
+        return ObjectMentions(names, extra)
+
+    def load(self) -> tuple[list[dict], list[dict]]:
+        data = self._read()
+        categories = {c["id"]: str(c["name"]) for c in data["categories"]}
+        self._mentions = self._parser(data["categories"])
+        present: dict = {}
+        for a in data["annotations"]:
+            present.setdefault(a.get("image_id"), []).append(a.get("category_id"))
+        root = Path(self.image_root) if self.image_root else Path(self.annotations).expanduser().parent
+        images = data["images"]
+        n = len(images) if self.n is None else min(self.n, len(images))
+        records, skipped = [], []
+        for i in range(n) if not self.spread else sorted({k * len(images) // n for k in range(n)}):
+            info = images[i]
+            rid = str(info.get("id", i))
+            try:
+                unknown = sorted({c for c in present.get(info.get("id"), []) if c not in categories}, key=str)
+                if unknown:
+                    raise ValueError(f"annotations name unknown category ids {unknown}")
+                if not info.get("file_name"):
+                    raise ValueError("no file_name")
+                try:
+                    image = open_image(str(info["file_name"]), root)
+                except Exception as err:  # noqa: BLE001 - any decoding failure is this record's reason
+                    raise ValueError(f"unreadable image: {err}") from err
+            except ValueError as err:
+                skipped.append({"index": i, "id": rid, "reason": str(err)})
+                continue
+            objects = sorted({categories[c] for c in present.get(info.get("id"), [])})
+            records.append(
+                dict(
+                    image=image,
+                    question=self.question,
+                    answer=", ".join(objects),
+                    answer_type="description",
+                    id=rid,
+                    source_index=i,
+                    family="describe",
+                    group="",
+                    objects=objects,
+                )
+            )
+        return records, skipped
+
+    def mentions(self, text: str) -> list[str]:
+        """COCO category names mentioned in `text`, one per occurrence."""
+        if self._mentions is None:
+            self._mentions = self._parser(self._read()["categories"])
+        return self._mentions(text)
 
 
 def as_source(source: RecordSource | str | None) -> RecordSource | None:
