@@ -5,7 +5,8 @@ import json
 import pytest
 
 import benchmark_files as bf
-from mbpo_lit.data.sources import CocoChair, Records
+from mbpo_lit.data.captions import CocoChair
+from mbpo_lit.data.sources import Records
 from mbpo_lit.evaluate import evaluate_records, evaluate_source, main, score, summarize
 from mbpo_lit.testbed.world import WorldConfig, build_records
 from mbpo_lit.testbed.world_source import WorldSource, evaluate_world

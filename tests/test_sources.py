@@ -9,15 +9,8 @@ import yaml
 from PIL import Image
 
 import benchmark_files as bf
-from mbpo_lit.data.sources import (
-    COCO_SYNONYMS,
-    CocoChair,
-    ObjectMentions,
-    Records,
-    SourceError,
-    as_source,
-    report_skipped,
-)
+from mbpo_lit.data.captions import COCO_SYNONYMS, CocoChair, ObjectMentions
+from mbpo_lit.data.sources import Records, SourceError, as_source, report_skipped
 from mbpo_lit.fit import recipe
 from mbpo_lit.mine import main as mine_main
 
