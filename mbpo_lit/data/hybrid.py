@@ -42,10 +42,16 @@ def _checked(record: dict) -> str | None:
 
 
 def load_pairs(path: str) -> list[dict]:
-    """Offline pairs from a mining output (`mine.py` writes `DIR/dataset`), as flat records."""
+    """Offline pairs from a mining output, as flat records: `python -m mbpo_lit mine --out DIR` writes them to
+    `DIR/dataset`, and either folder may be given."""
     from datasets import load_from_disk
 
-    data = load_from_disk(str(Path(path)))
+    folder = Path(path)
+    if (folder / "dataset" / "dataset_info.json").is_file() and not (folder / "dataset_info.json").is_file():
+        folder = folder / "dataset"
+    if not folder.exists():
+        raise FileNotFoundError(f"data.pairs {path!r} does not exist (the --out folder of `python -m mbpo_lit mine`)")
+    data = load_from_disk(str(folder))
     pairs = []
     for i in range(len(data)):
         try:
@@ -136,7 +142,7 @@ class HybridDataModule(L.LightningDataModule):
     """Offline pairs + online prompts for training, an eval set for validation.
 
     Args:
-        pairs: directory of mined pairs (`python -m mbpo_lit mine --out DIR` writes `DIR/dataset`); None
+        pairs: mined pairs: the `--out DIR` of `python -m mbpo_lit mine`, or its `DIR/dataset`; None
             trains on the online stream only.
         online: close-ended prompts for the online stream: a path / hub id (the library's record schema), a
             `RecordSource` (e.g. `Records` with a benchmark format and column map), or a list of them (their
