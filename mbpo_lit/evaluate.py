@@ -239,7 +239,9 @@ def evaluate_source(
         desc=str(source),
         progress=progress,
     )
-    return result | {"summary": summarize(result), "skipped": skipped}
+    # Skipped records are counted in the summary (and listed under "skipped"), so a table never hides them.
+    summary = summarize(result) | {"skipped_records": sum(not s.get("filtered") for s in skipped)}
+    return result | {"summary": summary, "skipped": skipped}
 
 
 def format_table(columns: dict[str, dict], metrics: Sequence[str] | None = None) -> str:

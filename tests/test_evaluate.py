@@ -214,6 +214,7 @@ def test_cli_writes_json_and_lists_skipped_records(qwen, tmp_path, capsys, photo
     )
     results = json.loads(out.read_text())
     assert results["pope"]["n"] == 4 and [s["id"] for s in results["skipped"]] == ["9"]
+    assert results["summary"]["skipped_records"] == 1
     printed = capsys.readouterr().out
     assert "pope_f1" in printed and "record 4 (id 9): unreadable image" in printed
 
