@@ -53,13 +53,46 @@ def test_aggregations():
     per_token = torch.tensor([[1.0, 2.0, 5.0], [3.0, 7.0, 7.0]])
     mask = torch.tensor([[1, 1, 0], [1, 0, 0]])
     assert aggregate(per_token, mask, "grpo").item() == pytest.approx((1.5 + 3.0) / 2)
-    assert aggregate(per_token, mask, "dapo").item() == pytest.approx(6.0 / 3)
+    assert aggregate(per_token, mask, "bnpo").item() == pytest.approx(6.0 / 3)
+    assert aggregate(per_token, mask, "dapo").item() == pytest.approx(6.0 / 3)  # no normalizer: this batch's tokens
+    assert aggregate(per_token, mask, "dapo", normalizer=10).item() == pytest.approx(6.0 / 10)
     assert aggregate(per_token, mask, "dr_grpo", max_tokens=4).item() == pytest.approx(6.0 / 8)
     with pytest.raises(ValueError, match="'mean'"):
         aggregate(per_token, mask, "mean")
+    with pytest.raises(ValueError, match="normalizer is the token count of a 'dapo' batch"):
+        aggregate(per_token, mask, "bnpo", normalizer=10)
 
 
-@pytest.mark.parametrize("aggregation", ["grpo", "dapo", "dr_grpo"])
+def test_dapo_normalises_over_the_accumulated_batch_and_bnpo_over_each_micro_batch():
+    """Two micro-batches of 3 and 1 tokens: "dapo" is the token mean of all 4 tokens (as one batch of both),
+    "bnpo" the mean of the two micro-batches' token means."""
+    a, mask_a = torch.tensor([[1.0, 2.0], [3.0, 9.0]]), torch.tensor([[1, 1], [1, 0]])  # 6 over 3 tokens
+    b, mask_b = torch.tensor([[10.0, 4.0]]), torch.tensor([[1, 0]])  # 10 over 1 token
+    total = 3 + 1
+    dapo = aggregate(a, mask_a, "dapo", normalizer=total) + aggregate(b, mask_b, "dapo", normalizer=total)
+    assert dapo.item() == pytest.approx((6.0 + 10.0) / 4)
+    both, mask_both = torch.cat([a, b]), torch.cat([mask_a, mask_b])
+    assert aggregate(both, mask_both, "dapo").item() == pytest.approx(dapo.item())
+    bnpo = (aggregate(a, mask_a, "bnpo") + aggregate(b, mask_b, "bnpo")) / 2
+    assert bnpo.item() == pytest.approx((6.0 / 3 + 10.0 / 1) / 2)
+
+
+def test_each_variant_of_the_loss_against_hand_computed_values():
+    """Ratio 1 (mu = 1), beta = 0: the per-token term is -A_i; two sequences of 2 and 1 tokens, A = (1, 2)."""
+    logp = torch.zeros(2, 3)
+    mask = torch.tensor([[1, 1, 0], [1, 0, 0]])
+
+    def loss(how, **kw):
+        return grpo_loss(logp, logp, torch.tensor([1.0, 2.0]), mask, aggregation=how, **kw).loss.item()
+
+    assert loss("grpo") == pytest.approx((-1.0 - 2.0) / 2)  # mean of the per-sequence means (-1, -2)
+    assert loss("bnpo") == pytest.approx((-1.0 - 1.0 - 2.0) / 3)  # token mean of this batch
+    assert loss("dapo", normalizer=6) == pytest.approx(-4.0 / 6)  # token sum / the optimizer batch's 6 tokens
+    assert loss("dapo") == pytest.approx(loss("bnpo"))
+    assert loss("dr_grpo", max_tokens=5) == pytest.approx(-4.0 / (2 * 5))  # / (sequences x max tokens)
+
+
+@pytest.mark.parametrize("aggregation", ["grpo", "bnpo", "dapo", "dr_grpo"])
 def test_mu1_beta0_gradient_is_the_policy_gradient(aggregation):
     torch.manual_seed(0)
     logits = torch.randn(4, 5, 11, requires_grad=True)

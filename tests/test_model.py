@@ -125,6 +125,53 @@ def test_adapters_round_trip_through_disk_and_peft(tiny_path, tmp_path):
     assert trainable_parameters(resumed.model)
 
 
+def test_a_fit_from_saved_adapters_keeps_them_frozen_as_its_reference(tiny_root, tmp_path):
+    """The KL reference of a fit from `adapter_path` is the starting policy (KL 0 at step 0), not the base."""
+    from safetensors import safe_open
+
+    from mbpo_lit.testbed.tiny import ensure_tiny_checkpoint
+
+    path = ensure_tiny_checkpoint("qwen2_5_vl", tiny_root)
+    start = load_policy(config(path, "4bit"))
+    train_steps(start, steps=2)  # adapters far from zero
+    saved = save_adapter(start.model, tmp_path / "start")
+    base = load_policy(config(path, "4bit", lora=None)).model.eval()
+    policy = load_policy(config(path, "4bit", adapter_path=str(saved)))
+    model, processor = policy.model.eval(), policy.processor
+
+    def logprobs(m):
+        with torch.no_grad():
+            return answer_logprobs(m, processor, QUESTIONS, ANSWERS, images())[0]
+
+    trainable = trainable_parameters(model)
+    assert trainable and all(".default." in n for n in trainable)  # the copy named "reference" is frozen
+    at_start, in_base = logprobs(model), logprobs(base)
+    with reference_mode(model) as ref:
+        reference = logprobs(ref)
+    assert torch.equal(reference, at_start)  # KL 0 at step 0
+    assert not torch.allclose(reference, in_base, atol=1e-4)  # the adapter-disabled base is another policy
+    assert set(trainable_parameters(model)) == set(trainable)  # reference_mode left requires_grad as it was
+
+    train_steps(policy, steps=2)
+    with reference_mode(model) as ref:
+        assert torch.equal(logprobs(ref), at_start)  # training moved the policy, not its reference
+    trained = logprobs(model)
+    assert not torch.allclose(trained, at_start, atol=1e-4)
+
+    # The saved adapters are the trained copy only, in peft's plain single-adapter layout.
+    out = save_adapter(model, tmp_path / "after")
+    assert not (out / "reference").exists()
+    with safe_open(str(out / "adapter_model.safetensors"), "pt") as f:
+        assert f.keys() and not any("reference" in k for k in f.keys())
+    reloaded = PeftModel.from_pretrained(load_policy(config(path, "4bit", lora=None)).model, out).eval()
+    torch.testing.assert_close(logprobs(reloaded), trained, atol=1e-5, rtol=1e-4)
+
+    # reference: base keeps the model before the adapters as the reference.
+    old_rule = load_policy(config(path, "4bit", adapter_path=str(saved), reference="base")).model.eval()
+    with reference_mode(old_rule) as ref:
+        torch.testing.assert_close(logprobs(ref), in_base, atol=1e-6, rtol=1e-5)
+
+
 @pytest.mark.parametrize("quantization", ["none", "4bit"])
 def test_loss_has_a_gradient_with_respect_to_pixels(tiny_path, quantization):
     policy = load_policy(config(tiny_path, quantization))

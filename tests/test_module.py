@@ -1,16 +1,26 @@
 """Hybrid GRPO in Lightning on the tiny checkpoint: a short 4-bit LoRA fit, checkpoints, NaN stop, bad data."""
 
+import dataclasses
+
 import lightning as L
 import pytest
 import torch
 from datasets import load_from_disk
 
+from mbpo_lit.core.grpo import grpo_loss
 from mbpo_lit.data.hybrid import HybridDataModule
-from mbpo_lit.testbed.world import WorldConfig
+from mbpo_lit.testbed.world import WorldConfig, build_records
 from mbpo_lit.testbed.world_source import WorldSource
 from mbpo_lit.train.module import MBPOModule
 from mbpo_lit.train.settings import Loss, Optimization, Rewards, Sampling
-from mbpo_lit.vlm.policy import LoraSettings, ModelConfig, load_policy
+from mbpo_lit.vlm.policy import (
+    LoraSettings,
+    ModelConfig,
+    load_policy,
+    reference_mode,
+    save_adapter,
+    trainable_parameters,
+)
 
 WORLD = WorldConfig(image_size=56)
 
@@ -226,3 +236,114 @@ def test_length_grouping_gives_batches_of_similar_lengths_reproducibly():
     # The M batches of a block split its draws: no record lost or repeated within the block.
     ids = [r["id"] for i in range(8) for r in grouped[i]["online"]]
     assert len(ids) == len(set(ids)) == 32
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Loss variants through the module: what one optimizer step learns from under gradient accumulation.
+
+
+def unquantized_module(path, loss: dict, accumulate: int = 1, adapter_path: str | None = None) -> MBPOModule:
+    """The tiny module in fp32, from `adapter_path` or with non-zero LoRA B (a fresh B is 0, which would hide a
+    scaling bug)."""
+    lora = LoraSettings(r=4, alpha=8, dropout=0.0)
+    cfg = ModelConfig(path, precision="fp32", quantization="none", lora=lora, adapter_path=adapter_path, device="cpu")
+    m = MBPOModule(
+        cfg,
+        Sampling(group_size=2, max_new_tokens=4),
+        Loss(**loss),
+        Rewards(vocabulary=WORLD.colors),
+        Optimization(accumulate_grad_batches=accumulate),
+        sample_table_every=0,
+    )
+    m.configure_model()
+    gen = torch.Generator().manual_seed(0)
+    for name, p in m.model.named_parameters():
+        if "lora_B" in name and adapter_path is None:
+            p.data = torch.randn(p.shape, generator=gen) * 0.05
+    return m
+
+
+def gradients_at_each_step(m: MBPOModule, micro_batches: list) -> list[list[torch.Tensor]]:
+    """`training_step` over fixed rollouts, without a Trainer: the gradients each optimizer step would apply
+    (the step itself is left out, so every micro-batch sees the same weights)."""
+    params = list(trainable_parameters(m.model).values())
+    opt = m.configure_optimizers()
+    grads = []
+    opt.step = lambda *a, **k: grads.append([p.grad.detach().clone() for p in params])
+    rollouts = iter(micro_batches)
+    m.score = lambda batch: next(rollouts)
+    m.optimizers = lambda: opt
+    m.manual_backward = lambda loss: loss.backward()
+    m.clip_gradients = lambda *a, **k: None
+    m._log_step = lambda *a: None
+    m.train()
+    for i in range(len(micro_batches)):
+        m.training_step({}, i)
+    return grads
+
+
+def concatenated(a, b):
+    """One rollout holding both micro-batches' sequences (one row per completion)."""
+    return dataclasses.replace(
+        a,
+        records=a.records + b.records,
+        texts=a.texts + b.texts,
+        ids=a.ids + b.ids,
+        rewards=torch.cat([a.rewards, b.rewards]),
+        advantages=torch.cat([a.advantages, b.advantages]),
+        prompts=None,
+    )
+
+
+@pytest.mark.parametrize("aggregation", ["dapo", "bnpo"])
+def test_dapo_normalises_over_every_micro_batch_of_a_step_and_bnpo_over_each(setup, aggregation):
+    path, _ = setup
+    m = unquantized_module(path, {"aggregation": aggregation, "beta": 0.04}, accumulate=2)
+    recs = build_records(WORLD, "train", 4)
+    pairs = [dict(r, rejected=next(c for c in WORLD.colors if c != r["answer"])) for r in recs]
+    torch.manual_seed(0)
+    a = m.score({"online": recs[:1], "offline": pairs[1:2]})
+    b = m.score({"online": [], "offline": pairs[2:4]})
+    micro = []
+    for scored in (a, b):  # fixed non-zero advantages (the tiny model's rewards may tie within a group)
+        n = len(scored.ids)
+        micro.append(dataclasses.replace(scored, prompts=None, advantages=torch.linspace(-1.0, 1.5, n)))
+    a, b = micro
+    tokens = [sum(len(c) for c in s.ids) for s in micro]
+    assert tokens[0] != tokens[1]
+    (accumulated,) = gradients_at_each_step(m, micro)
+
+    # By hand, from the per-token terms: "dapo" sums both micro-batches' terms over all their tokens, "bnpo"
+    # averages the two micro-batches' token means.
+    params = list(trainable_parameters(m.model).values())
+    total = 0.0
+    for s in micro:
+        with reference_mode(m.model):
+            ref, _ = m.logprobs(s)
+        logp, mask = m.logprobs(s)
+        kw = {"normalizer": sum(tokens)} if aggregation == "dapo" else {}
+        loss = grpo_loss(logp, logp.detach(), s.advantages, mask, ref, beta=0.04, aggregation=aggregation, **kw).loss
+        total = total + (loss if aggregation == "dapo" else loss / 2)
+    expected = torch.autograd.grad(total, params)
+    for got, want in zip(accumulated, expected):
+        torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
+
+    m.optim.accumulate_grad_batches = 1
+    (one_batch,) = gradients_at_each_step(m, [concatenated(a, b)])
+    same = all(torch.allclose(g, w, atol=1e-6, rtol=1e-5) for g, w in zip(accumulated, one_batch))
+    assert same == (aggregation == "dapo")  # "dapo": as one batch of both; "bnpo": not, the counts differ
+
+
+def test_a_fit_from_saved_adapters_starts_at_kl_zero(setup, tmp_path):
+    """The KL reference of a fit from `adapter_path` is its starting policy: the first step's KL is 0."""
+    path, _ = setup
+    start = unquantized_module(path, {"beta": 0.04})  # non-zero adapters
+    m = unquantized_module(path, {"beta": 0.04}, adapter_path=str(save_adapter(start.model, tmp_path / "start")))
+    recs = build_records(WORLD, "train", 2)
+    scored = m.score({"online": recs, "offline": []})
+    with reference_mode(m.model):
+        ref, _ = m.logprobs(scored)
+    logp, mask = m.logprobs(scored)
+    assert torch.equal(ref, logp.detach())
+    out = grpo_loss(logp, logp.detach(), scored.advantages, mask, ref, beta=0.04)
+    assert out.kl.item() == 0.0

@@ -30,3 +30,16 @@ def test_a_recipe_with_group_size_1_is_a_one_line_error_before_the_model_loads(c
         main(["--model.sampling.group_size", "1", "--trainer.max_steps", "1"])
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and err.startswith("error: sampling.group_size=1: must be >= 2")
+
+
+def test_dr_grpo_drops_the_std_scaling_and_refuses_it_set_explicitly():
+    assert Loss().divides_by_std and Loss(aggregation="bnpo").divides_by_std
+    assert not Loss(aggregation="dr_grpo").divides_by_std
+    assert not Loss(aggregation="dapo", scale_std=False).divides_by_std
+    assert not Loss(aggregation="dr_grpo", scale_std=False).divides_by_std
+    with pytest.raises(ValueError, match="aggregation=dr_grpo with loss.scale_std=true"):
+        Loss(aggregation="dr_grpo", scale_std=True)
+    with pytest.raises(ValueError, match="loss.aggregation='mean': must be one of grpo, bnpo, dapo, dr_grpo"):
+        Loss(aggregation="mean")
+    with pytest.raises(ValueError, match="top_k=-1 >= 0"):
+        Sampling(top_k=-1)

@@ -5,10 +5,14 @@ groups of G completions sampled from the policy and scored by verified rewards, 
 entering as groups of two whose chosen answer gets reward 2 and rejected answer 0. Everything here works on
 per-token tensors [sequences, tokens] and knows nothing of models or Lightning.
 
-Aggregation variants (how per-token terms become one number), following the papers that introduced them:
+Aggregation variants (how per-token terms become one number), named as in the papers and in TRL:
 - "grpo":    mean over each sequence's tokens, then mean over sequences (DeepSeekMath);
-- "dapo":    sum over all tokens of the batch / number of tokens (token-level, DAPO);
-- "dr_grpo": sum over all tokens / (sequences x max_completion_tokens), a constant normaliser (Dr. GRPO).
+- "bnpo":    sum over the tokens of this (micro-)batch / its token count (TRL's batch-normalised variant);
+- "dapo":    sum over the tokens / the token count of the whole batch one optimizer step learns from: every
+             micro-batch of the accumulation window, every rank (DAPO's token-level loss). Only the caller knows
+             that count (`normalizer`); without it "dapo" equals "bnpo" on the batch given;
+- "dr_grpo": sum over all tokens / (sequences x max_completion_tokens), a constant normaliser (Dr. GRPO). Dr. GRPO
+             also drops the std scaling of advantages (`group_advantages(scale_std=False)`).
 """
 
 from __future__ import annotations
@@ -18,7 +22,8 @@ from typing import Literal
 
 import torch
 
-Aggregation = Literal["grpo", "dapo", "dr_grpo"]
+Aggregation = Literal["grpo", "bnpo", "dapo", "dr_grpo"]
+AGGREGATIONS: tuple[str, ...] = ("grpo", "bnpo", "dapo", "dr_grpo")
 
 
 def group_advantages(rewards: torch.Tensor, scale_std: bool = True, eps: float = 1e-4) -> torch.Tensor:
@@ -43,18 +48,29 @@ def k3_kl(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
 
 
 def aggregate(
-    per_token: torch.Tensor, mask: torch.Tensor, how: Aggregation, max_tokens: int | None = None
+    per_token: torch.Tensor,
+    mask: torch.Tensor,
+    how: Aggregation,
+    max_tokens: int | None = None,
+    normalizer: float | torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Reduce [sequences, tokens] terms over the completion `mask` to a scalar (see module docstring)."""
+    """Reduce [sequences, tokens] terms over the completion `mask` to a scalar (see module docstring).
+
+    `max_tokens` is "dr_grpo"'s completion budget (default: the tensor's width). `normalizer` is "dapo"'s token
+    count of the whole optimizer batch (default: this batch's); the other variants refuse it.
+    """
+    if normalizer is not None and how != "dapo":
+        raise ValueError(f"normalizer is the token count of a 'dapo' batch; aggregation={how!r} takes none")
     mask = mask.to(per_token.dtype)
     if how == "grpo":
         return ((per_token * mask).sum(1) / mask.sum(1).clamp(min=1)).mean()
-    if how == "dapo":
-        return (per_token * mask).sum() / mask.sum().clamp(min=1)
+    if how in ("bnpo", "dapo"):
+        total = mask.sum().clamp(min=1) if normalizer is None else normalizer
+        return (per_token * mask).sum() / total
     if how == "dr_grpo":
         width = max_tokens if max_tokens is not None else per_token.shape[1]
         return (per_token * mask).sum() / (per_token.shape[0] * width)
-    raise ValueError(f"aggregation={how!r} is not one of ['grpo', 'dapo', 'dr_grpo']")
+    raise ValueError(f"aggregation={how!r} is not one of {list(AGGREGATIONS)}")
 
 
 @dataclass
@@ -87,6 +103,7 @@ def grpo_loss(
     eps_high: float = 0.2,
     aggregation: Aggregation = "grpo",
     max_tokens: int | None = None,
+    normalizer: float | torch.Tensor | None = None,
 ) -> LossParts:
     """Clipped importance-ratio surrogate plus beta x KL to the reference, aggregated over tokens.
 
@@ -94,16 +111,21 @@ def grpo_loss(
     shared by its tokens). old_logp comes from the policy that sampled the rollout; with mu = 1 inner
     iteration it equals logp.detach(), the ratio is 1 and the gradient is the plain policy gradient.
     `ref_logp` may be None only when beta == 0 (the reference pass is then skipped altogether).
+    `aggregation`, `max_tokens` and `normalizer` reduce the per-token terms (see `aggregate`).
     """
     if beta != 0 and ref_logp is None:
-        raise ValueError("beta != 0 needs ref_logp (the adapter-disabled reference's log-probs)")
+        raise ValueError("beta != 0 needs ref_logp (the reference policy's log-probs)")
     adv = advantages.unsqueeze(1).to(logp.dtype)
     ratio = torch.exp(logp - old_logp)
     unclipped = ratio * adv
     clipped = torch.clamp(ratio, 1 - eps_low, 1 + eps_high) * adv
     per_token = -torch.min(unclipped, clipped)
-    policy_loss = aggregate(per_token, mask, aggregation, max_tokens)
-    kl = aggregate(k3_kl(logp, ref_logp), mask, aggregation, max_tokens) if ref_logp is not None else logp.new_zeros(())
+    policy_loss = aggregate(per_token, mask, aggregation, max_tokens, normalizer)
+    kl = (
+        aggregate(k3_kl(logp, ref_logp), mask, aggregation, max_tokens, normalizer)
+        if ref_logp is not None
+        else logp.new_zeros(())
+    )
     loss = policy_loss + beta * kl if beta != 0 else policy_loss
     with torch.no_grad():
         m = mask.bool()

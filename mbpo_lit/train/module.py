@@ -2,9 +2,11 @@
 
 `training_step` is the algorithm: roll out (sample G completions per online prompt; take chosen and
 rejected for each offline pair), score (verified rewards online, 2 / 0 offline), advantages (group-relative),
-loss (clipped surrogate + KL to the adapter-disabled reference), repeated for `mu` inner iterations over the
-same rollout. By default each distinct image is encoded once per step and each prompt prefilled once for all
-its completions (`share_prefix`, see vlm/shared_prefix.py); the result is the same as one row per completion.
+loss (clipped surrogate + KL to the reference, the starting policy), repeated for `mu` inner iterations over the
+same rollout. The rollout samples by one rule in both layouts, and the loss scores the distribution it drew from
+(log softmax(logits / temperature); see `settings.Sampling`). By default each distinct image is encoded once per
+step and each prompt prefilled once for all its completions (`share_prefix`, see vlm/shared_prefix.py); the
+result is the same as one row per completion.
 The model is built in `configure_model`, so `--help` and `--print_config` stay fast, and checkpoints hold only
 what trains (the LoRA weights) and the optimizer state.
 """
@@ -41,7 +43,7 @@ class Scored:
 
     records: list[dict]
     texts: list[str]
-    ids: list[list[int]]  # completion token ids, ending with the end-of-turn token
+    ids: list[list[int]]  # completion token ids, ending with an end token or max_new_tokens long
     rewards: torch.Tensor  # [sequences]: composed verified reward online, chosen/rejected reward offline
     advantages: torch.Tensor  # [sequences], group-relative
     parts: dict[str, list[float]]  # the online rewards' components (accuracy, format, length)
@@ -70,7 +72,7 @@ class MBPOModule(L.LightningModule):
 
     Args:
         model: how to load the policy (hub id or directory, quantization, LoRA).
-        sampling: the online rollout (G, temperature, top-p, completion length).
+        sampling: the online rollout (G, temperature, top-k, top-p, completion length) and its rule.
         loss: the GRPO objective (KL weight, clipping, mu, advantage scaling, aggregation).
         rewards: offline pair rewards, online format / length terms, answer vocabulary.
         optim: AdamW, gradient clipping and accumulation.
@@ -79,8 +81,9 @@ class MBPOModule(L.LightningModule):
         share_prefix: encode each distinct image once per step and prefill each prompt once for all its
             completions (vlm/shared_prefix.py). False runs one row per completion through the whole model in
             every pass: the same numbers, slower; kept as the reference the tests and the benchmark compare to.
-        evaluate_after_fit: after `python -m mbpo_lit fit`, evaluate the base model (adapters disabled) and
-            the trained policy on the data module's eval set, and print the table.
+        evaluate_after_fit: after `python -m mbpo_lit fit`, evaluate the starting policy (the reference:
+            adapters disabled, or the starting adapters of a fit from `adapter_path`) and the trained policy on
+            the data module's eval set, and print the table.
     """
 
     def __init__(
@@ -106,6 +109,7 @@ class MBPOModule(L.LightningModule):
         self.save_hyperparameters()
         self.model_config = model
         self.automatic_optimization = False  # mu inner iterations over one rollout
+        self._dapo_tokens = 0.0  # "dapo": completion tokens of the micro-batches since the last optimizer step
         self.strict_loading = False  # checkpoints hold the adapters, not the frozen base
         self.policy = None
         self.evaluate_after_fit = evaluate_after_fit
@@ -157,18 +161,18 @@ class MBPOModule(L.LightningModule):
         return torch.optim.AdamW(params, lr=self.optim.lr, weight_decay=self.optim.weight_decay)
 
     # ---------------------------------------------------------------------------------------- rollout
-    def _cut(self, ids: torch.Tensor) -> list[list[int]]:
-        """Generated ids -> completions, each ending at (and including) its first end-of-turn token."""
-        eos, pad = self.processor.tokenizer.eos_token_id, self.processor.tokenizer.pad_token_id
-        out = []
-        for row in ids.tolist():
-            if eos in row:
-                row = row[: row.index(eos) + 1]
-            else:
-                while row and row[-1] == pad:
-                    row = row[:-1]
-            out.append(row or [eos])
-        return out
+    def sampling_rule(self) -> prefix.SamplingRule:
+        """The rollout's sampling rule (`settings.Sampling`): the sampling settings and no other logits processor,
+        the image placeholders suppressed, every end id of the checkpoint."""
+        hp, p = self.sampling, self.processor
+        return prefix.SamplingRule(
+            end_ids=prefix.end_token_ids(self.model, p.tokenizer),
+            pad_id=p.tokenizer.pad_token_id,
+            temperature=hp.temperature,
+            top_k=hp.top_k,
+            top_p=hp.top_p,
+            suppress=tuple(vision_token_ids(p)),
+        )
 
     @torch.no_grad()
     def rollout(
@@ -177,23 +181,14 @@ class MBPOModule(L.LightningModule):
         """G sampled completions per online prompt: (records repeated G times, token ids, texts).
 
         With `prompts` (the online prompts, already encoded) each prompt is prefilled once for its G samples;
-        without, `generate` runs on G copies of each prompt.
+        without, `generate` runs on G copies of each prompt. Same rule, same draws for the same random state.
         """
         if not online:
             return [], [], []
-        g, p, hp = self.sampling.group_size, self.processor, self.sampling
+        g, p, hp, rule = self.sampling.group_size, self.processor, self.sampling, self.sampling_rule()
         self.model.eval()
         if prompts is not None:
-            completions = prefix.sample(
-                self.model,
-                prompts,
-                g,
-                hp.max_new_tokens,
-                p.tokenizer.eos_token_id,
-                hp.temperature,
-                hp.top_p,
-                suppress=vision_token_ids(p),
-            )
+            completions = prefix.sample(self.model, prompts, g, hp.max_new_tokens, rule)
         else:
             batch = encode_prompts(
                 p,
@@ -201,17 +196,7 @@ class MBPOModule(L.LightningModule):
                 [r["image"] for r in online],
                 record_ids=[r.get("id") for r in online],
             ).to(self.device)
-            ids = self.model.generate(
-                **batch,
-                do_sample=True,
-                num_return_sequences=g,
-                max_new_tokens=hp.max_new_tokens,
-                temperature=hp.temperature,
-                top_p=hp.top_p,
-                top_k=None,
-                suppress_tokens=vision_token_ids(p),
-            )
-            completions = self._cut(ids[:, batch["input_ids"].shape[1] :])
+            completions = prefix.generate(self.model, batch, g, hp.max_new_tokens, rule)
         self.model.train()
         texts = p.batch_decode(completions, skip_special_tokens=True)
         return [r for r in online for _ in range(g)], completions, texts
@@ -225,19 +210,20 @@ class MBPOModule(L.LightningModule):
 
     def logprobs(self, scored: Scored) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-token log-probs of every sequence's completion under the current weights, and their mask
-        ([sequences, longest completion] each). Gradients flow unless called under `torch.no_grad`."""
-        pad = self.processor.tokenizer.pad_token_id
+        ([sequences, longest completion] each): log softmax(logits / sampling.temperature) of each token, the
+        distribution the rollout drew from. Gradients flow unless called under `torch.no_grad`."""
+        pad, temperature = self.processor.tokenizer.pad_token_id, self.sampling.temperature
         if scored.prompts is None:
             seq, mask = self.sequence_batch(scored.records, scored.ids)
-            logp = completion_logprobs(self.model, seq, mask)
+            logp = completion_logprobs(self.model, seq, mask, temperature)
             return logp, mask[:, -logp.shape[1] :]
-        return prefix.completion_logprobs(self.model, scored.prompts, scored.ids, scored.repeats, pad)
+        return prefix.completion_logprobs(self.model, scored.prompts, scored.ids, scored.repeats, pad, temperature)
 
     # ---------------------------------------------------------------------------------------- training
     def score(self, batch: dict) -> Scored:
         """Steps 1-3 of a training step, without touching the weights: roll out, score, advantages."""
         online, offline = batch["online"], batch["offline"]
-        g, scale_std = self.sampling.group_size, self.loss.scale_std
+        g, scale_std = self.sampling.group_size, self.loss.divides_by_std
         prompts = None
         if self.hparams.share_prefix:  # one tokenization and one vision-tower call for the step's distinct prompts
             records = online + offline
@@ -306,13 +292,48 @@ class MBPOModule(L.LightningModule):
                     f"non-finite GRPO loss ({out.loss.item()}) at step {self.global_step}; training stopped. "
                     f"The last good checkpoint is the last one the ModelCheckpoint callback wrote."
                 )
-            self.manual_backward(out.loss / optim.accumulate_grad_batches)
+            self.manual_backward(out.loss * self._backward_weight(mask))
             if (batch_idx + 1) % optim.accumulate_grad_batches == 0:
-                self.clip_gradients(opt, gradient_clip_val=optim.max_grad_norm, gradient_clip_algorithm="norm")
-                opt.step()
-                opt.zero_grad()
+                self._optimizer_step(opt)
         self._log_step(out, scored, mask)
         return out.loss.detach()
+
+    def _backward_weight(self, mask: torch.Tensor) -> float:
+        """What one micro-batch's loss is multiplied by before `backward`, so that the optimizer step gets the
+        gradient of the loss over its whole batch (every micro-batch of `optim.accumulate_grad_batches`).
+
+        "dapo": the micro-batch's token count, making its gradient that of its per-token terms' sum; the step
+        divides by the total token count once all micro-batches are in (`_optimizer_step`). The others: 1 / the
+        number of micro-batches, the mean of their losses (so "bnpo" is a mean of per-micro-batch token means).
+        """
+        if self.loss.aggregation == "dapo":
+            tokens = mask.sum().item()
+            self._dapo_tokens += tokens
+            return tokens
+        return 1.0 / self.optim.accumulate_grad_batches
+
+    def _optimizer_step(self, opt) -> None:
+        """Clip, step and clear the accumulated gradients. Under "dapo", first divide them by the token count of
+        the whole batch: all micro-batches since the last step, summed over the DDP ranks. DDP has averaged the
+        gradients over its W ranks, so they are scaled by W / that count: the gradient of the sum of every
+        rank's per-token terms over all their tokens, exactly DAPO's token-level loss."""
+        if self.loss.aggregation == "dapo":
+            tokens, ranks = self._summed_over_ranks(self._dapo_tokens)
+            self._dapo_tokens = 0.0
+            scale = ranks / max(tokens, 1.0)
+            for p in trainable_parameters(self).values():
+                if p.grad is not None:
+                    p.grad.mul_(scale)
+        self.clip_gradients(opt, gradient_clip_val=self.optim.max_grad_norm, gradient_clip_algorithm="norm")
+        opt.step()
+        opt.zero_grad()
+
+    def _summed_over_ranks(self, value: float) -> tuple[float, int]:
+        """(`value` summed over the distributed ranks, number of ranks); (value, 1) outside a Trainer."""
+        if self._trainer is None or self.trainer.world_size == 1:
+            return value, 1
+        total = self.trainer.strategy.reduce(torch.tensor(value, device=self.device), reduce_op="sum")
+        return float(total), self.trainer.world_size
 
     def _log_step(self, out: LossParts, scored: Scored, mask: torch.Tensor) -> None:
         n = scored.n_online

@@ -18,14 +18,30 @@ class SettingsError(ValueError):
 class Sampling:
     """The online rollout.
 
+    The sampling rule, the same in both layouts (`share_prefix` on or off) and on every checkpoint:
+    - Logits processors: these settings are the only ones. Each step suppresses the image placeholder tokens,
+      divides the logits by `temperature`, then keeps the `top_k` most likely tokens and the smallest set whose
+      probability reaches `top_p`, in that order (transformers' own processors, in `generate`'s order). The
+      checkpoint's `generation_config.json` sampling knobs (Qwen's repetition_penalty 1.05, top_k, top_p,
+      temperature) are NOT applied: `generate` runs on a clean generation config.
+    - End: a completion stops at the first of the generation config's end ids (Qwen2.5-VL: `<|im_end|>` and
+      `<|endoftext|>`) or the tokenizer's end-of-turn token, and keeps it; a completion that reaches
+      `max_new_tokens` first keeps all its tokens, sampled pad tokens included.
+    - Log-probs: every log-prob the loss uses (policy, old policy, reference) is log softmax(logits / temperature)
+      of the sampled token, as in TRL. top-k / top-p only truncate the draw (also as in TRL): with their
+      defaults (off) the loss scores exactly the distribution the rollout was drawn from.
+
     Args:
         group_size: G, completions sampled per online prompt (>= 2: a group of one has advantage 0).
-        temperature, top_p: sampling of the rollout.
+        temperature: divides the logits, when sampling and in every log-prob pass.
+        top_k: keep only the k most likely tokens when sampling (0: off).
+        top_p: nucleus sampling: keep the smallest set of most likely tokens whose mass reaches top_p (1: off).
         max_new_tokens: longest completion.
     """
 
     group_size: int = 4
     temperature: float = 1.0
+    top_k: int = 0
     top_p: float = 1.0
     max_new_tokens: int = 8
 
@@ -35,10 +51,10 @@ class Sampling:
                 f"sampling.group_size={self.group_size}: must be >= 2 (every advantage of a group of "
                 "one is 0, so the online stream would teach nothing)"
             )
-        if self.temperature <= 0 or not 0 < self.top_p <= 1 or self.max_new_tokens < 1:
+        if self.temperature <= 0 or not 0 < self.top_p <= 1 or self.max_new_tokens < 1 or self.top_k < 0:
             raise SettingsError(
                 f"sampling: temperature={self.temperature} must be > 0, top_p={self.top_p} in (0, 1], "
-                f"max_new_tokens={self.max_new_tokens} >= 1"
+                f"top_k={self.top_k} >= 0, max_new_tokens={self.max_new_tokens} >= 1"
             )
 
 
@@ -47,20 +63,27 @@ class Loss:
     """The hybrid GRPO objective.
 
     Args:
-        beta: KL weight to the reference (the adapter-disabled model); 0 skips the reference pass.
+        beta: KL weight to the reference policy (`model.reference`: the starting policy); 0 skips the
+            reference pass.
         eps_low, eps_high: clipping range of the importance ratio (DAPO's clip-higher: eps_high > eps_low).
         mu: optimisation passes over one rollout (1: on-policy, ratio 1). The old policy's log-probs are the
             first pass's, detached: the weights have not moved yet, so no separate pass is needed.
-        scale_std: divide advantages by the group std (False: Dr. GRPO).
-        aggregation: "grpo" (per-sequence mean), "dapo" (token mean), "dr_grpo" (constant normaliser).
+        scale_std: divide advantages by the group std. Unset (None): yes, except under "dr_grpo", which is
+            defined without it; setting it true together with "dr_grpo" is refused.
+        aggregation: how per-token terms become the loss (core/grpo.py):
+            "grpo": mean over each completion's tokens, then over completions;
+            "bnpo": token mean over each batch (micro-batch under accumulation), TRL's name;
+            "dapo": token mean over the whole batch of one optimizer step: all micro-batches of
+                `optim.accumulate_grad_batches` and, under DDP, all ranks (the count is all-reduced);
+            "dr_grpo": token sum / (completions x sampling.max_new_tokens), and no std scaling.
     """
 
     beta: float = 0.0
     eps_low: float = 0.2
     eps_high: float = 0.2
     mu: int = 1
-    scale_std: bool = True
-    aggregation: Literal["grpo", "dapo", "dr_grpo"] = "grpo"
+    scale_std: bool | None = None
+    aggregation: Literal["grpo", "bnpo", "dapo", "dr_grpo"] = "grpo"
 
     def __post_init__(self) -> None:
         if self.beta < 0 or self.eps_low < 0 or self.eps_high < 0 or self.mu < 1:
@@ -68,6 +91,18 @@ class Loss:
                 f"loss: beta={self.beta}, eps_low={self.eps_low}, eps_high={self.eps_high} must be "
                 f">= 0 and mu={self.mu} >= 1"
             )
+        if self.aggregation not in ("grpo", "bnpo", "dapo", "dr_grpo"):
+            raise SettingsError(f"loss.aggregation={self.aggregation!r}: must be one of grpo, bnpo, dapo, dr_grpo")
+        if self.aggregation == "dr_grpo" and self.scale_std:
+            raise SettingsError(
+                "loss.aggregation=dr_grpo with loss.scale_std=true: Dr. GRPO is defined without the std "
+                "scaling of advantages; leave scale_std unset (or false), or pick another aggregation"
+            )
+
+    @property
+    def divides_by_std(self) -> bool:
+        """Whether advantages are divided by their group's std: `scale_std`, or by default all but "dr_grpo"."""
+        return self.aggregation != "dr_grpo" if self.scale_std is None else self.scale_std
 
 
 @dataclass

@@ -1,8 +1,10 @@
 """The model layer: one entry point that loads a vision-language policy for MBPO.
 
 `load_policy(ModelConfig(...))` returns the model (a peft `PeftModel` around a Hugging Face
-`...ForConditionalGeneration`) and its processor. The frozen reference policy that GRPO's KL term needs is
-the same model with its adapters switched off (`reference_mode`), never a second copy of the weights.
+`...ForConditionalGeneration`) and its processor. The frozen reference policy that GRPO's KL term needs is the
+starting policy, never a second copy of the base weights (`reference_mode`): fresh adapters start as the base,
+so the reference is the model with its adapters switched off; a fit that starts from saved adapters
+(`adapter_path`) keeps a frozen second copy of those adapters (a few MB), peft adapter "reference".
 
 Quantization follows QLoRA: the language model's linear layers in 4-bit NF4 with double quantization
 (bitsandbytes), LoRA adapters in full precision on top; the vision tower (and projector) stays frozen and
@@ -30,6 +32,7 @@ Precision = Literal["bf16", "fp16", "fp32"]
 Quantization = Literal["4bit", "8bit", "none"]
 DTYPES: dict[str, torch.dtype] = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 BNB_BLOCK = 64  # bitsandbytes' CPU 4-bit kernels need input widths that are multiples of this
+REFERENCE = "reference"  # the peft adapter name of the frozen copy of a fit's starting adapters
 
 
 @dataclass
@@ -53,6 +56,9 @@ class ModelConfig:
         quantize_vision: also quantize the vision tower and projector (off: they stay in `precision`).
         lora: adapter settings; `None` trains no adapter (the model is then only usable frozen).
         adapter_path: start from adapters saved earlier (peft format) instead of fresh ones.
+        reference: the KL reference of a fit from `adapter_path`: "start" (the policy at step 0: a frozen copy
+            of those adapters) or "base" (adapters disabled: the model before them). Fresh adapters start as
+            the base, so both are the same there; a frozen policy (`lora: null`) loads no copy.
         gradient_checkpointing: recompute activations in backward to save memory.
         device: where to put the model; `None` picks the current CUDA device or the CPU.
         revision: hub revision (branch, tag or commit) for hub ids.
@@ -64,6 +70,7 @@ class ModelConfig:
     quantize_vision: bool = False
     lora: LoraSettings | None = field(default_factory=LoraSettings)
     adapter_path: str | None = None
+    reference: Literal["start", "base"] = "start"
     gradient_checkpointing: bool = False
     device: str | None = None
     revision: str | None = None
@@ -158,6 +165,8 @@ def load_policy(cfg: ModelConfig) -> Policy:
         raise ValueError(f"precision={cfg.precision!r} is not one of {list(DTYPES)}")
     if cfg.quantization not in ("4bit", "8bit", "none"):
         raise ValueError(f"quantization={cfg.quantization!r} is not one of ['4bit', '8bit', 'none']")
+    if cfg.reference not in ("start", "base"):
+        raise ValueError(f"reference={cfg.reference!r} is not one of ['start', 'base']")
     device = torch.device(cfg.device) if cfg.device else default_device()
     check_quantization(cfg, config, device)
     path = str(Path(cfg.name_or_path).expanduser()) if looks_local(cfg.name_or_path) else cfg.name_or_path
@@ -179,7 +188,10 @@ def load_policy(cfg: ModelConfig) -> Policy:
         model.enable_input_require_grads()
 
     if cfg.adapter_path:
-        model = PeftModel.from_pretrained(model, cfg.adapter_path, is_trainable=cfg.lora is not None)
+        trainable = cfg.lora is not None
+        model = PeftModel.from_pretrained(model, cfg.adapter_path, is_trainable=trainable)
+        if trainable and cfg.reference == "start":  # the KL reference: the starting adapters, frozen
+            model.load_adapter(cfg.adapter_path, adapter_name=REFERENCE, is_trainable=False)
     elif cfg.lora is not None:
         lora = LoraConfig(
             r=cfg.lora.r,
@@ -210,20 +222,36 @@ def _keep_cpu_4bit_trainable(model: torch.nn.Module) -> None:
 
 @contextlib.contextmanager
 def reference_mode(model: PreTrainedModel | PeftModel) -> Iterator[PreTrainedModel | PeftModel]:
-    """The frozen reference policy: the same weights with adapters disabled, under `torch.no_grad`.
+    """The frozen reference policy, under `torch.no_grad`: the starting policy (see the module docstring).
 
-    Without adapters (plain model) the model itself is its own reference.
+    With a "reference" adapter (a fit from `adapter_path`), that adapter is made the active one for a while;
+    otherwise the adapters are disabled. Without adapters (plain model) the model itself is its own reference.
+    Every parameter's `requires_grad` is as before afterwards (peft's `set_adapter` changes them).
     """
+    if isinstance(model, PeftModel) and REFERENCE in model.peft_config:
+        active = model.active_adapter
+        flags = [(p, p.requires_grad) for p in model.parameters()]
+        model.set_adapter(REFERENCE)
+        try:
+            with torch.no_grad():
+                yield model
+        finally:
+            model.set_adapter(active)
+            for p, flag in flags:
+                if p.requires_grad != flag:
+                    p.requires_grad_(flag)
+        return
     ctx = model.disable_adapter() if isinstance(model, PeftModel) else contextlib.nullcontext()
     with ctx, torch.no_grad():
         yield model
 
 
 def save_adapter(model: PeftModel, path: str | os.PathLike) -> Path:
-    """Save the LoRA adapters in peft's own format (`PeftModel.from_pretrained(base, path)` reads it)."""
+    """Save the trained LoRA adapters in peft's own format (`PeftModel.from_pretrained(base, path)` reads it);
+    the frozen "reference" copy, if any, is not saved."""
     if not isinstance(model, PeftModel):
         raise TypeError(f"save_adapter needs a PeftModel with adapters, got {type(model).__name__}")
-    model.save_pretrained(path)
+    model.save_pretrained(path, selected_adapters=[n for n in model.peft_config if n != REFERENCE])
     return Path(path)
 
 

@@ -18,16 +18,35 @@ per step for 4 distinct images at G = 8. Here instead:
 The results equal the straightforward path's; `tests/test_prefix.py` checks the loss and the gradients for
 each architecture. One difference is by design: in training mode the LoRA dropout mask of a prompt is drawn
 once per prompt, not once per completion row.
+
+Both layouts sample by one rule, `SamplingRule` (see `train.settings.Sampling`): the same logits processors
+(transformers' own classes), the same end ids, the same temperature in the log-prob passes. `sample` draws from
+one prefill; `generate` draws with transformers' `generate` on one row per completion, on a clean generation
+config, so that the checkpoint's own sampling knobs (e.g. a repetition penalty) apply in neither.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 from peft import PeftModel
-from transformers import BatchFeature, Cache, PreTrainedModel, ProcessorMixin
+from transformers import (
+    BatchFeature,
+    Cache,
+    GenerationConfig,
+    LogitsProcessorList,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    ProcessorMixin,
+    SuppressTokensLogitsProcessor,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from mbpo_lit.vlm.arch import Arch
@@ -165,6 +184,7 @@ def rowwise_logprobs(
     completions: Sequence[Sequence[int]],
     repeats: Sequence[int],
     pad_id: int,
+    temperature: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """`completion_logprobs` with one row per completion (each prompt repeated), the image features reused.
 
@@ -175,7 +195,8 @@ def rowwise_logprobs(
     rows = [i for i, k in enumerate(repeats) for _ in range(k)]
     seq = prompts.take(rows)
     batch, mask = append_completions(seq.batch, completions, pad_id)
-    logp = logprob_pass(model, dict(batch, mm_encoder_outputs=seq.inputs()["mm_encoder_outputs"]), mask)
+    inputs = dict(batch, mm_encoder_outputs=seq.inputs()["mm_encoder_outputs"])
+    logp = logprob_pass(model, inputs, mask, temperature)
     return logp, mask[:, -logp.shape[1] :]
 
 
@@ -187,14 +208,15 @@ def completion_logprobs(
     pad_id: int,
     temperature: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-token log-probs of `completions`, `repeats[i]` of them (consecutive) continuing prompt i.
+    """Per-token log-probs of `completions`, `repeats[i]` of them (consecutive) continuing prompt i:
+    log softmax(logits / temperature) of each completion token.
 
     Returns ([rows, width] log-probs, zero outside the mask; [rows, width] mask), the layout of
     `logprobs.completion_logprobs` over the straightforward batch. Under active gradient checkpointing, whose
     layers drop the cache, it falls back to `rowwise_logprobs` (same numbers).
     """
     if checkpointing(model):
-        return rowwise_logprobs(model, prompts, completions, repeats, pad_id)
+        return rowwise_logprobs(model, prompts, completions, repeats, pad_id, temperature)
     prefix = prefill(model, prompts, repeats)
     ids, mask = (t.to(prefix.logits.device) for t in pad_right(completions, pad_id))
     logits = prefix.logits[:, None]  # the prompt's last position predicts the first completion token
@@ -210,16 +232,110 @@ def completion_logprobs(
     return token_logprobs(logits, ids, temperature) * mask, mask
 
 
-def _draw(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None) -> torch.Tensor:
-    """One token per row: argmax at temperature 0, else nucleus sampling at `temperature`."""
-    if temperature == 0:
-        return logits.argmax(-1)
-    probs = torch.softmax(logits.float() / temperature, dim=-1)
-    if top_p < 1.0:  # keep the smallest set of most likely tokens whose mass reaches top_p
-        sorted_probs, order = probs.sort(dim=-1, descending=True)
-        outside = sorted_probs.cumsum(-1) - sorted_probs >= top_p
-        probs = probs.scatter(-1, order, sorted_probs.masked_fill(outside, 0.0))
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+# ------------------------------------------------------------------------------------------------------------
+# The rollout's sampling rule, shared by both layouts.
+
+
+def end_token_ids(model: PreTrainedModel | PeftModel, tokenizer: PreTrainedTokenizerBase) -> tuple[int, ...]:
+    """Every id that ends a completion: the tokenizer's end-of-turn token and the checkpoint's generation-config
+    end ids (Qwen2.5-VL-Instruct's are `<|im_end|>` and `<|endoftext|>`), tokenizer's first."""
+    configured = _unwrapped(model).generation_config.eos_token_id
+    configured = [] if configured is None else [configured] if isinstance(configured, int) else list(configured)
+    return tuple(dict.fromkeys([tokenizer.eos_token_id, *configured]))
+
+
+@dataclass(frozen=True)
+class SamplingRule:
+    """How a rollout draws its tokens, in either layout (see `train.settings.Sampling` for the rule in words).
+
+    `temperature` 0 is greedy decoding (argmax after suppression). `suppress` lists tokens never drawn (the
+    image placeholders, `chat.vision_token_ids`); `end_ids` end a completion (`end_token_ids`); `pad_id` fills
+    the rows that have ended while the others go on (never part of a completion).
+    """
+
+    end_ids: tuple[int, ...]
+    pad_id: int
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    suppress: tuple[int, ...] = ()
+
+    @cached_property
+    def processors(self) -> LogitsProcessorList:
+        """The logits processors of a draw, in `generate`'s order; no others apply (none reads the ids)."""
+        out = LogitsProcessorList()
+        if self.suppress:
+            out.append(SuppressTokensLogitsProcessor(list(self.suppress)))
+        if self.temperature > 0:  # the warpers sample; greedy decoding takes the argmax of the suppressed logits
+            if self.temperature != 1.0:
+                out.append(TemperatureLogitsWarper(self.temperature))
+            if self.top_k > 0:
+                out.append(TopKLogitsWarper(self.top_k))
+            if self.top_p < 1.0:
+                out.append(TopPLogitsWarper(self.top_p))
+        return out
+
+    def generation_config(self, max_new_tokens: int, num_return_sequences: int = 1) -> GenerationConfig:
+        """The rule as a generation config for `generate`, every sampling knob explicit (top_k 0, not 50)."""
+        sampled = self.temperature > 0
+        return GenerationConfig(
+            do_sample=sampled,
+            temperature=self.temperature if sampled else None,
+            top_k=self.top_k if sampled else None,
+            top_p=self.top_p if sampled else None,
+            repetition_penalty=1.0,
+            suppress_tokens=list(self.suppress) or None,
+            eos_token_id=list(self.end_ids),
+            pad_token_id=self.pad_id,
+            max_new_tokens=max_new_tokens,
+            num_return_sequences=num_return_sequences,
+        )
+
+    def completions(self, ids: torch.Tensor) -> list[list[int]]:
+        """`generate`'s new tokens -> completions: each row up to and including its first end id, or whole.
+
+        A row without an end id reached `max_new_tokens` (generate stops early only when every row has ended),
+        so every token of it was sampled, pad ids included: nothing is stripped.
+        """
+        ends = torch.isin(ids, torch.as_tensor(self.end_ids, device=ids.device))
+        first = torch.where(ends.any(1), ends.int().argmax(1) + 1, ids.shape[1])
+        return [row[:n] for row, n in zip(ids.tolist(), first.tolist())]
+
+    def draw(self, logits: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """One token per row of [rows, vocab] logits: softmax over the processed logits, then one multinomial
+        draw per row (`generate`'s sampling step), or the argmax at temperature 0."""
+        scores = self.processors(None, logits.float())
+        if self.temperature == 0:
+            return scores.argmax(-1)
+        return torch.multinomial(torch.softmax(scores, dim=-1), 1, generator=generator).squeeze(-1)
+
+
+@contextlib.contextmanager
+def _only(model: PreTrainedModel | PeftModel, config: GenerationConfig) -> Iterator[None]:
+    """Make `config` the model's generation config for a while. transformers fills every unset field of the
+    config passed to `generate` from the model's own, so the checkpoint's knobs are moved out of the way."""
+    base = _unwrapped(model)
+    saved = base.generation_config
+    base.generation_config = config
+    try:
+        yield
+    finally:
+        base.generation_config = saved
+
+
+@torch.no_grad()
+def generate(
+    model: PreTrainedModel | PeftModel, batch: BatchFeature, group_size: int, max_new_tokens: int, rule: SamplingRule
+) -> list[list[int]]:
+    """`group_size` completions per prompt of `batch` (built by `chat.encode_prompts`) by transformers'
+    `generate`, one row per completion: the layout without a shared prefix. Same rule and, for the same random
+    state, the same draws as `sample`; rows are prompt-major."""
+    sampled = rule.temperature > 0  # greedy decoding gives each prompt's G completions at once
+    config = rule.generation_config(max_new_tokens, group_size if sampled else 1)
+    with _only(model, config):
+        ids = model.generate(**batch, generation_config=config)
+    completions = rule.completions(ids[:, batch["input_ids"].shape[1] :])
+    return completions if sampled else [c for c in completions for _ in range(group_size)]
 
 
 @torch.no_grad()
@@ -228,29 +344,28 @@ def sample(
     prompts: Prompts,
     group_size: int,
     max_new_tokens: int,
-    eos_id: int,
-    temperature: float = 1.0,
-    top_p: float = 1.0,
-    suppress: Sequence[int] = (),
+    rule: SamplingRule,
     generator: torch.Generator | None = None,
 ) -> list[list[int]]:
-    """`group_size` completions per prompt from one prefill: token ids, each ending at its first `eos_id`
+    """`group_size` completions per prompt from one prefill: token ids, each ending at its first end id
     (included) or after `max_new_tokens`. Rows are prompt-major (prompt 0's group first).
 
-    `suppress` tokens are never drawn (the image placeholders; see `chat.vision_token_ids`).
+    Rows that have ended are fed `rule.pad_id` and still drawn for, as in `generate`, so that the random stream
+    stays aligned with it; their lengths are tracked, so a sampled pad token stays part of a completion.
     """
     prefix = prefill(model, prompts, group_size)
     logits, attention = prefix.logits, prefix.attention_mask
-    rows = logits.shape[0]
-    done = torch.zeros(rows, dtype=torch.bool, device=logits.device)
+    rows, device = logits.shape[0], logits.device
+    end_ids = torch.as_tensor(rule.end_ids, device=device)
+    lengths = torch.full((rows,), max_new_tokens, device=device)
+    done = torch.zeros(rows, dtype=torch.bool, device=device)
     tokens = []
     for t in range(max_new_tokens):
-        logits = logits.float()
-        if suppress:
-            logits[:, list(suppress)] = float("-inf")
-        tok = torch.where(done, eos_id, _draw(logits, temperature, top_p, generator))
+        tok = torch.where(done, rule.pad_id, rule.draw(logits, generator))
         tokens.append(tok)
-        done |= tok == eos_id
+        ended = ~done & torch.isin(tok, end_ids)
+        lengths[ended] = t + 1
+        done |= ended
         if done.all() or t == max_new_tokens - 1:
             break
         attention = torch.cat([attention, torch.ones_like(attention[:, :1])], dim=1)
@@ -263,4 +378,4 @@ def sample(
         )
         logits = out.logits[:, -1]
     ids = torch.stack(tokens, dim=1).tolist()
-    return [row[: row.index(eos_id) + 1] if eos_id in row else row for row in ids]
+    return [row[:n] for row, n in zip(ids, lengths.tolist())]
