@@ -32,8 +32,9 @@ from mbpo_lit.core.answers import extract, is_correct
 from mbpo_lit.core.metrics import accuracy, amber_discriminative, chair, pope_metrics
 from mbpo_lit.data import captions  # noqa: F401 - registers CocoChair for `--data CocoChair`
 from mbpo_lit.data.sources import RecordSource, SourceError, as_source, report_skipped
-from mbpo_lit.vlm.chat import encode_prompts, vision_token_ids
+from mbpo_lit.vlm.chat import encode_prompts
 from mbpo_lit.vlm.policy import ModelConfig, load_policy
+from mbpo_lit.vlm.shared_prefix import SamplingRule, answer_texts
 
 
 @torch.no_grad()
@@ -47,7 +48,8 @@ def generate(
     desc: str = "generate",
     progress: bool = True,
 ) -> list[str]:
-    """Greedy answers for (image, question) pairs, batched with left padding, with a progress bar."""
+    """Greedy answers for (image, question) pairs, batched with left padding, with a progress bar; none of the
+    checkpoint's `generation_config` processors apply (`shared_prefix.answer_texts`)."""
     model.eval()
     device = next(model.parameters()).device
     out: list[str] = []
@@ -55,10 +57,7 @@ def generate(
     for start in range(0, len(questions), batch_size):
         batch = encode_prompts(processor, questions[start : start + batch_size], images[start : start + batch_size])
         batch = batch.to(device)
-        ids = model.generate(
-            **batch, max_new_tokens=max_new_tokens, do_sample=False, suppress_tokens=vision_token_ids(processor)
-        )
-        out += processor.batch_decode(ids[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
+        out += answer_texts(model, processor, batch, max_new_tokens, SamplingRule.of(model, processor))
         bar.update(len(batch["input_ids"]))
     bar.close()
     return out

@@ -39,10 +39,11 @@ from mbpo_lit.core.answers import CLOSED_TYPES, is_correct, normalize_phrase
 from mbpo_lit.core.attack import METHODS, pgd, random_perturbation, to_uint8_grid
 from mbpo_lit.data.sources import Records, RecordSource, SourceError, as_source, report_skipped
 from mbpo_lit.train.settings import SettingsError
-from mbpo_lit.vlm.chat import answer_token_ids, append_completions, encode_prompts, user_message, vision_token_ids
+from mbpo_lit.vlm.chat import answer_token_ids, append_completions, encode_prompts, user_message
 from mbpo_lit.vlm.codec import PixelCodec, to_pil
 from mbpo_lit.vlm.iig import image_information_gain
 from mbpo_lit.vlm.logprobs import completion_scores
+from mbpo_lit.vlm.shared_prefix import SamplingRule, answer_texts
 
 
 @dataclass
@@ -146,25 +147,16 @@ class Miner:
 
     @torch.no_grad()
     def answer(self, prompts, images: torch.Tensor, sample: bool = False) -> list[str]:
-        """The model's answers given raw images (greedy, or sampled at temperature 1).
+        """The model's answers given raw images: greedy, or sampled at temperature 1.
 
-        Decoding applies no logits processor of the checkpoint's `generation_config` (Qwen's repetition
-        penalty, say): only vision tokens are suppressed, and it stops at any of the generation config's end
-        ids. A mined answer is then the model's own distribution, the same whichever checkpoint it came from.
+        Decoding applies none of the checkpoint's `generation_config` processors (Qwen's repetition penalty,
+        say): only vision tokens are suppressed, and it stops at any of the model's end ids
+        (`shared_prefix.answer_texts`). A mined answer is the model's own distribution on every checkpoint.
         """
         pixel_values, _ = self.codec.encode(images)
         batch = dict(prompts.to(self.device), pixel_values=pixel_values.to(prompts["pixel_values"].dtype))
-        ids = self.model.generate(
-            **batch,
-            max_new_tokens=self.cfg.max_new_tokens,
-            do_sample=sample,
-            temperature=1.0 if sample else None,
-            top_p=1.0 if sample else None,
-            top_k=0 if sample else None,
-            repetition_penalty=1.0,
-            suppress_tokens=vision_token_ids(self.processor),
-        )
-        return self.processor.batch_decode(ids[:, prompts["input_ids"].shape[1] :], skip_special_tokens=True)
+        rule = SamplingRule.of(self.model, self.processor, temperature=1.0 if sample else 0.0)
+        return answer_texts(self.model, self.processor, batch, self.cfg.max_new_tokens, rule)
 
     def is_wrong(self, rec: dict, text: str) -> bool:
         """Whether a rejected answer is wrong: the verifier for close-ended types, else a different phrase.

@@ -27,7 +27,7 @@ from mbpo_lit.core.grpo import LossParts, group_advantages, grpo_loss, offline_p
 from mbpo_lit.core.rewards import AccuracyReward, FormatReward, LengthPenalty, compose
 from mbpo_lit.train.settings import Loss, Optimization, Rewards, Sampling, SettingsError
 from mbpo_lit.vlm import shared_prefix as prefix
-from mbpo_lit.vlm.chat import answer_token_ids, append_completions, encode_prompts, vision_token_ids
+from mbpo_lit.vlm.chat import answer_token_ids, append_completions, encode_prompts
 from mbpo_lit.vlm.logprobs import completion_logprobs
 from mbpo_lit.vlm.policy import LoraSettings, ModelConfig, load_policy, reference_mode, trainable_parameters
 
@@ -164,15 +164,8 @@ class MBPOModule(L.LightningModule):
     def sampling_rule(self) -> prefix.SamplingRule:
         """The rollout's sampling rule (`settings.Sampling`): the sampling settings and no other logits processor,
         the image placeholders suppressed, every end id of the checkpoint."""
-        hp, p = self.sampling, self.processor
-        return prefix.SamplingRule(
-            end_ids=prefix.end_token_ids(self.model, p.tokenizer),
-            pad_id=p.tokenizer.pad_token_id,
-            temperature=hp.temperature,
-            top_k=hp.top_k,
-            top_p=hp.top_p,
-            suppress=tuple(vision_token_ids(p)),
-        )
+        hp = self.sampling
+        return prefix.SamplingRule.of(self.model, self.processor, hp.temperature, hp.top_k, hp.top_p)
 
     @torch.no_grad()
     def rollout(
@@ -403,10 +396,8 @@ class MBPOModule(L.LightningModule):
             return
         p = self.processor
         enc = encode_prompts(p, [r["question"] for r in batch], [r["image"] for r in batch]).to(self.device)
-        ids = self.model.generate(
-            **enc, do_sample=False, max_new_tokens=self.sampling.max_new_tokens, suppress_tokens=vision_token_ids(p)
-        )
-        texts = p.batch_decode(ids[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+        greedy = prefix.SamplingRule.of(self.model, p)
+        texts = prefix.answer_texts(self.model, p, enc, self.sampling.max_new_tokens, greedy)
         for r, t in zip(batch, texts):
             correct = float(is_correct(t, r["answer"], r["answer_type"], self.val_vocabulary))
             self.val_accuracy.update(correct)

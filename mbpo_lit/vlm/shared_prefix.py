@@ -50,7 +50,7 @@ from transformers import (
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from mbpo_lit.vlm.arch import Arch
-from mbpo_lit.vlm.chat import append_completions, encode_prompts, pad_right
+from mbpo_lit.vlm.chat import append_completions, encode_prompts, pad_right, vision_token_ids
 from mbpo_lit.vlm.logprobs import completion_logprobs as logprob_pass
 from mbpo_lit.vlm.logprobs import token_logprobs
 from mbpo_lit.vlm.policy import is_vision_parameter
@@ -260,6 +260,21 @@ class SamplingRule:
     top_p: float = 1.0
     suppress: tuple[int, ...] = ()
 
+    @classmethod
+    def of(
+        cls, model: PreTrainedModel | PeftModel, processor, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0
+    ) -> SamplingRule:
+        """The rule for `model` and its processor: its end ids, its pad token, its image placeholders suppressed;
+        greedy at the default temperature 0."""
+        return cls(
+            end_ids=end_token_ids(model, processor.tokenizer),
+            pad_id=processor.tokenizer.pad_token_id,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            suppress=tuple(vision_token_ids(processor)),
+        )
+
     @cached_property
     def processors(self) -> LogitsProcessorList:
         """The logits processors of a draw, in `generate`'s order; no others apply (none reads the ids)."""
@@ -336,6 +351,17 @@ def generate(
         ids = model.generate(**batch, generation_config=config)
     completions = rule.completions(ids[:, batch["input_ids"].shape[1] :])
     return completions if sampled else [c for c in completions for _ in range(group_size)]
+
+
+@torch.no_grad()
+def answer_texts(
+    model: PreTrainedModel | PeftModel, processor, batch: BatchFeature, max_new_tokens: int, rule: SamplingRule
+) -> list[str]:
+    """One decoded answer per prompt of `batch` under `rule` (greedy for `SamplingRule.of(model, processor)`):
+    how the evaluator, validation and mining read a model's answer, with none of the checkpoint's own
+    `generation_config` processors (a repetition penalty, say), the same on every checkpoint."""
+    ids = generate(model, batch, 1, max_new_tokens, rule)
+    return processor.batch_decode(ids, skip_special_tokens=True)
 
 
 @torch.no_grad()
