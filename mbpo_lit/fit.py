@@ -3,7 +3,8 @@
 A thin wrapper that runs LightningCLI's `fit` subcommand on `MBPOModule` and `HybridDataModule`, so every
 LightningCLI feature stays: YAML recipes (shipped in `mbpo_lit/recipes/`, each complete on its own),
 `--print_config`, and resuming with `--ckpt_path` (hyper-parameters restored from the checkpoint). After
-training it evaluates the base model (adapters disabled) and the trained policy on the recipe's eval set
+training it evaluates the starting policy (the KL reference: the base model, or the adapter a fit started
+from, see `ModelConfig.reference`) and the trained policy on the recipe's eval set
 (`data.val`) and prints the table. With no arguments it runs the embedded recipe: a tiny biased model on a
 synthetic world, built and mined on first use by the recipe's `prepare` hook; options without a `--config`
 apply on top of that recipe.
@@ -39,7 +40,8 @@ def recipe(name: str) -> str:
 
 
 def before_after(module: MBPOModule, data: HybridDataModule) -> dict:
-    """Scores of the base model (adapters disabled) and the trained policy on the data module's eval set."""
+    """Scores of the starting policy (the reference, `vlm.policy.reference_mode`) and the trained policy on the
+    data module's eval set."""
     source, records = data.val, data.eval_records
     vocabulary = source.vocabulary or module.vocabulary
     results = {}
@@ -87,7 +89,7 @@ class MBPOCLI(LightningCLI):
         results = before_after(self.model, data)
         print(f"eval set: {data.val} ({len(data.eval_records)} records)")
         print(
-            format_table({"before (base)": results["before"]["summary"], "after (MBPO)": results["after"]["summary"]})
+            format_table({"before (start)": results["before"]["summary"], "after (MBPO)": results["after"]["summary"]})
         )
         out = Path(self.trainer.default_root_dir) / "before_after.json"
         out.parent.mkdir(parents=True, exist_ok=True)
