@@ -1,12 +1,16 @@
-"""The benchmark command: both layouts run on the tiny checkpoint and the vision-tower counter counts what it names."""
+"""The benchmark command: every side runs on the tiny checkpoint and the vision-tower counter counts what it names."""
 
 import json
 
-from mbpo_lit.experiments.bench import BenchConfig, format_results, run
+import pytest
+
+from mbpo_lit.experiments import bench
+from mbpo_lit.experiments.bench import BenchConfig, format_results, run, step_stats
 
 
 def test_bench_counts_every_image_the_vision_tower_encodes(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # the tiny checkpoint for the benchmark is written under ./runs
+    monkeypatch.setattr(bench, "trl_available", lambda: False)  # the TRL side as on a machine without trl
     cfg = BenchConfig(
         group_size=2,
         prompts=2,
@@ -29,10 +33,47 @@ def test_bench_counts_every_image_the_vision_tower_encodes(tmp_path, monkeypatch
     assert rowwise["vision_calls_per_step"] == 3
     for side in (fast, rowwise):
         assert side["step_s"] > 0 and side["peak_memory_mb"] > 0 and side["generated_tokens_per_s"] > 0
+        assert side["step_s_min"] <= side["step_s"] <= side["step_s_max"] and side["steps_measured"] == cfg.steps
     r = results["ratios"]
     assert r["images_encoded_per_distinct_image"] == 1 and r["rowwise_images_encoded_per_distinct_image"] == 5
     assert r["step_time_vs_rowwise"] == fast["step_s"] / rowwise["step_s"]
-    assert results["pgd"]["overhead_ratio"] > 0 and "unavailable" in results["trl"]
-    assert r["step_time_vs_trl"] == "unavailable"
+    assert results["pgd"]["overhead_ratio"] > 0
+    # Without trl: the TRL side says how to get it, and every ratio against it says "unavailable".
+    assert results["trl"] == {"unavailable": "unavailable: pip install mbpo_lit[bench]"}
+    assert r["step_time_vs_trl"] == r["trl_images_encoded_per_distinct_image"] == "unavailable"
+    # Mixed-size photographs (astronaut 160x160, coffee 160x107): two size groups, timed both ways.
+    mine = results["mine_sizes"]
+    assert mine["images"] == 2 and mine["size_groups"] == 2 and mine["image_sizes"] == ["160x107", "160x160"]
+    assert mine["grouped_images_per_s"] > 0 and mine["one_at_a_time_images_per_s"] > 0
+    assert r["mining_mixed_sizes_grouped_vs_one_at_a_time"] == mine["grouped_vs_one_at_a_time_speedup"]
     assert json.loads((tmp_path / "bench.json").read_text())["mbpo_lit"] == fast
-    assert "images_encoded_per_distinct_image" in format_results(results)
+    assert not (tmp_path / "adapter").exists()  # the GRPO sides' fits export their adapters to a temporary folder
+    table = format_results(results)
+    assert "images_encoded_per_distinct_image" in table and "pip install mbpo_lit[bench]" in table
+
+
+def test_trl_can_be_skipped():
+    assert bench.bench_trl(BenchConfig(trl=False), "unused") == {"unavailable": "skipped (--trl false)"}
+
+
+def test_step_stats_report_median_and_spread_after_the_warmup():
+    stats = step_stats([9.0, 3.0, 1.0, 2.0], warmup=1)
+    assert stats["step_s"] == 2.0 and stats["step_s_min"] == 1.0 and stats["step_s_max"] == 3.0
+    assert stats["steps_measured"] == 3 and stats["step_times_s"] == [3.0, 1.0, 2.0]
+    with pytest.raises(ValueError, match="no measured step"):
+        step_stats([1.0], warmup=1)
+
+
+def test_trl_side_runs_on_the_tiny_checkpoint(tmp_path, monkeypatch):
+    """TRL's GRPOTrainer, one step on the tiny 4-bit checkpoint, where trl is installed (`mbpo_lit[bench]`)."""
+    pytest.importorskip("trl")
+    monkeypatch.chdir(tmp_path)
+    cfg = BenchConfig(group_size=2, prompts=2, max_new_tokens=3, beta=0.04, steps=1, warmup=0)
+    out = bench._bench_trl(cfg, bench.checkpoint(cfg))  # in this process: the isolation only separates memory
+    assert out["step_s"] > 0 and out["generated_tokens_per_s"] > 0 and out["peak_memory_mb"] > 0
+    # TRL: generation on G copies of each prompt, then the policy and the reference pass, each from pixels.
+    assert out["vision_calls_per_step"] == 3
+    assert out["images_encoded_per_step"] == 3 * cfg.prompts * cfg.group_size
+    # TRL casts the LoRA weights of a quantized model to bf16; "match" trains them in fp32, as mbpo_lit does.
+    assert out["lora_dtype_from_trl"] == ["torch.bfloat16"] and out["lora_dtype_trained"] == ["torch.float32"]
+    assert out["trl_unmatched"]

@@ -1,20 +1,23 @@
-"""`python -m mbpo_lit bench`: how fast the two hot paths run, in numbers (a benchmark command, not a test).
+"""`python -m mbpo_lit bench`: how fast the hot paths run, in numbers (a benchmark command, not a test).
 
-1. The hybrid GRPO step (`MBPOModule.training_step` under a real Lightning Trainer), twice on the same
-   settings: as shipped (`share_prefix=True`: each distinct image encoded once per step, each prompt prefilled
-   once for its completions; vlm/shared_prefix.py) and "rowwise" (`share_prefix=False`: one row per
-   completion, every pass from pixels, the layout of TRL's GRPOTrainer). For each: wall time per optimizer
-   step, samples/s, generated tokens/s, peak memory, and the vision tower's calls and images encoded per step
-   (a forward hook on the architecture's vision module). Each side runs in its own process, so the peak
-   memory is its own.
+1. The hybrid GRPO step, three ways on the same settings (checkpoint, prompts and images, G, lengths, beta,
+   loss aggregation, LoRA, quantization):
+   - mbpo_lit as shipped (`MBPOModule.training_step` under a real Lightning Trainer, `share_prefix=True`: each
+     distinct image encoded once per step, each prompt prefilled once for its completions; vlm/shared_prefix.py);
+   - mbpo_lit "rowwise" (`share_prefix=False`: one row per completion, every pass from pixels);
+   - TRL's GRPOTrainer (when `trl` is installed: `pip install mbpo_lit[bench]`; `--trl false` skips it).
+   For each: wall time per optimizer step (median and spread of `steps` steps after `warmup` unmeasured ones),
+   samples/s, generated tokens/s, peak memory, and the vision tower's calls and images encoded per step (a forward
+   hook on the architecture's vision module). Each side runs in its own process, so the peak memory is its own.
+   `trl_unmatched` lists what could not be set the same on the TRL side.
 2. PGD mining: images/s, and its time relative to the bare forward+backward of the same number of steps on the
    same batch (PGD adds the projection, the codec and the greedy-match flag on top of that).
-3. Padding: the share of prompt tokens that are padding in batches of mixed image sizes, drawn plainly and
+3. Mining on real image sizes: `Miner.mine` on scikit-image's sample photographs (thumbnailed to 160 px, several
+   sizes), each size group attacked as one batch as the miner does, against one image at a time.
+4. Padding: the share of prompt tokens that are padding in batches of mixed image sizes, drawn plainly and
    with length grouping (`HybridDataModule(length_group_batches=...)`).
 
-The natural outside baseline is TRL's GRPOTrainer on the same settings; the TRL side is not written (and
-`trl` is not a dependency), so it reports "unavailable" rather than a guess, and the rowwise layout stands in
-for it. Results print as a table with the ratios and go to `--out` as JSON.
+Results print as a table with the ratios and go to `--out` as JSON.
 
     python -m mbpo_lit bench --group_size 8 --steps 5
     python -m mbpo_lit bench --size small --precision bf16 --out runs/bench/gpu.json
@@ -22,9 +25,12 @@ for it. Results print as a table with the ratios and go to `--out` as JSON.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import multiprocessing
 import resource
+import statistics
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -34,6 +40,9 @@ import lightning as L
 import torch
 
 from mbpo_lit.vlm.arch import arch_of
+from mbpo_lit.vlm.policy import LoraSettings
+
+BENCH_LORA = LoraSettings(r=8, alpha=16)  # both GRPO sides' adapters (dropout 0.05, the architecture's targets)
 
 
 @dataclass
@@ -54,8 +63,11 @@ class BenchConfig:
         mu: optimisation passes over one rollout.
         steps: measured steps, after `warmup` unmeasured ones.
         warmup: unmeasured steps first.
-        pgd_steps: PGD steps of the mining measurement.
-        pgd_images: images attacked together.
+        pgd_steps: PGD steps of the mining measurements.
+        pgd_images: images attacked together (world images; and photographs in the mixed-size measurement).
+        trl: run TRL's GRPOTrainer on the same settings when `trl` is installed (false: skip it).
+        trl_lora_dtype: "match" casts the LoRA weights that TRL turns to bf16 on a quantized model back to the
+            dtype mbpo_lit trains them in (fp32); "trl" keeps TRL's bf16 (then listed as unmatched).
         out: the results as JSON.
     """
 
@@ -73,11 +85,13 @@ class BenchConfig:
     warmup: int = 1
     pgd_steps: int = 10
     pgd_images: int = 8
+    trl: bool = True
+    trl_lora_dtype: Literal["match", "trl"] = "match"
     out: str = "runs/bench/bench.json"
 
 
 class _StepTimer(L.Callback):
-    """Wall time of each training batch; the first `warmup` are dropped."""
+    """Wall time of each training batch (the caller drops the first `warmup`)."""
 
     def __init__(self):
         self.times: list[float] = []
@@ -106,6 +120,20 @@ def count_vision_calls(model: torch.nn.Module, arch: str) -> dict[str, int]:
     return counts
 
 
+def step_stats(times: list[float], warmup: int) -> dict:
+    """Median and spread (min, max) of the step times after the first `warmup`, and the times themselves."""
+    measured = times[warmup:]
+    if not measured:
+        raise ValueError(f"no measured step: {len(times)} steps ran, {warmup} of them warm-up")
+    return {
+        "step_s": statistics.median(measured),
+        "step_s_min": min(measured),
+        "step_s_max": max(measured),
+        "steps_measured": len(measured),
+        "step_times_s": measured,
+    }
+
+
 def peak_memory_mb(device: torch.device) -> float:
     """Peak GPU memory allocated, or the process's peak resident set size on the CPU."""
     if device.type == "cuda":
@@ -119,7 +147,7 @@ def bench_mbpo(cfg: BenchConfig, path: str, share_prefix: bool = True) -> dict:
     from mbpo_lit.testbed.world_source import WorldSource
     from mbpo_lit.train.module import MBPOModule
     from mbpo_lit.train.settings import Loss, Rewards, Sampling
-    from mbpo_lit.vlm.policy import LoraSettings, ModelConfig
+    from mbpo_lit.vlm.policy import ModelConfig
 
     online = WorldSource(["train"], 256)
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -128,7 +156,7 @@ def bench_mbpo(cfg: BenchConfig, path: str, share_prefix: bool = True) -> dict:
             path,
             precision=cfg.precision,
             quantization=cfg.quantization,
-            lora=LoraSettings(r=8, alpha=16),
+            lora=BENCH_LORA,
             device=device,
         ),
         sampling=Sampling(group_size=cfg.group_size, max_new_tokens=cfg.max_new_tokens),
@@ -152,37 +180,236 @@ def bench_mbpo(cfg: BenchConfig, path: str, share_prefix: bool = True) -> dict:
 
     module.rollout = counted_rollout
     timer = _StepTimer()
-    trainer = L.Trainer(
-        max_steps=(cfg.warmup + cfg.steps) * cfg.mu,
-        logger=False,
-        enable_checkpointing=False,
-        limit_val_batches=0,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[timer],
-    )
-    trainer.fit(module, data)
-    measured = timer.times[cfg.warmup :]
-    per_step = sum(measured) / len(measured)
-    total = cfg.warmup + cfg.steps
+    with tempfile.TemporaryDirectory() as root:  # fit's end exports the adapters under default_root_dir
+        trainer = L.Trainer(
+            max_steps=(cfg.warmup + cfg.steps) * cfg.mu,
+            logger=False,
+            enable_checkpointing=False,
+            limit_val_batches=0,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            callbacks=[timer],
+            default_root_dir=root,
+        )
+        trainer.fit(module, data)
+    stats = step_stats(timer.times, cfg.warmup)
+    return _step_results(cfg, stats, tokens[0], calls, peak_memory_mb(module.device))
+
+
+def _step_results(cfg: BenchConfig, stats: dict, tokens: int, calls: dict, peak_mb: float) -> dict:
+    """One GRPO side's numbers: `stats` (step_stats) plus throughput, vision-tower counts per step, memory."""
+    total, per_step = cfg.warmup + cfg.steps, stats["step_s"]
     return {
-        "step_s": per_step,
+        **stats,
         "samples_per_s": cfg.prompts * cfg.group_size / per_step,
-        "generated_tokens_per_s": tokens[0] / total / per_step,
+        "generated_tokens_per_s": tokens / total / per_step,
         "vision_calls_per_step": calls["calls"] / total,
         "images_encoded_per_step": calls["images"] / total,
         "distinct_images_per_step": cfg.prompts,
-        "peak_memory_mb": peak_memory_mb(module.device),
+        "peak_memory_mb": peak_mb,
     }
 
 
+TRL_MISSING = "unavailable: pip install mbpo_lit[bench]"
+
+# What the TRL side cannot set as mbpo_lit has it (the settings that it does match are in `_trl_config`).
+TRL_UNMATCHED = [
+    "rollout: TRL generates with transformers' `generate` on G copies of each prompt (one row per completion); "
+    "mbpo_lit prefills each prompt once and samples its G completions from the repeated cache: the same sampling "
+    "rule (temperature, top-k, top-p, the vision tokens suppressed, every end id), different random draws",
+    "prompts are tokenized and their images preprocessed twice per step by TRL (once for generation, once for "
+    "the loss passes), once by mbpo_lit",
+    "TRL reads its prompts from a datasets.Dataset (images stored as PNG, decoded on access); mbpo_lit from "
+    "decoded images in memory",
+    "TRL logs its own metrics every step (entropy, clip ratios, completion lengths; a gather per metric)",
+    "mu > 1: TRL makes each of the mu passes its own trainer step; both sides time one rollout and its mu "
+    "optimizer steps",
+]
+
+
+def trl_available() -> bool:
+    """Whether `trl` can be imported (without importing it)."""
+    return importlib.util.find_spec("trl") is not None
+
+
 def bench_trl(cfg: BenchConfig, path: str) -> dict:
-    """TRL's GRPOTrainer on the same settings, if TRL is installed."""
-    try:
-        import trl
-    except ImportError:
-        return {"unavailable": "trl is not installed"}
-    return {"unavailable": f"trl {trl.__version__} is installed, but the TRL side of this benchmark is not written"}
+    """TRL's GRPOTrainer on the same settings, in its own process; "unavailable" without `trl` or with
+    `--trl false`."""
+    if not cfg.trl:
+        return {"unavailable": "skipped (--trl false)"}
+    if not trl_available():
+        return {"unavailable": TRL_MISSING}
+    return _isolated(_bench_trl, cfg, path)
+
+
+def _trl_config(cfg: BenchConfig, out_dir: str, suppress: list[int]):
+    """GRPOConfig for one optimizer step per rollout of `cfg.prompts` x G completions, in one micro-batch,
+    with mbpo_lit's defaults where TRL's differ (loss "grpo", fp32 LoRA, AdamW at 1e-4 without schedule,
+    no gradient checkpointing, no mixed precision: the weights' own dtype, as mbpo_lit)."""
+    from trl import GRPOConfig
+
+    from mbpo_lit.train.settings import Loss, Optimization, Sampling
+
+    loss, sampling, optim = Loss(beta=cfg.beta, mu=cfg.mu), Sampling(group_size=cfg.group_size), Optimization()
+    rows = cfg.prompts * cfg.group_size
+    return GRPOConfig(
+        output_dir=out_dir,
+        max_steps=(cfg.warmup + cfg.steps) * cfg.mu,
+        per_device_train_batch_size=rows,
+        gradient_accumulation_steps=optim.accumulate_grad_batches,
+        generation_batch_size=rows,
+        num_generations=cfg.group_size,
+        num_iterations=cfg.mu,
+        max_completion_length=cfg.max_new_tokens,
+        temperature=sampling.temperature,
+        top_k=sampling.top_k,
+        top_p=sampling.top_p,
+        repetition_penalty=1.0,
+        generation_kwargs={"suppress_tokens": suppress},
+        beta=cfg.beta,
+        epsilon=loss.eps_low,
+        epsilon_high=loss.eps_high,
+        loss_type=loss.aggregation,
+        scale_rewards="group" if loss.divides_by_std else "none",
+        mask_truncated_completions=False,
+        learning_rate=optim.lr,
+        weight_decay=optim.weight_decay,
+        max_grad_norm=optim.max_grad_norm,
+        lr_scheduler_type="constant",
+        optim="adamw_torch",
+        gradient_checkpointing=False,
+        bf16=False,
+        fp16=False,
+        shuffle_dataset=False,
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+        dataloader_pin_memory=False,  # as mbpo_lit's DataLoader
+        report_to="none",
+        save_strategy="no",
+        logging_steps=1,
+        log_completions=False,
+        disable_tqdm=True,
+        seed=0,
+    )
+
+
+def _bench_trl(cfg: BenchConfig, path: str) -> dict:
+    """The TRL side: GRPOTrainer on the base model mbpo_lit loads (same quantization and precision), with the
+    same LoRA config, the same per-step prompts and images (batch i of the same HybridDataModule), and
+    mbpo_lit's composed online reward (accuracy + format + length penalty, the same weights)."""
+    import trl
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import PrinterCallback, TrainerCallback
+    from trl import GRPOTrainer
+
+    from mbpo_lit.core.rewards import AccuracyReward, FormatReward, LengthPenalty
+    from mbpo_lit.data.hybrid import HybridDataModule
+    from mbpo_lit.testbed.world_source import WorldSource
+    from mbpo_lit.train.settings import Rewards
+    from mbpo_lit.vlm.chat import vision_token_ids
+    from mbpo_lit.vlm.policy import ModelConfig, load_policy
+
+    online = WorldSource(["train"], 256)
+    total = cfg.warmup + cfg.steps
+    data = HybridDataModule(pairs=None, online=online, val=None, online_per_batch=cfg.prompts, batches_per_epoch=total)
+    data.setup()
+    records = [r for i in range(total) for r in data.train_set[i]["online"]]
+    dataset = Dataset.from_list(
+        [
+            {
+                "prompt": [{"role": "user", "content": r["question"]}],
+                "image": r["image"],
+                "answer": r["answer"],
+                "answer_type": r["answer_type"],
+                "choices": list(r.get("choices") or []),
+            }
+            for r in records
+        ]
+    )
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    lora = BENCH_LORA
+    policy = load_policy(
+        ModelConfig(path, precision=cfg.precision, quantization=cfg.quantization, lora=None, device=device)
+    )
+    peft_config = LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=policy.arch.lora_target_regex(lora.targets),
+        task_type="CAUSAL_LM",
+    )
+    settings, vocabulary, tokens = Rewards(vocabulary=online.vocabulary), online.vocabulary, [0]
+
+    def as_reward(fn, name: str, count_tokens: bool = False):
+        def reward(prompts, completions, completion_ids, answer, answer_type, choices, **kwargs):
+            if count_tokens:
+                tokens[0] += sum(len(c) for c in completion_ids)
+            texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
+            recs = [
+                {"answer": a, "answer_type": t, "choices": c}
+                for a, t, c in zip(answer, answer_type, choices, strict=True)
+            ]
+            return fn(texts, recs)
+
+        reward.__name__ = name
+        return reward
+
+    rewards = [
+        as_reward(AccuracyReward(vocabulary), "accuracy", count_tokens=True),
+        as_reward(FormatReward(vocabulary=vocabulary), "format"),
+        as_reward(LengthPenalty(coef=settings.length_coef), "length"),
+    ]
+    with tempfile.TemporaryDirectory() as out_dir:
+        args = _trl_config(cfg, out_dir, vision_token_ids(policy.processor))
+        args.reward_weights = [1.0, settings.format_weight, 1.0]
+        timer = _TrlStepTimer(TrainerCallback)
+        trainer = GRPOTrainer(
+            model=policy.model,
+            reward_funcs=rewards,
+            args=args,
+            train_dataset=dataset,
+            processing_class=policy.processor,
+            peft_config=peft_config,
+            callbacks=[timer],
+        )
+        lora_dtypes = {str(p.dtype) for p in trainer.model.parameters() if p.requires_grad}
+        if cfg.trl_lora_dtype == "match":  # mbpo_lit's LoRA weights are fp32 (peft's default), on any base
+            for p in trainer.model.parameters():
+                if p.requires_grad:
+                    p.data = p.data.to(torch.float32)
+        trainer.remove_callback(PrinterCallback)  # the step logs, printed when tqdm is off
+        calls = count_vision_calls(trainer.model, cfg.arch)
+        trainer.train()
+    unmatched = list(TRL_UNMATCHED)
+    if cfg.trl_lora_dtype == "trl" and lora_dtypes != {"torch.float32"}:
+        unmatched.append(
+            f"LoRA weights in {', '.join(sorted(lora_dtypes))} (TRL's cast on a quantized model); mbpo_lit's are fp32"
+        )
+    stats = step_stats([sum(timer.times[i : i + cfg.mu]) for i in range(0, len(timer.times), cfg.mu)], cfg.warmup)
+    return {
+        **_step_results(cfg, stats, tokens[0], calls, peak_memory_mb(torch.device(device))),
+        "trl_version": trl.__version__,
+        "lora_dtype_from_trl": sorted(lora_dtypes),
+        "lora_dtype_trained": sorted({str(p.dtype) for p in trainer.model.parameters() if p.requires_grad}),
+        "trl_unmatched": unmatched,
+    }
+
+
+def _TrlStepTimer(base):
+    """A transformers TrainerCallback timing each optimizer step (generation, loss passes, backward, step)."""
+
+    class StepTimer(base):
+        def __init__(self):
+            self.times: list[float] = []
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            self._t = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.times.append(time.perf_counter() - self._t)
+
+    return StepTimer()
 
 
 def bench_pgd(cfg: BenchConfig, path: str) -> dict:
@@ -231,6 +458,87 @@ def bench_pgd(cfg: BenchConfig, path: str) -> dict:
     }
 
 
+# scikit-image's sample photographs (no download: they ship with the package) and a yes/no question each.
+PHOTOS = {
+    "astronaut": ("Is there a person in the image?", "yes"),
+    "coffee": ("Is there a cup in the image?", "yes"),
+    "chelsea": ("Is there a dog in the image?", "no"),
+    "rocket": ("Is there a rocket in the image?", "yes"),
+    "hubble_deep_field": ("Is there a car in the image?", "no"),
+    "immunohistochemistry": ("Is there a cat in the image?", "no"),
+}
+
+
+def photo_records(n: int, size: int = 160) -> list[dict]:
+    """n records cycling through `PHOTOS`, each thumbnailed to fit `size` px (so of several sizes:
+    160x160, 160x107, 160x106, 160x140)."""
+    from PIL import Image
+    from skimage import data
+
+    images = {}
+    for name in PHOTOS:
+        im = Image.fromarray(getattr(data, name)()).convert("RGB")
+        im.thumbnail((size, size))
+        images[name] = im
+    names = list(PHOTOS)
+    return [
+        {
+            "id": f"{names[i % len(names)]}-{i}",
+            "image": images[names[i % len(names)]],
+            "question": PHOTOS[names[i % len(names)]][0],
+            "answer": PHOTOS[names[i % len(names)]][1],
+            "answer_type": "yes_no",
+        }
+        for i in range(n)
+    ]
+
+
+def bench_mine_sizes(cfg: BenchConfig, path: str) -> dict:
+    """Mining throughput on photographs of mixed sizes: `Miner.mine` on `cfg.pgd_images` of them (each size
+    group attacked as one batch, as the miner does) against the same records one at a time (batches of 1).
+
+    The whole of `Miner.mine` is timed (PGD with `cfg.pgd_steps` steps and no early stop, so both ways do the
+    same steps; the clean and perturbed answers; IIG). The processor keeps each image's resolution within
+    56x56-280x280 px, as the 7B Qwen-VL processors do, so the sizes reach the vision tower."""
+    from mbpo_lit.mine import MineConfig, Miner
+    from mbpo_lit.vlm.policy import ModelConfig, load_policy
+
+    records = photo_records(cfg.pgd_images)
+    policy = load_policy(ModelConfig(path, precision=cfg.precision, quantization="none", lora=None))
+    if hasattr(policy.processor.image_processor, "merge_size"):
+        policy.processor.image_processor.size = {"shortest_edge": 56 * 56, "longest_edge": 280 * 280}
+    mine_cfg = MineConfig(
+        model=path, source="photos", n=len(records), steps=cfg.pgd_steps, early_stop=False, iig_filter="none"
+    )
+    miner = Miner(policy.model, policy.processor, mine_cfg, None)
+    sizes = sorted({r["image"].size for r in records})
+
+    def seconds(fn) -> float:
+        t = time.perf_counter()
+        fn()
+        return time.perf_counter() - t
+
+    def grouped():
+        miner.mine(records, 0)
+
+    def one_at_a_time():
+        for i, r in enumerate(records):
+            miner.mine([r], i)
+
+    miner.mine(records[:1], 0)  # warm-up
+    # Interleaved, best of two each, as in bench_pgd.
+    times = [(seconds(grouped), seconds(one_at_a_time)) for _ in range(2)]
+    grouped_s, single_s = min(t[0] for t in times), min(t[1] for t in times)
+    return {
+        "images": len(records),
+        "image_sizes": [f"{w}x{h}" for w, h in sizes],
+        "size_groups": len(sizes),
+        "grouped_images_per_s": len(records) / grouped_s,
+        "one_at_a_time_images_per_s": len(records) / single_s,
+        "grouped_vs_one_at_a_time_speedup": single_s / grouped_s,
+    }
+
+
 def bench_padding(cfg: BenchConfig, path: str, batches: int = 32, group: int = 16) -> dict:
     """Share of prompt tokens that are padding, in batches of `cfg.prompts` world prompts whose images come
     in four sizes (112-280 px, as a dataset of mixed resolutions), drawn plainly and length-grouped."""
@@ -270,17 +578,22 @@ def _isolated(fn, *args) -> dict:
 
 
 def ratios(results: dict) -> dict:
-    """The headline numbers as ratios: step time against the rowwise layout (and TRL), vision-tower encodings
-    per distinct image, PGD's overhead, padding saved by length grouping (a side that did not run gives
-    "unavailable")."""
+    """The headline numbers as ratios: step time against the rowwise layout and TRL, vision-tower encodings
+    per distinct image, PGD's overhead, mixed-size mining grouped against one at a time, padding saved by
+    length grouping (a side that did not run gives "unavailable")."""
     fast, rowwise, trl, pad = results["mbpo_lit"], results["rowwise"], results["trl"], results["padding"]
     return {
         "step_time_vs_rowwise": fast["step_s"] / rowwise["step_s"],
         "step_time_vs_trl": fast["step_s"] / trl["step_s"] if "step_s" in trl else "unavailable",
+        "rowwise_step_time_vs_trl": rowwise["step_s"] / trl["step_s"] if "step_s" in trl else "unavailable",
         "images_encoded_per_distinct_image": fast["images_encoded_per_step"] / fast["distinct_images_per_step"],
         "rowwise_images_encoded_per_distinct_image": rowwise["images_encoded_per_step"]
         / rowwise["distinct_images_per_step"],
+        "trl_images_encoded_per_distinct_image": (
+            trl["images_encoded_per_step"] / trl["distinct_images_per_step"] if "step_s" in trl else "unavailable"
+        ),
         "pgd_overhead_vs_bare_forward_backward": results["pgd"]["overhead_ratio"],
+        "mining_mixed_sizes_grouped_vs_one_at_a_time": results["mine_sizes"]["grouped_vs_one_at_a_time_speedup"],
         "padding_length_grouped_vs_plain": (
             pad["length_grouped_padding_fraction"] / pad["plain_padding_fraction"]
             if pad["plain_padding_fraction"]
@@ -327,6 +640,7 @@ def run(cfg: BenchConfig) -> dict:
         "rowwise": _isolated(bench_mbpo, cfg, path, False),
         "trl": bench_trl(cfg, path),
         "pgd": _isolated(bench_pgd, cfg, path),
+        "mine_sizes": _isolated(bench_mine_sizes, cfg, path),
         "padding": bench_padding(cfg, path),
     }
     results["ratios"] = ratios(results)
@@ -336,11 +650,49 @@ def run(cfg: BenchConfig) -> dict:
     return results
 
 
+# The GRPO step's metrics, in the side-by-side table (the rest of each side's dict goes to the JSON only).
+STEP_METRICS = (
+    "step_s",
+    "step_s_min",
+    "step_s_max",
+    "samples_per_s",
+    "generated_tokens_per_s",
+    "vision_calls_per_step",
+    "images_encoded_per_step",
+    "distinct_images_per_step",
+    "peak_memory_mb",
+)
+
+
+def _cell(v) -> str:
+    return f"{v:.3f}" if isinstance(v, float) else str(v)
+
+
 def format_results(results: dict) -> str:
-    lines = [f"{'path':<10} {'metric':<42} value"]
-    for side in ("mbpo_lit", "rowwise", "trl", "pgd", "padding", "ratios"):
+    """The GRPO step side by side (mbpo_lit shared prefix, rowwise, TRL, and each against mbpo_lit), then the
+    other measurements, the ratios, and the settings the TRL side could not match."""
+    sides = ("mbpo_lit", "rowwise", "trl")
+    trl = results["trl"]
+    head = f"{'GRPO step':<26}" + "".join(f"{s:>14}" for s in sides) + f"{'rowwise/mbpo':>14}{'trl/mbpo':>14}"
+    lines = [head]
+    for k in STEP_METRICS:
+        row = [results[s].get(k, "-") for s in sides]
+        fast = results["mbpo_lit"][k]
+        rel = [r / fast if isinstance(r, (int, float)) and fast else "-" for r in row[1:]]
+        lines.append(f"{k:<26}" + "".join(f"{_cell(v):>14}" for v in row + rel))
+    if "unavailable" in trl:
+        lines.append(f"trl: {trl['unavailable']}")
+    else:
+        lines.append(f"trl {trl['trl_version']}, LoRA trained in {', '.join(trl['lora_dtype_trained'])}")
+    lines.append("")
+    lines.append(f"{'path':<11} {'metric':<44} value")
+    for side in ("pgd", "mine_sizes", "padding", "ratios"):
         for k, v in results[side].items():
-            lines.append(f"{side:<10} {k:<42} {v:.3f}" if isinstance(v, float) else f"{side:<10} {k:<42} {v}")
+            lines.append(f"{side:<11} {k:<44} {_cell(v)}")
+    if "trl_unmatched" in trl:
+        lines.append("")
+        lines.append("not matched on the TRL side:")
+        lines += [f"  - {u}" for u in trl["trl_unmatched"]]
     return "\n".join(lines)
 
 
@@ -349,8 +701,9 @@ def main(argv: list[str] | None = None) -> None:
 
     cfg = parse_dataclass(
         BenchConfig,
-        "Time a hybrid GRPO step (shared prefix vs rowwise), PGD mining and "
-        "padding with length grouping, on a tiny or small random checkpoint.",
+        "Time a hybrid GRPO step (shared prefix, rowwise, and TRL's GRPOTrainer when installed), PGD mining "
+        "(also on photographs of mixed sizes) and padding with length grouping, on a tiny or small random "
+        "checkpoint.",
         argv,
     )
     with user_errors():
