@@ -1,7 +1,8 @@
 """Hybrid batches for MBPO: offline preference pairs (from mining) and online close-ended prompts.
 
 Each training batch is a dict {"offline": [pair records], "online": [prompt records]} with a fixed number
-of each, drawn deterministically from (seed, batch index), so a run and its resumption see the same data.
+of each, drawn deterministically from (seed, batch index), where the index counts the run's batches over every
+epoch (and rank): a resumed run continues at the checkpoint's batch and sees what the uninterrupted run saw.
 Records stay Python dicts with PIL images: the LightningModule encodes them with the policy's processor,
 because the rollout (generation) and the log-prob passes must share one encoding (left padding, same
 chat template). Online prompts and the validation set come from any `RecordSource` (see sources.py).
@@ -13,12 +14,13 @@ by source and index, and then skipped (`bad_records="skip"`, the list is kept in
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Literal
 
 import lightning as L
 import numpy as np
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from mbpo_lit.data.sources import RecordSource, SourceError, as_source, report_skipped
 
@@ -128,6 +130,31 @@ class HybridBatches(Dataset):
         }
 
 
+class StepBatches(IterableDataset):
+    """The training stream of one rank: batch k of the run (counted over every epoch) is `batches[k * world +
+    rank]`, a function of (seed, k), so epoch e holds batches e * length ... (e + 1) * length - 1 (not the same
+    batches again) and the ranks of a DDP run see different ones.
+
+    A resumed run continues where the checkpoint left off: the data module stores the number of batches
+    consumed (`HybridDataModule.state_dict`), and the epoch that holds it starts there instead of at its first
+    batch. The position is read from the trainer when an epoch's iteration starts, never counted here, so the
+    prefetching of the loader does not shift it.
+    """
+
+    def __init__(self, batches: HybridBatches, length: int, position: Callable[[], tuple[int, int, int, int]]):
+        self.batches, self.length, self.position = batches, length, position
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __iter__(self) -> Iterator[dict]:
+        epoch, resume_at, rank, world = self.position()
+        first = epoch * self.length
+        start = resume_at if first <= resume_at < first + self.length else first
+        for k in range(start, first + self.length):
+            yield self.batches[k * world + rank]
+
+
 def interleave_groups(records: list[dict], n: int | None) -> list[dict]:
     """The first n records taking each group in turn (in-prior, counter-prior, in-prior, ...), so a
     validation limited to a few batches still sees every group."""
@@ -180,6 +207,7 @@ class HybridDataModule(L.LightningDataModule):
         self.batches_per_epoch, self.length_group_batches = batches_per_epoch, length_group_batches
         self.val_n, self.bad_records, self.seed = val_n, bad_records, seed
         self.skipped: list[dict] = []
+        self._resume_at = 0
         self.val_records: list[dict] = []
         self.eval_records: list[dict] = []
 
@@ -226,8 +254,25 @@ class HybridDataModule(L.LightningDataModule):
             raise SourceError(f"data.val: {self.val} has no usable records (use data.val: null for no validation)")
         self.val_records = interleave_groups(self.eval_records, self.val_n)
 
+    def _position(self) -> tuple[int, int, int, int]:
+        """(epoch, batches consumed at the checkpoint resumed from, rank, world size) for `StepBatches`."""
+        trainer = self.trainer
+        if trainer is None:
+            return 0, 0, 0, 1
+        return trainer.current_epoch, self._resume_at, trainer.global_rank, trainer.world_size
+
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(self.train_set, batch_size=None, shuffle=False, collate_fn=lambda b: b)
+        stream = StepBatches(self.train_set, self.batches_per_epoch, self._position)
+        return DataLoader(stream, batch_size=None, collate_fn=lambda b: b)
+
+    def state_dict(self) -> dict:
+        """Saved in every checkpoint: how many training batches this rank has consumed (see `StepBatches`)."""
+        trainer = self.trainer
+        done = trainer.fit_loop.epoch_loop.batch_progress.total.processed if trainer is not None else 0
+        return {"batches_consumed": int(done)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._resume_at = int(state.get("batches_consumed", 0))
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(self.val_records, batch_size=32, shuffle=False, collate_fn=lambda b: b)

@@ -19,6 +19,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import torch
 from torchmetrics import MeanMetric
 
@@ -255,6 +256,7 @@ class MBPOModule(L.LightningModule):
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         loss, optim = self.loss, self.optim
+        self._seed_step()  # 0. this step's randomness, a function of (seed, step): resumable exactly
         # 1-3. Roll out (G samples per online prompt; chosen and rejected per offline pair), score, advantages.
         scored = self.score(batch)
         advantages = scored.advantages.to(self.device)
@@ -290,6 +292,17 @@ class MBPOModule(L.LightningModule):
                 self._optimizer_step(opt)
         self._log_step(out, scored, mask)
         return out.loss.detach()
+
+    def _seed_step(self) -> None:
+        """Seed torch's generators from (sampling.seed, the run's batch index, rank): the rollout's draws and any
+        dropout of this step then depend on where the run is, not on what the process did before (a mining job,
+        the batches of an interrupted run), so a resumed run repeats the uninterrupted one."""
+        trainer = self._trainer
+        if trainer is None:  # called outside a Trainer (unit tests): the caller owns the random state
+            return
+        batch = trainer.fit_loop.total_batch_idx
+        state = np.random.SeedSequence([self.sampling.seed, batch, trainer.global_rank]).generate_state(1)
+        torch.manual_seed(int(state[0]))
 
     def _backward_weight(self, mask: torch.Tensor) -> float:
         """What one micro-batch's loss is multiplied by before `backward`, so that the optimizer step gets the

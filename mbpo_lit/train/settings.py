@@ -37,6 +37,9 @@ class Sampling:
         top_k: keep only the k most likely tokens when sampling (0: off).
         top_p: nucleus sampling: keep the smallest set of most likely tokens whose mass reaches top_p (1: off).
         max_new_tokens: longest completion.
+        seed: of each training step's randomness (rollout draws, dropout): batch k of the run on rank r is seeded
+            by (seed, k, r), whatever ran before in the process, so a resumed run draws what the uninterrupted
+            one drew.
     """
 
     group_size: int = 4
@@ -44,6 +47,7 @@ class Sampling:
     top_k: int = 0
     top_p: float = 1.0
     max_new_tokens: int = 8
+    seed: int = 0
 
     def __post_init__(self) -> None:
         if self.group_size < 2:
