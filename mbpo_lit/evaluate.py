@@ -263,7 +263,7 @@ def evaluate(
     adapter: str | None = None,
     batch_size: int = 32,
     max_new_tokens: int = 24,
-    precision: Literal["bf16", "fp16", "fp32"] = "bf16",
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto",
     quantization: Literal["4bit", "8bit", "none"] = "none",
     bad_records: Literal["skip", "error"] = "skip",
     out: str | None = None,
@@ -276,7 +276,7 @@ def evaluate(
             `--data Records --data.path FILE --data.format pope`, or another `RecordSource` class.
         adapter: a LoRA adapter folder (peft format) to apply on top of `model`.
         batch_size, max_new_tokens: greedy generation.
-        precision, quantization: how to load `model`.
+        precision, quantization: how to load `model` ("auto": bf16 on a GPU, fp32 on the CPU).
         bad_records: "skip" (list them and go on) or "error" (list them all and stop).
         out: write the metrics (and the skipped records) as JSON here.
     """

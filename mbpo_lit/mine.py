@@ -345,11 +345,10 @@ def run(cfg: MineConfig, on_chunk: Callable[[int], None] | None = None, progress
     report_skipped(skipped, source, cfg.bad_records)
     if not records:
         raise SourceError(f"{source}: no usable records to mine")
-    from mbpo_lit.vlm.policy import default_device
-
-    precision = cfg.precision if cfg.precision != "auto" else ("bf16" if default_device().type == "cuda" else "fp32")
     policy = load_policy(
-        ModelConfig(cfg.model, precision=precision, quantization=cfg.quantization, lora=None, adapter_path=cfg.adapter)
+        ModelConfig(
+            cfg.model, precision=cfg.precision, quantization=cfg.quantization, lora=None, adapter_path=cfg.adapter
+        )
     )
     miner = Miner(policy.model, policy.processor, cfg, source.vocabulary)
     done = {p.name for p in (out / "shards").glob("*.parquet")}

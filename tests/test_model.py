@@ -281,3 +281,8 @@ def test_hub_id_loads_from_the_hub_cache(tiny_root, tmp_path):
     code = "from mbpo_lit.vlm.policy import ModelConfig, load_policy; load_policy(ModelConfig('mbpo-test/absent'))"
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode != 0 and "'mbpo-test/absent' is not a local path" in out.stderr
+
+
+def test_precision_auto_is_fp32_on_the_cpu(tiny_path):
+    policy = load_policy(ModelConfig(str(tiny_path), precision="auto", quantization="none", lora=None, device="cpu"))
+    assert {p.dtype for p in policy.model.parameters()} == {torch.float32}

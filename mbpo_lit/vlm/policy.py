@@ -14,6 +14,7 @@ unquantized, because quantizing a small vision encoder saves little memory and c
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import re
 from collections.abc import Iterator
@@ -28,7 +29,7 @@ from transformers import AutoConfig, AutoModelForImageTextToText, BitsAndBytesCo
 from mbpo_lit.vlm.arch import Arch, arch_of, load_processor
 from mbpo_lit.vlm.hub import hub_failure, looks_local
 
-Precision = Literal["bf16", "fp16", "fp32"]
+Precision = Literal["auto", "bf16", "fp16", "fp32"]
 Quantization = Literal["4bit", "8bit", "none"]
 DTYPES: dict[str, torch.dtype] = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 BNB_BLOCK = 64  # bitsandbytes' CPU 4-bit kernels need input widths that are multiples of this
@@ -51,7 +52,8 @@ class ModelConfig:
 
     Args:
         name_or_path: a hub id ("Qwen/Qwen2.5-VL-7B-Instruct") or a local checkpoint directory.
-        precision: dtype of the unquantized weights and of the 4-bit compute.
+        precision: dtype of the unquantized weights and of the 4-bit compute; "auto" is bf16 on a GPU, fp32 on
+            the CPU (where bf16 matrix products are slow).
         quantization: "4bit" (QLoRA: NF4 + double quantization), "8bit" (LLM.int8) or "none".
         quantize_vision: also quantize the vision tower and projector (off: they stay in `precision`).
         lora: adapter settings; `None` trains no adapter (the model is then only usable frozen).
@@ -159,6 +161,9 @@ def default_device() -> torch.device:
 
 def load_policy(cfg: ModelConfig) -> Policy:
     """Load model and processor as `cfg` says: quantized base, frozen vision, LoRA adapters on the LM."""
+    device = torch.device(cfg.device) if cfg.device else default_device()
+    if cfg.precision == "auto":
+        cfg = dataclasses.replace(cfg, precision="bf16" if device.type == "cuda" else "fp32")
     config, hub_kwargs = resolve_source(cfg.name_or_path, cfg.revision)
     arch = arch_of(config.model_type, cfg.name_or_path)
     if cfg.precision not in DTYPES:
@@ -167,7 +172,6 @@ def load_policy(cfg: ModelConfig) -> Policy:
         raise ValueError(f"quantization={cfg.quantization!r} is not one of ['4bit', '8bit', 'none']")
     if cfg.reference not in ("start", "base"):
         raise ValueError(f"reference={cfg.reference!r} is not one of ['start', 'base']")
-    device = torch.device(cfg.device) if cfg.device else default_device()
     check_quantization(cfg, config, device)
     path = str(Path(cfg.name_or_path).expanduser()) if looks_local(cfg.name_or_path) else cfg.name_or_path
 
