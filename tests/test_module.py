@@ -25,6 +25,12 @@ from mbpo_lit.vlm.policy import (
 WORLD = WorldConfig(image_size=56)
 
 
+@pytest.fixture(autouse=True)
+def in_tmp_path(tmp_path, monkeypatch):
+    """Trainers here have no default_root_dir: their logs and the adapter written at the end go to tmp_path."""
+    monkeypatch.chdir(tmp_path)
+
+
 @pytest.fixture
 def setup(tiny_pairs):
     return tiny_pairs
@@ -347,3 +353,20 @@ def test_a_fit_from_saved_adapters_starts_at_kl_zero(setup, tmp_path):
     assert torch.equal(ref, logp.detach())
     out = grpo_loss(logp, logp.detach(), scored.advantages, mask, ref, beta=0.04)
     assert out.kl.item() == 0.0
+
+
+def test_step_batches_continue_over_epochs_ranks_and_a_resume():
+    """Batch k of the run is batches[k * world + rank]: epoch 1 does not repeat epoch 0, two ranks see different
+    batches, and a resume at batch 5 of a 4-batch epoch starts epoch 1 at its second batch."""
+    from mbpo_lit.data.hybrid import StepBatches
+
+    class Indexed:
+        def __getitem__(self, i):
+            return i
+
+    def run(epoch, resume_at=0, rank=0, world=1):
+        return list(StepBatches(Indexed(), 4, lambda: (epoch, resume_at, rank, world)))
+
+    assert run(0) == [0, 1, 2, 3] and run(1) == [4, 5, 6, 7]
+    assert run(0, rank=0, world=2) == [0, 2, 4, 6] and run(0, rank=1, world=2) == [1, 3, 5, 7]
+    assert run(1, resume_at=5) == [5, 6, 7] and run(2, resume_at=5) == [8, 9, 10, 11]
