@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+from PIL import Image
 
 from mbpo_lit.__main__ import COMMANDS
 from mbpo_lit.__main__ import main as entry
@@ -56,9 +57,27 @@ def test_python_dash_m_runs_a_command():
             ["evaluate", "--model", "{tmp}/no-model", "--data", "{tmp}/x.jsonl"],
             "data path '{tmp}/x.jsonl' does not exist",
         ),
+        (
+            ["evaluate", "--model", "{tmp}/no-model", "--data", "{tmp}/d.jsonl"],
+            "model path '{tmp}/no-model' does not exist",
+        ),
+        (
+            ["evaluate", "--model", "{tmp}/no-model", "--adapter", "{tmp}/no-adapter", "--data", "{tmp}/d.jsonl"],
+            "adapter path '{tmp}/no-adapter' holds no adapter_config.json",
+        ),
+        (["mine", "--model", "m", "--source", "{tmp}/d.jsonl", "--epsilon", "-1"], "--epsilon -1.0 must be > 0"),
+        (["mine", "--model", "m", "--source", "{tmp}/d.jsonl", "--iig_fraction", "0"], "--iig_fraction 0.0 must be in"),
+        (["fit", "--model.optim.lr", "-1"], "optim: lr=-1.0 and max_grad_norm=1.0 must be > 0"),
+        (["fit", "--model.sampling.group_size", "1"], "sampling.group_size=1: must be >= 2"),
+        (["fit", "--model.sampling.top_p", "0"], "sampling: temperature=1.0 must be > 0, top_p=0.0 in (0, 1]"),
+        (["fit", "--model.loss.eps_low", "-0.1"], "loss: beta=0.0, eps_low=-0.1"),
     ],
 )
-def test_a_missing_path_is_one_line_with_exit_code_2(argv, says, tmp_path):
+def test_a_user_mistake_is_one_line_with_exit_code_2(argv, says, tmp_path):
+    """Missing paths (data, model, adapter) and out-of-range options: one line naming the option or path, exit 2,
+    no traceback, before any model loads (the README's reliability table lists each)."""
+    Image.new("RGB", (32, 32)).save(tmp_path / "a.png")
+    (tmp_path / "d.jsonl").write_text('{"image": "a.png", "question": "Is it?", "answer": "yes"}\n')
     argv = [a.format(tmp=tmp_path) for a in argv]
     out = subprocess.run(
         [sys.executable, "-m", "mbpo_lit", *argv],
@@ -73,6 +92,7 @@ def test_a_missing_path_is_one_line_with_exit_code_2(argv, says, tmp_path):
 
 def test_an_unreachable_model_hub_id_says_so(tmp_path, photos):
     photos[0].save(tmp_path / "a.png")
+    Image.new("RGB", (32, 32)).save(tmp_path / "a.png")
     (tmp_path / "d.jsonl").write_text('{"image": "a.png", "question": "q", "answer": "yes"}\n')
     out = subprocess.run(
         [

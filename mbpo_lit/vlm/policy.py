@@ -159,8 +159,20 @@ def default_device() -> torch.device:
     return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
 
 
+def check_adapter_path(path: str | None) -> None:
+    """A local adapter folder must hold a peft adapter (checked before the model loads); a hub id is left to peft."""
+    if path is None or not looks_local(path):
+        return
+    if not (Path(path).expanduser() / "adapter_config.json").is_file():
+        raise FileNotFoundError(
+            f"adapter path {path!r} holds no adapter_config.json; give a peft adapter folder (fit writes "
+            f"<default_root_dir>/adapter, and <checkpoint>-adapter beside each checkpoint)"
+        )
+
+
 def load_policy(cfg: ModelConfig) -> Policy:
     """Load model and processor as `cfg` says: quantized base, frozen vision, LoRA adapters on the LM."""
+    check_adapter_path(cfg.adapter_path)
     device = torch.device(cfg.device) if cfg.device else default_device()
     if cfg.precision == "auto":
         cfg = dataclasses.replace(cfg, precision="bf16" if device.type == "cuda" else "fp32")
