@@ -152,11 +152,18 @@ def test_bad_records_are_reported_and_skipped_or_rejected(setup, tmp_path):
     _, pairs = setup
     data = load_from_disk(pairs)
     bad = data.map(lambda r, i: {"chosen": [] if i == 1 else r["chosen"]}, with_indices=True)
+    # Pair 2's rejected answer is its chosen one, worded differently ("Red." for "red").
+    text = data[2]["chosen"][0]["content"][0]["text"]
+    same = [{"role": "assistant", "content": [{"type": "text", "text": f" {text.upper()}."}]}]
+    bad = bad.map(lambda r, i: {"rejected": same if i == 2 else r["rejected"]}, with_indices=True)
     bad.save_to_disk(str(tmp_path / "bad"))
     dm = datamodule(str(tmp_path / "bad"))
     dm.setup("fit")
-    assert [(s["index"], s["reason"]) for s in dm.skipped] == [(1, "missing answer")]
-    assert len(dm.train_set.pairs) == len(data) - 1
+    assert [(s["index"], s["reason"]) for s in dm.skipped] == [
+        (1, "missing answer"),
+        (2, "rejected answer equals the chosen one"),
+    ]
+    assert len(dm.train_set.pairs) == len(data) - 2
     with pytest.raises(ValueError, match=r"record 1 .*missing answer"):
         datamodule(str(tmp_path / "bad"), bad_records="error").setup("fit")
 

@@ -22,6 +22,7 @@ import lightning as L
 import numpy as np
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
+from mbpo_lit.core.answers import normalize_phrase
 from mbpo_lit.data.sources import RecordSource, SourceError, as_source, report_skipped
 
 
@@ -33,6 +34,8 @@ def _checked(record: dict) -> str | None:
         return "missing answer"
     if not str(record.get("rejected") or "").strip():
         return "missing rejected answer"
+    if normalize_phrase(record["rejected"]) == normalize_phrase(record["answer"]):
+        return "rejected answer equals the chosen one"  # training on it would push the right answer down
     try:
         image = record["image"]
         image.load() if hasattr(image, "load") else None
