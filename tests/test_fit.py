@@ -140,6 +140,8 @@ def test_a_fit_on_benchmark_files_of_real_photographs_never_touches_the_world(ti
             json.dumps({"picture": f"{i}.jpg", "prompt": "How many cups are there?", "gt": str(i)}) + "\n"
             for i in range(len(photos))
         )
+        + json.dumps({"picture": "gone.jpg", "prompt": "How many cups are there?", "gt": "1"})
+        + "\n"
     )
     vqa_source = {
         "class_path": "mbpo_lit.data.sources.Records",
@@ -185,6 +187,9 @@ def test_a_fit_on_benchmark_files_of_real_photographs_never_touches_the_world(ti
     assert "no testbed module imported" in out.stdout
     results = json.loads((tmp_path / "run" / "before_after.json").read_text())
     assert results["after"]["pope"]["n"] == 2 * len(photos)
+    # The online VQA file's broken record is listed beside the run's outputs.
+    skipped = [json.loads(line) for line in (tmp_path / "run" / "skipped.jsonl").read_text().splitlines()]
+    assert [(s["index"], s["reason"].split(":")[0]) for s in skipped] == [(len(photos), "unreadable image")]
     assert {"adversarial_accuracy", "pope_f1"} <= set(results["after"]["summary"])
 
 

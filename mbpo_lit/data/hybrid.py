@@ -14,6 +14,7 @@ by source and index, and then skipped (`bad_records="skip"`, the list is kept in
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Literal
@@ -256,6 +257,17 @@ class HybridDataModule(L.LightningDataModule):
         if self.val is not None and not self.eval_records:
             raise SourceError(f"data.val: {self.val} has no usable records (use data.val: null for no validation)")
         self.val_records = interleave_groups(self.eval_records, self.val_n)
+        self._write_skipped()
+
+    def _write_skipped(self) -> None:
+        """`<default_root_dir>/skipped.jsonl`: every record left out (source, index, id, reason), beside the run's
+        other outputs, so a run's data is accounted for after the console is gone."""
+        trainer = self.trainer
+        if trainer is None or not trainer.is_global_zero:
+            return
+        out = Path(trainer.default_root_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "skipped.jsonl").write_text("".join(json.dumps(s, default=str) + "\n" for s in self.skipped))
 
     def _position(self) -> tuple[int, int, int, int]:
         """(epoch, batches consumed at the checkpoint resumed from, rank, world size) for `StepBatches`."""
