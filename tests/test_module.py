@@ -377,3 +377,17 @@ def test_step_batches_continue_over_epochs_ranks_and_a_resume():
     assert run(0) == [0, 1, 2, 3] and run(1) == [4, 5, 6, 7]
     assert run(0, rank=0, world=2) == [0, 2, 4, 6] and run(0, rank=1, world=2) == [1, 3, 5, 7]
     assert run(1, resume_at=5) == [5, 6, 7] and run(2, resume_at=5) == [8, 9, 10, 11]
+
+
+def test_fresh_adapters_do_not_depend_on_what_the_process_drew_before(setup):
+    """A mining job in the same process (or anything else drawing random numbers) before `configure_model` leaves
+    the LoRA initialisation unchanged: it is drawn from sampling.seed."""
+    path, _ = setup
+    first = module(path)
+    first.configure_model()
+    torch.rand(1000)  # what a mining job in the same process would do to the global generator
+    second = module(path)
+    second.configure_model()
+    a = {k: v for k, v in first.model.named_parameters() if "lora_A" in k}
+    b = {k: v for k, v in second.model.named_parameters() if "lora_A" in k}
+    assert a and all(torch.equal(a[k], b[k]) for k in a)

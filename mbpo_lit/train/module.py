@@ -137,7 +137,11 @@ class MBPOModule(L.LightningModule):
         cfg = self.model_config
         if cfg.device is None and self.trainer is not None:
             cfg.device = str(self.trainer.strategy.root_device)
-        self.policy = load_policy(cfg)
+        # Fresh LoRA weights are drawn from (sampling.seed), not from whatever the process drew before (a mining
+        # job in the same process, say): the same recipe starts from the same adapters.
+        with torch.random.fork_rng():
+            torch.manual_seed(self.sampling.seed)
+            self.policy = load_policy(cfg)
         self.model = self.policy.model  # registered as a submodule, so Lightning moves and saves it
         if self.hparams.share_prefix:
             prefix.check_frozen_vision(self.model, self.policy.arch)

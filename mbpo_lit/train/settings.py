@@ -37,9 +37,9 @@ class Sampling:
         top_k: keep only the k most likely tokens when sampling (0: off).
         top_p: nucleus sampling: keep the smallest set of most likely tokens whose mass reaches top_p (1: off).
         max_new_tokens: longest completion.
-        seed: of each training step's randomness (rollout draws, dropout): batch k of the run on rank r is seeded
-            by (seed, k, r), whatever ran before in the process, so a resumed run draws what the uninterrupted
-            one drew.
+        seed: of the module's randomness, whatever ran before in the process: the fresh LoRA weights are drawn
+            from it, and batch k of the run on rank r (rollout draws, dropout) from (seed, k, r), so a resumed run
+            draws what the uninterrupted one drew.
     """
 
     group_size: int = 4
