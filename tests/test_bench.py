@@ -52,6 +52,18 @@ def test_bench_counts_every_image_the_vision_tower_encodes(tmp_path, monkeypatch
     assert "images_encoded_per_distinct_image" in table and "pip install mbpo_lit[bench]" in table
 
 
+def test_with_gradient_checkpointing_the_shared_prefix_still_encodes_each_image_once(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = BenchConfig(
+        group_size=2, prompts=2, max_new_tokens=3, beta=0.04, steps=1, warmup=0, gradient_checkpointing=True
+    )
+    path = bench.checkpoint(cfg)
+    fast, rowwise = bench.bench_mbpo(cfg, path, True), bench.bench_mbpo(cfg, path, False)
+    assert fast["gradient_checkpointing"] and rowwise["gradient_checkpointing"]
+    assert fast["vision_calls_per_step"] == 1 and fast["images_encoded_per_step"] == cfg.prompts
+    assert rowwise["images_encoded_per_step"] == cfg.prompts * (1 + 2 * cfg.group_size)
+
+
 def test_trl_can_be_skipped():
     assert bench.bench_trl(BenchConfig(trl=False), "unused") == {"unavailable": "skipped (--trl false)"}
 

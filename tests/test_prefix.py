@@ -1,6 +1,8 @@
 """Shared prompt prefix (vlm/shared_prefix.py): the same numbers as one row per completion, for every architecture."""
 
+import contextlib
 import dataclasses
+import functools
 import json
 import shutil
 
@@ -8,6 +10,7 @@ import pytest
 import torch
 
 from mbpo_lit.core.grpo import grpo_loss
+from mbpo_lit.experiments.bench import count_vision_calls
 from mbpo_lit.testbed.tiny import ensure_tiny_checkpoint
 from mbpo_lit.testbed.world import WorldConfig, build_records
 from mbpo_lit.train.module import MBPOModule
@@ -93,20 +96,6 @@ def test_shared_prefix_gives_the_loss_and_gradients_of_one_row_per_completion(ti
     torch.testing.assert_close(logp_fast, logp_slow, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(loss_fast, loss_slow, atol=1e-6, rtol=1e-4)
     assert any(g.abs().sum() > 0 for g in grads_slow)
-    for a, b in zip(grads_fast, grads_slow):
-        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
-
-
-def test_gradient_checkpointing_keeps_one_row_per_completion_with_the_same_numbers(tiny_root):
-    from mbpo_lit.testbed.tiny import ensure_tiny_checkpoint
-
-    m = trained_module(ensure_tiny_checkpoint("qwen2_5_vl", tiny_root), gc=True)
-    m.train()
-    recs, pairs = records()
-    fast = m.score({"online": recs[:2], "offline": pairs[:1]})
-    loss_fast, _, grads_fast = loss_and_grads(m, fast)
-    loss_slow, _, grads_slow = loss_and_grads(m, dataclasses.replace(fast, prompts=None))
-    torch.testing.assert_close(loss_fast, loss_slow, atol=1e-6, rtol=1e-4)
     for a, b in zip(grads_fast, grads_slow):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
 
@@ -319,6 +308,77 @@ def test_gradient_checkpointing_in_4bit_after_an_optimizer_step_gives_the_number
     assert m.model.get_base_model().is_gradient_checkpointing
     recs, pairs = records()
     check_training_step(m, {"online": recs[:2], "offline": pairs[:1]})
+
+
+@contextlib.contextmanager
+def attention_inputs(m: MBPOModule):
+    """Record (rows, tokens) of every input to the first decoder layer's attention, the backward's recomputes
+    included: a checkpointed layer replays its forward there, and hooks inside the layer fire again."""
+    shapes = []
+    attn = prefix._decoder_layers(m.model)[0].self_attn
+    handle = attn.register_forward_hook(
+        lambda module, args, kwargs, out: shapes.append(tuple(kwargs["hidden_states"].shape[:2])), with_kwargs=True
+    )
+    try:
+        yield shapes
+    finally:
+        handle.remove()
+
+
+@pytest.mark.parametrize("quantization", ["none", "4bit"])
+def test_gradient_checkpointing_prefills_each_prompt_once_with_the_numbers_of_one_row_per_completion(
+    tiny_path, quantization
+):
+    """Under gradient checkpointing the policy pass still prefills each prompt once (and its checkpointed
+    layers recompute in the backward); its loss and LoRA gradients are those of one row per completion under
+    checkpointing, and of the shared prefix without it. One vision-tower call per step, one image per prompt."""
+    m = seeded_module(tiny_path, quantization, gc=True).train()
+    plain = seeded_module(tiny_path, quantization).train()  # the same weights, no checkpointing
+    assert prefix.checkpointing(m.model) and not prefix.checkpointing(plain.model)
+    recs, pairs = records()
+    vision = count_vision_calls(m.model, m.policy.arch.model_type)  # the benchmark's counter
+    fast, slow = layouts(m, {"online": recs[:2], "offline": pairs[:1]})
+    with attention_inputs(m) as shapes:
+        loss_fast, logp_fast, grads_fast = loss_and_grads(m, fast)
+    assert vision == {"calls": 1, "images": 3}  # 3 distinct prompts, each image once: rollout, policy, reference
+    n_prompts, prompt_len = fast.prompts.batch["input_ids"].shape
+    rows, width = logp_fast.shape
+    # The reference pass (no gradients: no recompute), then the policy pass and the backward's recompute of it:
+    # prompts over the prompt, completion rows over the completion tokens but the last; never rows x prompt.
+    passes = [(n_prompts, prompt_len), (rows, width - 1)]
+    assert n_prompts == 3 and rows == 8 and sorted(shapes) == sorted(passes * 3)
+    with attention_inputs(m) as shapes:
+        loss_slow, logp_slow, grads_slow = loss_and_grads(m, slow)
+    assert all(r == rows and t > prompt_len for r, t in shapes)  # one row per completion, prompt included
+    loss_plain, logp_plain, grads_plain = loss_and_grads(plain, dataclasses.replace(fast, prompts=None))
+    loss_plain_fast, _, grads_plain_fast = loss_and_grads(plain, fast)
+    assert any(g.abs().sum() > 0 for g in grads_slow)
+    for loss, logp, grads in [
+        (loss_slow, logp_slow, grads_slow),
+        (loss_plain, logp_plain, grads_plain),
+        (loss_plain_fast, None, grads_plain_fast),
+    ]:
+        if logp is not None:
+            torch.testing.assert_close(logp_fast, logp, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(loss_fast, loss, atol=1e-6, rtol=1e-4)
+        assert_all_close(grads_fast, grads)
+
+
+def test_a_reentrant_checkpointing_function_falls_back_to_one_row_per_completion(tiny_root):
+    """Reentrant checkpointing passes no gradient to the cache's keys and values, which a layer reads from
+    outside its arguments: the policy pass then lays out one row per completion (same numbers)."""
+    m = seeded_module(ensure_tiny_checkpoint("qwen2_5_vl", tiny_root), gc=True).train()
+    recs, pairs = records(2)
+    fast, slow = layouts(m, {"online": recs[:1], "offline": pairs[1:]})
+    expected, _ = m.logprobs(slow)
+    assert prefix._shareable(m.model)
+    for layer in prefix._decoder_layers(m.model):
+        layer._gradient_checkpointing_func = functools.partial(torch.utils.checkpoint.checkpoint, use_reentrant=True)
+    assert not prefix._shareable(m.model)
+    with attention_inputs(m) as shapes:
+        logp, _ = m.logprobs(fast)
+    assert len(shapes) == 1 and shapes[0][0] == len(fast.ids)
+    torch.testing.assert_close(logp, expected, atol=1e-5, rtol=1e-4)
 
 
 def likely(m: MBPOModule, token: int, bias: float):

@@ -21,6 +21,7 @@ Results print as a table with the ratios and go to `--out` as JSON.
 
     python -m mbpo_lit bench --group_size 8 --steps 5
     python -m mbpo_lit bench --size small --precision bf16 --out runs/bench/gpu.json
+    python -m mbpo_lit bench --gradient_checkpointing true --trl false   # as the 7B recipes train
 """
 
 from __future__ import annotations
@@ -66,6 +67,9 @@ class BenchConfig:
         pgd_steps: PGD steps of the mining measurements.
         pgd_images: images attacked together (world images; and photographs in the mixed-size measurement).
         trl: run TRL's GRPOTrainer on the same settings when `trl` is installed (false: skip it).
+        gradient_checkpointing: recompute the language model's activations in the backward, on every GRPO
+            side (as the 7B recipes do): the shared prefix then prefills each prompt once through checkpointed
+            layers, the rowwise side checkpoints one row per completion.
         trl_lora_dtype: "match" casts the LoRA weights that TRL turns to bf16 on a quantized model back to the
             dtype mbpo_lit trains them in (fp32); "trl" keeps TRL's bf16 (then listed as unmatched).
         out: the results as JSON.
@@ -86,6 +90,7 @@ class BenchConfig:
     pgd_steps: int = 10
     pgd_images: int = 8
     trl: bool = True
+    gradient_checkpointing: bool = False
     trl_lora_dtype: Literal["match", "trl"] = "match"
     out: str = "runs/bench/bench.json"
 
@@ -158,6 +163,7 @@ def bench_mbpo(cfg: BenchConfig, path: str, share_prefix: bool = True) -> dict:
             quantization=cfg.quantization,
             lora=BENCH_LORA,
             device=device,
+            gradient_checkpointing=cfg.gradient_checkpointing,
         ),
         sampling=Sampling(group_size=cfg.group_size, max_new_tokens=cfg.max_new_tokens),
         loss=Loss(beta=cfg.beta, mu=cfg.mu),
@@ -193,7 +199,8 @@ def bench_mbpo(cfg: BenchConfig, path: str, share_prefix: bool = True) -> dict:
         )
         trainer.fit(module, data)
     stats = step_stats(timer.times, cfg.warmup)
-    return _step_results(cfg, stats, tokens[0], calls, peak_memory_mb(module.device))
+    out = _step_results(cfg, stats, tokens[0], calls, peak_memory_mb(module.device))
+    return out | {"gradient_checkpointing": module.model.get_base_model().is_gradient_checkpointing}
 
 
 def _step_results(cfg: BenchConfig, stats: dict, tokens: int, calls: dict, peak_mb: float) -> dict:
@@ -245,7 +252,8 @@ def bench_trl(cfg: BenchConfig, path: str) -> dict:
 def _trl_config(cfg: BenchConfig, out_dir: str, suppress: list[int]):
     """GRPOConfig for one optimizer step per rollout of `cfg.prompts` x G completions, in one micro-batch,
     with mbpo_lit's defaults where TRL's differ (loss "grpo", fp32 LoRA, AdamW at 1e-4 without schedule,
-    no gradient checkpointing, no mixed precision: the weights' own dtype, as mbpo_lit)."""
+    gradient checkpointing as `cfg.gradient_checkpointing` (non-reentrant, as mbpo_lit's), no mixed precision:
+    the weights' own dtype, as mbpo_lit)."""
     from trl import GRPOConfig
 
     from mbpo_lit.train.settings import Loss, Optimization, Sampling
@@ -277,7 +285,8 @@ def _trl_config(cfg: BenchConfig, out_dir: str, suppress: list[int]):
         max_grad_norm=optim.max_grad_norm,
         lr_scheduler_type="constant",
         optim="adamw_torch",
-        gradient_checkpointing=False,
+        gradient_checkpointing=cfg.gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False} if cfg.gradient_checkpointing else None,
         bf16=False,
         fp16=False,
         shuffle_dataset=False,
@@ -680,6 +689,7 @@ def format_results(results: dict) -> str:
         fast = results["mbpo_lit"][k]
         rel = [r / fast if isinstance(r, (int, float)) and fast else "-" for r in row[1:]]
         lines.append(f"{k:<26}" + "".join(f"{_cell(v):>14}" for v in row + rel))
+    lines.append(f"gradient checkpointing: {'on' if results['config']['gradient_checkpointing'] else 'off'}")
     if "unavailable" in trl:
         lines.append(f"trl: {trl['unavailable']}")
     else:

@@ -10,10 +10,15 @@ per step for 4 distinct images at G = 8. Here instead:
    Its per-image output goes to every later forward as `mm_encoder_outputs`, the precomputed-features input
    of transformers' Qwen-VL and LLaVA models. This is exact because the vision tower is frozen (LoRA adapts
    the language model only), and `check_frozen_vision` enforces it.
-2. `prefill`: the prompts go through the language model once, keeping the KV cache, which is then repeated
-   k times per prompt. `repeat_interleave` is differentiable, so the policy pass's gradients still reach the
-   adapters through the prompt's keys and values.
+2. `prefill` (sampling) and `logprob_prefix` (the log-prob passes): the prompts go through the language model
+   once, keeping the KV cache, which serves k completion rows per prompt (`repeat_interleave`). It is
+   differentiable, so the policy pass's gradients reach the adapters through the prompt's keys and values.
 3. `completion_logprobs` and `sample` continue every completion from that cache.
+
+Gradient checkpointing (the 7B recipes) does not change this: transformers' checkpointed layers drop a cache
+while training, but `logprob_prefix`'s cache gives the same tensors however often a layer runs, so the layers
+may keep it there (see `_SharedPrefixLayer`); the backward recomputes the prompt's and the completions' layers
+and sends the completions' gradient through the prompt's keys and values, in one backward.
 
 The results equal the straightforward path's; `tests/test_prefix.py` checks the loss and the gradients for
 each architecture. One difference is by design: in training mode the LoRA dropout mask of a prompt is drawn
@@ -37,6 +42,7 @@ from peft import PeftModel
 from transformers import (
     BatchFeature,
     Cache,
+    DynamicCache,
     GenerationConfig,
     LogitsProcessorList,
     PreTrainedModel,
@@ -47,6 +53,8 @@ from transformers import (
     TopKLogitsWarper,
     TopPLogitsWarper,
 )
+from transformers.cache_utils import DynamicLayer
+from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from mbpo_lit.vlm.arch import Arch
@@ -92,7 +100,8 @@ def core(model: PreTrainedModel | PeftModel) -> torch.nn.Module:
 
 
 def checkpointing(model: PreTrainedModel | PeftModel) -> bool:
-    """Whether gradient checkpointing is active now, i.e. transformers' checkpointed layers drop a KV cache."""
+    """Whether gradient checkpointing is active now: transformers' checkpointed layers recompute in the backward
+    and drop a KV cache unless allowed to keep it (`_layers_keep_the_cache`)."""
     base = _unwrapped(model)
     return base.is_gradient_checkpointing and base.training and torch.is_grad_enabled()
 
@@ -188,9 +197,9 @@ def rowwise_logprobs(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """`completion_logprobs` with one row per completion (each prompt repeated), the image features reused.
 
-    For gradient checkpointing: transformers' checkpointed layers drop a KV cache while training, so the
-    prompt cannot be shared there, but the vision tower still need not run again. The log-probs are
-    [rows, width] and zero outside the returned mask, like `completion_logprobs`.
+    The fallback where the prompt's cache cannot be shared (`_shareable`: a sliding-window layer, or reentrant
+    checkpointing): the prompt is then re-read per row, but the vision tower still need not run again. The
+    log-probs are [rows, width] and zero outside the returned mask, like `completion_logprobs`.
     """
     rows = [i for i, k in enumerate(repeats) for _ in range(k)]
     seq = prompts.take(rows)
@@ -198,6 +207,104 @@ def rowwise_logprobs(
     inputs = dict(batch, mm_encoder_outputs=seq.inputs()["mm_encoder_outputs"])
     logp = logprob_pass(model, inputs, mask, temperature)
     return logp, mask[:, -logp.shape[1] :]
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The policy pass's cache. transformers' checkpointed layers (`GradientCheckpointingLayer`) drop a cache while
+# training, because `DynamicLayer.update` appends: the backward's recompute of a layer would append its keys a
+# second time and attend over them twice. The two cache layers below make `update` a pure function of its
+# inputs (the prefill's stores, replacing; the completions' reads), so recomputing a layer gives the same
+# tensors, and the layers may keep the cache (`_can_checkpoint_with_cache`, transformers' switch for layers
+# that only read it). With non-reentrant checkpointing, autograd records the layer's operations as usual, so
+# the completion pass's gradient flows through the prompt's keys and values into the prefill in the same
+# backward; only the saved activations are dropped and recomputed.
+
+
+class _PrefillLayer(DynamicLayer):
+    """A prompt prefill's cache layer: `update` keeps the keys and values it is given, replacing any before,
+    so a recompute of the layer in the backward stores the same tensors again instead of appending them."""
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        self.keys, self.values = key_states, value_states
+        return key_states, value_states
+
+
+class _SharedPrefixLayer(DynamicLayer):
+    """The prompts' keys and values ([prompts, heads, prompt length, dim]), read by `repeats[i]` completion
+    rows per prompt i. `update` returns the prompt's states repeated to one row per completion followed by the
+    new tokens' states, and stores nothing: the same result on every call, and the repeated copy is
+    recomputed in the backward rather than kept (under checkpointing) for all layers at once."""
+
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor, repeats: torch.Tensor):
+        super().__init__()
+        self.lazy_initialization(keys, values)
+        self.keys, self.values, self.repeats = keys, values, repeats
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        keys = torch.cat([self.keys.repeat_interleave(self.repeats, dim=0), key_states], dim=-2)
+        values = torch.cat([self.values.repeat_interleave(self.repeats, dim=0), value_states], dim=-2)
+        return keys, values
+
+
+def _decoder_layers(model: torch.nn.Module) -> list[GradientCheckpointingLayer]:
+    """The language model's decoder layers."""
+    return list(core(model).language_model.layers)
+
+
+def _shareable(model: torch.nn.Module) -> bool:
+    """Whether the log-prob passes can share each prompt's cache: every decoder layer attends over the whole
+    sequence (a sliding-window layer's cache is not one `_SharedPrefixLayer` replaces), and, under active
+    gradient checkpointing, every checkpointed layer uses non-reentrant `torch.utils.checkpoint` (what
+    `policy.load_policy` sets). Reentrant checkpointing would pass no gradient to tensors that a layer reads
+    from outside its arguments, such as the cache's keys and values."""
+    if any(type(layer) is not DynamicLayer for layer in DynamicCache(config=_unwrapped(model).config).layers):
+        return False
+    if checkpointing(model):
+        for layer in _decoder_layers(model):
+            kwargs = getattr(layer._gradient_checkpointing_func, "keywords", {})
+            if layer.gradient_checkpointing and kwargs.get("use_reentrant", True):
+                return False
+    return True
+
+
+@contextlib.contextmanager
+def _layers_keep_the_cache(model: torch.nn.Module) -> Iterator[None]:
+    """Let the checkpointed decoder layers keep the cache for a while (they drop it by default, see above).
+    Only `_PrefillLayer` and `_SharedPrefixLayer` caches may go through them meanwhile. A layer reads the
+    switch when it runs forward; the backward's recompute replays the arguments it was given then."""
+    layers = _decoder_layers(model)
+    for layer in layers:
+        layer._can_checkpoint_with_cache = True  # an instance attribute over the class's False
+    try:
+        yield
+    finally:
+        for layer in layers:
+            del layer._can_checkpoint_with_cache
+
+
+def logprob_prefix(model: torch.nn.Module, prompts: Prompts, repeats: Sequence[int]) -> Prefix:
+    """Prefill each prompt once and return it as a prefix for `repeats[i]` completion rows of prompt i, for a
+    pass with gradients: the cache reads the prompts' keys and values (one copy per prompt) through
+    `_SharedPrefixLayer`. Call it, and run the completion pass, within `_layers_keep_the_cache`.
+
+    The forwards pass the cache with `use_cache=False`: the layers use a cache they are given either way, and
+    transformers would otherwise warn, under checkpointing, that it turns `use_cache` off."""
+    pos, start = _positions(model, prompts)
+    config = _unwrapped(model).config
+    # Two caches: the prefill's layers keep a reference to theirs, for the backward's recompute.
+    filled, shared = DynamicCache(config=config), DynamicCache(config=config)
+    filled.layers = [_PrefillLayer() for _ in filled.layers]
+    out = model(**prompts.inputs(), position_ids=pos, cache=filled, use_cache=False, logits_to_keep=1)
+    r = torch.as_tensor(repeats, device=out.logits.device)
+    shared.layers = [_SharedPrefixLayer(layer.keys, layer.values, r) for layer in filled.layers]
+    return Prefix(
+        logits=out.logits[:, -1].repeat_interleave(r, dim=0),
+        cache=shared,
+        attention_mask=prompts.batch["attention_mask"].repeat_interleave(r, dim=0),
+        start=None if start is None else start.repeat_interleave(r, dim=0),
+    )
 
 
 def completion_logprobs(
@@ -212,23 +319,25 @@ def completion_logprobs(
     log softmax(logits / temperature) of each completion token.
 
     Returns ([rows, width] log-probs, zero outside the mask; [rows, width] mask), the layout of
-    `logprobs.completion_logprobs` over the straightforward batch. Under active gradient checkpointing, whose
-    layers drop the cache, it falls back to `rowwise_logprobs` (same numbers).
+    `logprobs.completion_logprobs` over the straightforward batch. Each prompt is prefilled once, with or
+    without gradient checkpointing (see `_SharedPrefixLayer`); where that cannot be (`_shareable`), it falls
+    back to `rowwise_logprobs` (same numbers).
     """
-    if checkpointing(model):
+    if not _shareable(model):
         return rowwise_logprobs(model, prompts, completions, repeats, pad_id, temperature)
-    prefix = prefill(model, prompts, repeats)
-    ids, mask = (t.to(prefix.logits.device) for t in pad_right(completions, pad_id))
-    logits = prefix.logits[:, None]  # the prompt's last position predicts the first completion token
-    if ids.shape[1] > 1:  # the completion tokens but the last predict the rest
-        out = model(
-            input_ids=ids[:, :-1],
-            attention_mask=torch.cat([prefix.attention_mask, mask[:, :-1].long()], 1),
-            position_ids=_next_positions(prefix.start, 0, ids.shape[1] - 1),
-            cache=prefix.cache,
-            use_cache=True,
-        )
-        logits = torch.cat([logits, out.logits], dim=1)
+    with _layers_keep_the_cache(model):
+        prefix = logprob_prefix(model, prompts, repeats)
+        ids, mask = (t.to(prefix.logits.device) for t in pad_right(completions, pad_id))
+        logits = prefix.logits[:, None]  # the prompt's last position predicts the first completion token
+        if ids.shape[1] > 1:  # the completion tokens but the last predict the rest
+            out = model(
+                input_ids=ids[:, :-1],
+                attention_mask=torch.cat([prefix.attention_mask, mask[:, :-1].long()], 1),
+                position_ids=_next_positions(prefix.start, 0, ids.shape[1] - 1),
+                cache=prefix.cache,
+                use_cache=False,
+            )
+            logits = torch.cat([logits, out.logits], dim=1)
     return token_logprobs(logits, ids, temperature) * mask, mask
 
 
