@@ -11,6 +11,7 @@ COMMANDS = {
     "mine": ("mbpo_lit.mine", "mine adversarial hard-negative pairs (PGD or a noise baseline)"),
     "evaluate": ("mbpo_lit.evaluate", "judge-free evaluation of a model (+ adapter) on an eval set"),
     "bench": ("mbpo_lit.experiments.bench", "time a GRPO step and PGD (both prefix layouts)"),
+    "bench-sweep": ("mbpo_lit.experiments.sweep", "the GRPO step benchmark over a preset grid (CPU or GPU)"),
     "ablate": ("mbpo_lit.experiments.ablate", "the ablation grid on the synthetic world, with CIs"),
     "plots": ("mbpo_lit.experiments.plots", "plots of an ablation directory"),
     "base-model": ("mbpo_lit.testbed.base_model", "build the synthetic world's biased base model"),

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from mbpo_lit.experiments import bench
+from mbpo_lit.experiments import bench, sweep
 from mbpo_lit.experiments.bench import BenchConfig, format_results, run, step_stats
 
 
@@ -46,6 +46,7 @@ def test_bench_counts_every_image_the_vision_tower_encodes(tmp_path, monkeypatch
     assert mine["images"] == 2 and mine["size_groups"] == 2 and mine["image_sizes"] == ["160x107", "160x160"]
     assert mine["grouped_images_per_s"] > 0 and mine["one_at_a_time_images_per_s"] > 0
     assert r["mining_mixed_sizes_grouped_vs_one_at_a_time"] == mine["grouped_vs_one_at_a_time_speedup"]
+    assert mine["one_size_batched_vs_one_at_a_time_speedup"] > 0
     assert json.loads((tmp_path / "bench.json").read_text())["mbpo_lit"] == fast
     assert not (tmp_path / "adapter").exists()  # the GRPO sides' fits export their adapters to a temporary folder
     table = format_results(results)
@@ -89,3 +90,66 @@ def test_trl_side_runs_on_the_tiny_checkpoint(tmp_path, monkeypatch):
     # TRL casts the LoRA weights of a quantized model to bf16; "match" trains them in fp32, as mbpo_lit does.
     assert out["lora_dtype_from_trl"] == ["torch.bfloat16"] and out["lora_dtype_trained"] == ["torch.float32"]
     assert out["trl_unmatched"]
+
+
+def test_sections_run_only_what_is_asked_and_image_size_sets_the_prompt_length(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = BenchConfig(sections=("padding",), image_size=56, out=str(tmp_path / "bench.json"))
+    results = run(cfg)
+    for side in ("mbpo_lit", "rowwise", "trl", "pgd", "mine_sizes"):
+        assert results[side] == {"unavailable": "skipped (--sections)"}
+    assert results["padding"]["plain_padding_fraction"] > 0
+    assert set(results["ratios"]) == {"padding_length_grouped_vs_plain"}
+    assert "GRPO step: skipped" in format_results(results)
+    # Qwen-VL merges 2x2 patches of 14 px: 56 px is 4 image tokens, the tiny default's 112 px is 16.
+    small = bench.prompt_tokens(cfg, bench.checkpoint(cfg))
+    default = bench.prompt_tokens(BenchConfig(), bench.checkpoint(BenchConfig()))
+    assert default - small == 16 - 4
+    with pytest.raises(ValueError, match="multiple of 28"):
+        bench.checkpoint(BenchConfig(image_size=100))
+
+
+@pytest.mark.parametrize("preset", sorted(sweep.PRESETS))
+def test_every_sweep_row_is_a_valid_bench_command_line(preset):
+    """Each row's options parse into a BenchConfig with the values it names (a typo fails here, not hours into
+    a GPU session)."""
+    from mbpo_lit.cli import parse_dataclass
+
+    rows = sweep.PRESETS[preset]["rows"]
+    configs = {
+        name: parse_dataclass(BenchConfig, "", sweep.PRESETS[preset]["common"] + args) for name, args in rows.items()
+    }
+    assert all(c.sections == ("grpo",) for c in configs.values())
+    if preset == "cpu":
+        assert sorted({c.group_size for c in configs.values()}) == [4, 8, 16]
+        assert {c.size for c in configs.values()} == {"tiny", "small"} and configs["small-224px-g8"].image_size == 224
+        assert configs["small-g8-checkpointing"].gradient_checkpointing
+    else:
+        assert {(c.quantization, c.gradient_checkpointing) for c in configs.values()} == {
+            (q, gc) for q in ("none", "4bit") for gc in (False, True)
+        }
+        assert all(c.precision == "bf16" and c.size == "small" for c in configs.values())
+
+
+def test_sweep_table_has_one_row_per_run_with_the_ratios(tmp_path, monkeypatch):
+    def fake_result(g, trl):
+        side = {"step_s": 1.0 * g, "peak_memory_mb": 100.0}
+        return {
+            "config": {"group_size": g, "prompts": 1, "gradient_checkpointing": False},
+            "prompt_tokens": 41,
+            "mbpo_lit": side,
+            "rowwise": {"step_s": 4.0 * g, "peak_memory_mb": 200.0},
+            "trl": {"step_s": 5.0 * g, "peak_memory_mb": 300.0} if trl else {"unavailable": "skipped"},
+            "ratios": {"images_encoded_per_distinct_image": 1.0, "trl_images_encoded_per_distinct_image": 24.0},
+        }
+
+    text = sweep.table({"a": fake_result(4, True), "b": fake_result(8, False)})
+    lines = text.splitlines()
+    assert len(lines) == 4
+    assert "| a | 4 | 1 x 41 | off | 4.000 | 16.000 | 20.000 | 0.25x | 0.20x | 1, 24 | 100, 200, 300 |" == lines[2]
+    assert lines[3].startswith("| b | 8 |") and "| - |" in lines[3]
+    monkeypatch.setattr(sweep, "run_row", lambda name, args, out: fake_result(4, True))
+    with pytest.raises(SystemExit, match="tiny-g5"):
+        sweep.main(["--only", "[tiny-g5]", "--out", str(tmp_path)])
+    assert list(sweep.main(["--only", "[tiny-g8]", "--out", str(tmp_path)])) == ["tiny-g8"]
+    assert (tmp_path / "sweep.md").read_text().count("| tiny-g8 |") == 1

@@ -17,6 +17,7 @@ def small(tmp_path, steps=6):
         world=WorldConfig(image_size=56),
         spec=TinySpec(),
         train_records=64,
+        vision_steps=2,
         grounding_steps=2,
         steps=steps,
         batch_size=4,
@@ -40,21 +41,34 @@ def test_builds_a_loadable_checkpoint_and_reuses_it(tmp_path):
     path = build_base_model(cfg, progress=False, evaluate_n=4)
     info = json.loads((path / "warmstart.json").read_text())
     assert info["config"]["steps"] == 6 and 0.0 <= info["in_prior_accuracy"] <= 1.0
-    assert info["resumed_from_step"] == {"grounding": 0, "prior": 0}
+    assert info["resumed_from_step"] == {"vision": 0, "grounding": 0, "prior": 0}
     init = AutoModelForImageTextToText.from_pretrained(cfg.directory() / "init")
+    seen = AutoModelForImageTextToText.from_pretrained(cfg.directory() / "vision")
     trained = AutoModelForImageTextToText.from_pretrained(path)
     changed = [not torch.equal(a, b) for a, b in zip(init.parameters(), trained.parameters())]
     assert all(changed)  # every weight trained, the vision tower included
+    # The vision stage trained the tower (and merger); the language stages kept it frozen.
+    for (name, a), b, c in zip(init.named_parameters(), seen.parameters(), trained.parameters()):
+        vision = name.startswith("model.visual.")
+        assert torch.equal(b, c) == vision and torch.equal(a, b) != vision, name
+    # The skills table: one-object shape and colour, and each family on both eval splits.
+    table = info["skills"]
+    assert 0 <= table["one_object_shape"] <= 1 and 0 <= table["eval_counter_prior"]["existence_yes_ratio"] <= 1
+    assert info["counter_prior_accuracy"] == table["eval_counter_prior"]["attribute"]
+    assert set(info["vision_stage"]["vision_skills"]) == {"kind_token_f1", "color_token_f1", "kind_set_exact"}
     mtime = (path / "model.safetensors").stat().st_mtime_ns
     assert build_base_model(cfg, progress=False) == path
     assert (path / "model.safetensors").stat().st_mtime_ns == mtime  # cached, not retrained
 
 
-def test_grounding_world_has_one_object_and_no_colour_prior():
+def test_grounding_world_has_few_objects_and_no_colour_prior_and_the_prior_stage_a_strong_one():
     cfg = WarmStartConfig()
     g = cfg.grounding_world()
-    assert g.min_objects == g.max_objects == 1 and g.p_color == cfg.grounding_p_color < cfg.world.p_color
+    assert (g.min_objects, g.max_objects) == (1, cfg.grounding_max_objects)
+    assert g.p_color == cfg.grounding_p_color == 1 / len(g.colors)  # every colour equally likely
     assert g.image_size == cfg.world.image_size == cfg.spec.image_size
+    assert cfg.prior_world().p_color == cfg.prior_p_color > cfg.world.p_color
+    assert WarmStartConfig(prior_p_color=None).prior_world() == cfg.world
 
 
 def test_cache_key_changes_with_the_world(tmp_path):

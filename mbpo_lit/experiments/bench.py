@@ -13,7 +13,8 @@
 2. PGD mining: images/s, and its time relative to the bare forward+backward of the same number of steps on the
    same batch (PGD adds the projection, the codec and the greedy-match flag on top of that).
 3. Mining on real image sizes: `Miner.mine` on scikit-image's sample photographs (thumbnailed to 160 px, several
-   sizes), each size group attacked as one batch as the miner does, against one image at a time.
+   sizes), each size group attacked as one batch as the miner does, against one image at a time; and the
+   ceiling of batching on the machine: the same photographs at one size, one batch against one at a time.
 4. Padding: the share of prompt tokens that are padding in batches of mixed image sizes, drawn plainly and
    with length grouping (`HybridDataModule(length_group_batches=...)`).
 
@@ -33,7 +34,7 @@ import resource
 import statistics
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -70,6 +71,10 @@ class BenchConfig:
         gradient_checkpointing: recompute the language model's activations in the backward, on every GRPO
             side (as the 7B recipes do): the shared prefix then prefills each prompt once through checkpointed
             layers, the rowwise side checkpoints one row per completion.
+        sections: the measurements to run (a sweep over G or sizes wants only "grpo"); a skipped one reports
+            "skipped".
+        image_size: side of the random checkpoint's images in pixels (None: the size's own, 112 tiny, 448
+            small); it sets the prompt length (Qwen-VL: (image_size / 28)^2 image tokens per prompt).
         trl_lora_dtype: "match" casts the LoRA weights that TRL turns to bf16 on a quantized model back to the
             dtype mbpo_lit trains them in (fp32); "trl" keeps TRL's bf16 (then listed as unmatched).
         out: the results as JSON.
@@ -92,6 +97,8 @@ class BenchConfig:
     trl: bool = True
     gradient_checkpointing: bool = False
     trl_lora_dtype: Literal["match", "trl"] = "match"
+    sections: tuple[Literal["grpo", "pgd", "mine_sizes", "padding"], ...] = ("grpo", "pgd", "mine_sizes", "padding")
+    image_size: int | None = None
     out: str = "runs/bench/bench.json"
 
 
@@ -534,10 +541,22 @@ def bench_mine_sizes(cfg: BenchConfig, path: str) -> dict:
         for i, r in enumerate(records):
             miner.mine([r], i)
 
+    # The ceiling of batching on this machine: the same photographs all at one size (one group, one batch)
+    # against those one at a time. Grouping by size cannot beat it.
+    square = [dict(r, image=r["image"].resize((160, 160))) for r in records]
+
+    def one_size():
+        miner.mine(square, 0)
+
+    def one_size_one_at_a_time():
+        for i, r in enumerate(square):
+            miner.mine([r], i)
+
     miner.mine(records[:1], 0)  # warm-up
     # Interleaved, best of two each, as in bench_pgd.
-    times = [(seconds(grouped), seconds(one_at_a_time)) for _ in range(2)]
-    grouped_s, single_s = min(t[0] for t in times), min(t[1] for t in times)
+    fns = (grouped, one_at_a_time, one_size, one_size_one_at_a_time)
+    times = [[seconds(fn) for fn in fns] for _ in range(2)]
+    grouped_s, single_s, same_s, same_single_s = (min(t[i] for t in times) for i in range(4))
     return {
         "images": len(records),
         "image_sizes": [f"{w}x{h}" for w, h in sizes],
@@ -545,6 +564,7 @@ def bench_mine_sizes(cfg: BenchConfig, path: str) -> dict:
         "grouped_images_per_s": len(records) / grouped_s,
         "one_at_a_time_images_per_s": len(records) / single_s,
         "grouped_vs_one_at_a_time_speedup": single_s / grouped_s,
+        "one_size_batched_vs_one_at_a_time_speedup": same_single_s / same_s,
     }
 
 
@@ -589,26 +609,32 @@ def _isolated(fn, *args) -> dict:
 def ratios(results: dict) -> dict:
     """The headline numbers as ratios: step time against the rowwise layout and TRL, vision-tower encodings
     per distinct image, PGD's overhead, mixed-size mining grouped against one at a time, padding saved by
-    length grouping (a side that did not run gives "unavailable")."""
+    length grouping (a side that did not run gives "unavailable"; a skipped section, no ratio)."""
     fast, rowwise, trl, pad = results["mbpo_lit"], results["rowwise"], results["trl"], results["padding"]
-    return {
-        "step_time_vs_rowwise": fast["step_s"] / rowwise["step_s"],
-        "step_time_vs_trl": fast["step_s"] / trl["step_s"] if "step_s" in trl else "unavailable",
-        "rowwise_step_time_vs_trl": rowwise["step_s"] / trl["step_s"] if "step_s" in trl else "unavailable",
-        "images_encoded_per_distinct_image": fast["images_encoded_per_step"] / fast["distinct_images_per_step"],
-        "rowwise_images_encoded_per_distinct_image": rowwise["images_encoded_per_step"]
-        / rowwise["distinct_images_per_step"],
-        "trl_images_encoded_per_distinct_image": (
-            trl["images_encoded_per_step"] / trl["distinct_images_per_step"] if "step_s" in trl else "unavailable"
-        ),
-        "pgd_overhead_vs_bare_forward_backward": results["pgd"]["overhead_ratio"],
-        "mining_mixed_sizes_grouped_vs_one_at_a_time": results["mine_sizes"]["grouped_vs_one_at_a_time_speedup"],
-        "padding_length_grouped_vs_plain": (
+    out = {}
+    if "step_s" in fast:
+        out |= {
+            "step_time_vs_rowwise": fast["step_s"] / rowwise["step_s"],
+            "step_time_vs_trl": fast["step_s"] / trl["step_s"] if "step_s" in trl else "unavailable",
+            "rowwise_step_time_vs_trl": rowwise["step_s"] / trl["step_s"] if "step_s" in trl else "unavailable",
+            "images_encoded_per_distinct_image": fast["images_encoded_per_step"] / fast["distinct_images_per_step"],
+            "rowwise_images_encoded_per_distinct_image": rowwise["images_encoded_per_step"]
+            / rowwise["distinct_images_per_step"],
+            "trl_images_encoded_per_distinct_image": (
+                trl["images_encoded_per_step"] / trl["distinct_images_per_step"] if "step_s" in trl else "unavailable"
+            ),
+        }
+    if "overhead_ratio" in results["pgd"]:
+        out["pgd_overhead_vs_bare_forward_backward"] = results["pgd"]["overhead_ratio"]
+    if "grouped_vs_one_at_a_time_speedup" in results["mine_sizes"]:
+        out["mining_mixed_sizes_grouped_vs_one_at_a_time"] = results["mine_sizes"]["grouped_vs_one_at_a_time_speedup"]
+    if "plain_padding_fraction" in pad:
+        out["padding_length_grouped_vs_plain"] = (
             pad["length_grouped_padding_fraction"] / pad["plain_padding_fraction"]
             if pad["plain_padding_fraction"]
             else "no padding (one prompt per batch?)"
-        ),
-    }
+        )
+    return out
 
 
 def checkpoint(cfg: BenchConfig) -> str:
@@ -636,21 +662,39 @@ def checkpoint(cfg: BenchConfig) -> str:
     if cfg.size not in sizes:
         raise ValueError(f"size={cfg.size!r} is not one of {list(sizes)}")
     root, spec = sizes[cfg.size]
+    if cfg.image_size is not None and cfg.image_size != spec.image_size:
+        if cfg.image_size % 28:
+            raise ValueError(f"image_size={cfg.image_size} must be a multiple of 28 (2x2 merged patches of 14 px)")
+        root, spec = f"{root}-{cfg.image_size}px", replace(spec, image_size=cfg.image_size)
     return str(ensure_tiny_checkpoint(cfg.arch, root, spec))
+
+
+def prompt_tokens(cfg: BenchConfig, path: str) -> int:
+    """Tokens of one online prompt (chat template, question and image tokens) as both GRPO sides encode it."""
+    from mbpo_lit.testbed.world_source import WorldSource
+    from mbpo_lit.vlm.arch import load_processor
+    from mbpo_lit.vlm.chat import encode_prompts
+
+    record = WorldSource(["train"], 1).load()[0][0]
+    batch = encode_prompts(load_processor(path, cfg.arch), [record["question"]], [record["image"]])
+    return int(batch["attention_mask"].sum())
 
 
 def run(cfg: BenchConfig) -> dict:
     """Run every measurement, write the JSON to `cfg.out` and return the results."""
     path = checkpoint(cfg)
+    skipped = {"unavailable": "skipped (--sections)"}
+    grpo = "grpo" in cfg.sections
     results = {
         "config": asdict(cfg),
         "device": "cuda" if torch.cuda.is_available() else "cpu",
-        "mbpo_lit": _isolated(bench_mbpo, cfg, path, True),
-        "rowwise": _isolated(bench_mbpo, cfg, path, False),
-        "trl": bench_trl(cfg, path),
-        "pgd": _isolated(bench_pgd, cfg, path),
-        "mine_sizes": _isolated(bench_mine_sizes, cfg, path),
-        "padding": bench_padding(cfg, path),
+        "prompt_tokens": prompt_tokens(cfg, path),
+        "mbpo_lit": _isolated(bench_mbpo, cfg, path, True) if grpo else skipped,
+        "rowwise": _isolated(bench_mbpo, cfg, path, False) if grpo else skipped,
+        "trl": bench_trl(cfg, path) if grpo else skipped,
+        "pgd": _isolated(bench_pgd, cfg, path) if "pgd" in cfg.sections else skipped,
+        "mine_sizes": _isolated(bench_mine_sizes, cfg, path) if "mine_sizes" in cfg.sections else skipped,
+        "padding": bench_padding(cfg, path) if "padding" in cfg.sections else skipped,
     }
     results["ratios"] = ratios(results)
     out = Path(cfg.out)
@@ -683,13 +727,17 @@ def format_results(results: dict) -> str:
     sides = ("mbpo_lit", "rowwise", "trl")
     trl = results["trl"]
     head = f"{'GRPO step':<26}" + "".join(f"{s:>14}" for s in sides) + f"{'rowwise/mbpo':>14}{'trl/mbpo':>14}"
-    lines = [head]
-    for k in STEP_METRICS:
+    lines = [head] if "step_s" in results["mbpo_lit"] else ["GRPO step: skipped (--sections)"]
+    for k in STEP_METRICS if "step_s" in results["mbpo_lit"] else ():
         row = [results[s].get(k, "-") for s in sides]
         fast = results["mbpo_lit"][k]
         rel = [r / fast if isinstance(r, (int, float)) and fast else "-" for r in row[1:]]
         lines.append(f"{k:<26}" + "".join(f"{_cell(v):>14}" for v in row + rel))
-    lines.append(f"gradient checkpointing: {'on' if results['config']['gradient_checkpointing'] else 'off'}")
+    lines.append(
+        f"gradient checkpointing: {'on' if results['config']['gradient_checkpointing'] else 'off'}; "
+        f"G {results['config']['group_size']}, {results['config']['prompts']} prompts of "
+        f"{results['prompt_tokens']} tokens"
+    )
     if "unavailable" in trl:
         lines.append(f"trl: {trl['unavailable']}")
     else:

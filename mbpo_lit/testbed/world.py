@@ -271,6 +271,21 @@ def render(scene: Scene, cfg: WorldConfig, rng: np.random.Generator) -> Image.Im
     return img
 
 
+def object_coverage(scene: Scene, cfg: WorldConfig, grid: int) -> np.ndarray:
+    """Share of each cell of a grid x grid partition of the image that each object covers: [objects, grid, grid].
+
+    The labels of the vision tower's pretraining (testbed/vision_stage.py): a vision token whose patch an object
+    covers should say that object's kind and colour. Drawn with the same shapes and supersampling as `render`.
+    """
+    big = cfg.image_size * _SS
+    out = np.zeros((len(scene.objects), grid, grid), dtype=np.float32)
+    for j, o in enumerate(scene.objects):
+        mask = Image.new("L", (big, big), 0)
+        SHAPES[o.kind](ImageDraw.Draw(mask), o.x * _SS, o.y * _SS, o.size * _SS - 1, 255)
+        out[j] = np.asarray(mask.resize((grid, grid), Image.Resampling.BOX), dtype=np.float32) / 255
+    return out
+
+
 # ---------------------------------------------------------------------------------------------- questions
 def _prior_says_present(cfg: WorldConfig, scene: Scene, kind: str) -> bool:
     """What the co-occurrence prior predicts: `kind` is there iff some other present kind has it as partner."""

@@ -1,0 +1,122 @@
+"""`python -m mbpo_lit bench-sweep`: the GRPO step benchmark over a grid of settings, as one table.
+
+One `bench` run answers "how fast at these settings"; the question a user with a bigger model asks is how the
+ratios move with model size, G and prompt length, and whether the GPU agrees with the CPU. This runs
+`experiments/bench.py` (GRPO step only: shared prefix, one row per completion, TRL's GRPOTrainer) once per row
+of a preset, each in its own process, writes every run's JSON under `--out`, and prints a markdown table of step
+times, ratios and peak memory.
+
+    python -m mbpo_lit bench-sweep --preset cpu   # tiny at G 4/8/16; small at G 4/8/16, 89 and 281 prompt tokens
+    python -m mbpo_lit bench-sweep --preset gpu   # small in bf16 and 4-bit, with and without checkpointing
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+# Each row: a name and the `bench` options that differ from the preset's common ones.
+PRESETS: dict[str, dict] = {
+    "cpu": {
+        "common": ["--sections", "[grpo]", "--precision", "fp32", "--quantization", "4bit"],
+        "rows": {
+            "tiny-g4": ["--group_size", "4", "--prompts", "4", "--steps", "10"],
+            "tiny-g8": ["--group_size", "8", "--prompts", "4", "--steps", "10"],
+            "tiny-g16": ["--group_size", "16", "--prompts", "4", "--steps", "10"],
+            # One prompt per step keeps the row-wise and TRL sides of the small model at minutes, not hours.
+            "small-g4": ["--size", "small", "--group_size", "4", "--prompts", "1", "--steps", "2"],
+            "small-g8": ["--size", "small", "--group_size", "8", "--prompts", "1", "--steps", "2"],
+            "small-g16": ["--size", "small", "--group_size", "16", "--prompts", "1", "--steps", "2"],
+            "small-224px-g8": ["--size", "small", "--image_size", "224", "--group_size", "8", "--prompts", "1"]
+            + ["--steps", "2"],
+            "small-g8-checkpointing": ["--size", "small", "--group_size", "8", "--prompts", "1", "--steps", "2"]
+            + ["--gradient_checkpointing", "true"],
+        },
+    },
+    "gpu": {
+        "common": ["--sections", "[grpo]", "--size", "small", "--group_size", "8", "--prompts", "4", "--steps", "5"],
+        "rows": {
+            f"small-{q}-{'gc' if gc else 'nogc'}": [
+                "--precision",
+                "bf16",
+                "--quantization",
+                q,
+                "--gradient_checkpointing",
+                str(gc).lower(),
+            ]
+            for q in ("none", "4bit")
+            for gc in (False, True)
+        },
+    },
+}
+
+
+@dataclass
+class SweepConfig:
+    """Args:
+    preset: which grid ("cpu": sizes, G and prompt length on the CPU; "gpu": bf16 / 4-bit, checkpointing on
+        and off at `--size small`).
+    out: folder of the runs' JSON (one file per row) and of `sweep.md`, the table.
+    only: run just these rows of the preset (None: all).
+    """
+
+    preset: Literal["cpu", "gpu"] = "cpu"
+    out: str = "runs/bench/sweep"
+    only: list[str] | None = None
+
+
+def run_row(name: str, args: list[str], out: Path) -> dict:
+    """One `bench` run in a child process (its own peak memory); returns its JSON."""
+    path = out / f"{name}.json"
+    subprocess.run([sys.executable, "-m", "mbpo_lit", "bench", *args, "--out", str(path)], check=True)
+    return json.loads(path.read_text())
+
+
+def table(results: dict[str, dict]) -> str:
+    """Markdown: per row its settings, step time of each side, the ratios and the peak memory."""
+    head = (
+        "| run | G | prompts x tokens | checkpointing | shared s | row-wise s | TRL s | shared / row-wise "
+        "| shared / TRL | images encoded per distinct image (shared, TRL) | peak MB (shared, row-wise, TRL) |"
+    )
+    lines = [head, "|" + " --- |" * 11]
+    for name, r in results.items():
+        c, fast, row, trl = r["config"], r["mbpo_lit"], r["rowwise"], r["trl"]
+        trl_s = f"{trl['step_s']:.3f}" if "step_s" in trl else "-"
+        vs_trl = f"{fast['step_s'] / trl['step_s']:.2f}x" if "step_s" in trl else "-"
+        trl_img = f"{r['ratios']['trl_images_encoded_per_distinct_image']:.0f}" if "step_s" in trl else "-"
+        trl_mb = f"{trl['peak_memory_mb']:,.0f}" if "step_s" in trl else "-"
+        lines.append(
+            f"| {name} | {c['group_size']} | {c['prompts']} x {r['prompt_tokens']} | "
+            f"{'on' if c['gradient_checkpointing'] else 'off'} | {fast['step_s']:.3f} | {row['step_s']:.3f} | "
+            f"{trl_s} | {fast['step_s'] / row['step_s']:.2f}x | {vs_trl} | "
+            f"{r['ratios']['images_encoded_per_distinct_image']:.0f}, {trl_img} | "
+            f"{fast['peak_memory_mb']:,.0f}, {row['peak_memory_mb']:,.0f}, {trl_mb} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict[str, dict]:
+    from mbpo_lit.cli import parse_dataclass
+
+    cfg = parse_dataclass(SweepConfig, "Run the GRPO step benchmark over a preset grid and print one table.", argv)
+    preset = PRESETS[cfg.preset]
+    if unknown := set(cfg.only or ()) - set(preset["rows"]):
+        raise SystemExit(
+            f"--only names rows not in preset {cfg.preset!r}: {sorted(unknown)}; rows: {list(preset['rows'])}"
+        )
+    rows = {k: v for k, v in preset["rows"].items() if cfg.only is None or k in cfg.only}
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results = {name: run_row(name, preset["common"] + args, out) for name, args in rows.items()}
+    text = table(results)
+    (out / "sweep.md").write_text(text + "\n")
+    print(text)
+    return results
+
+
+if __name__ == "__main__":
+    main()
