@@ -307,7 +307,7 @@ def _train_vision(
         kinds, colors = (word_vectors(model, policy.processor.tokenizer, w) for w in (world.kinds, world.colors))
     module = VisionModule(model, hidden, kinds, colors, cfg.vision_lr, cfg.vision_steps)
     resumed = _fit(_trainer(cfg.vision_steps, cfg, ckpt_dir, progress, callbacks), module, loader, ckpt_dir)
-    return resumed, vision_skills(module.eval(), policy.processor, world)
+    return resumed, vision_skills(module.eval(), policy.processor, world, grid)
 
 
 def _save(model: torch.nn.Module, init: Path, out: Path, info: dict | None = None) -> None:
@@ -364,11 +364,10 @@ def build_base_model(
         if out is not None and (out / "config.json").is_file():
             continue  # this stage finished in an earlier run
         policy = load_policy(ModelConfig(str(source), precision="fp32", quantization="none", lora=None, device="cpu"))
-        model = policy.model.requires_grad_(True).train()
-        if cfg.vision_steps > 0 and cfg.freeze_vision:  # the pretrained encoder stays as it is
-            for n, prm in model.named_parameters():
-                if is_vision_parameter(n, policy.arch):
-                    prm.requires_grad_(False)
+        model = policy.model.train()
+        frozen = cfg.vision_steps > 0 and cfg.freeze_vision  # the pretrained encoder stays as it is
+        for n, prm in model.named_parameters():
+            prm.requires_grad_(not (frozen and is_vision_parameter(n, policy.arch)))
         if steps > 0:
             resumed[name] = _train_stage(
                 model,

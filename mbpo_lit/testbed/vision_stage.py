@@ -22,6 +22,7 @@ import torch
 from torch.utils.data import Dataset
 
 from mbpo_lit.testbed.world import WorldConfig, object_coverage, render, sample_scene
+from mbpo_lit.vlm.shared_prefix import core
 
 COVERED = 0.05  # a token "sees" an object covering at least this share of its patch
 
@@ -75,9 +76,8 @@ class SceneCollate:
 
 def image_tokens(model: torch.nn.Module, pixels: dict) -> torch.Tensor:
     """The vision tokens the language model receives, [images, tokens, hidden] (images of one size)."""
-    core = model.model if hasattr(model, "model") else model
     extra = {"image_grid_thw": pixels["image_grid_thw"]} if "image_grid_thw" in pixels else {}
-    out = core.get_image_features(pixel_values=pixels["pixel_values"], return_dict=True, **extra)
+    out = core(model).get_image_features(pixel_values=pixels["pixel_values"], return_dict=True, **extra)
     feats = out.pooler_output
     return torch.stack(list(feats)) if isinstance(feats, (list, tuple)) else feats
 
@@ -166,11 +166,11 @@ def token_f1(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def vision_skills(module: VisionModule, processor, world: WorldConfig, n: int = 256, seed: int = 1) -> dict:
+def vision_skills(module: VisionModule, processor, world: WorldConfig, grid: int, n: int = 256, seed: int = 1) -> dict:
     """Held-out scenes: token-level kind and colour F1, and per image whether the set of kinds present
     (a kind is present when any token's head says so) is exactly right: what existence questions need."""
     collate = SceneCollate(processor)
-    data = SceneLabels(world, n, token_grid(module.model, processor, world), seed=seed)
+    data = SceneLabels(world, n, grid, seed=seed)
     f1k, f1c, exact = [], [], []
     for start in range(0, n, 32):
         batch = collate([data[i] for i in range(start, min(n, start + 32))])
