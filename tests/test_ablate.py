@@ -58,9 +58,12 @@ def test_grid_has_the_required_variants_and_sweeps():
         "neg_none",
         "iig_low",
         "iig_none",
+        "neg_gaussian",
+        "remine_100",
+        "sft",
     } <= names
     sweeps = {s: {v.sweeps[s] for v in GRID if s in v.sweeps} for s in ("negatives", "epsilon", "iig", "stream")}
-    assert sweeps["negatives"] == {"pgd", "uniform", "diffusion", "none"}
+    assert sweeps["negatives"] == {"pgd", "uniform", "gaussian", "diffusion", "none"}
     assert len(sweeps["epsilon"]) >= 3 and all(isinstance(x, float) for x in sweeps["epsilon"])
     assert sweeps["iig"] == {"high", "low", "none"} and sweeps["stream"] == {"hybrid", "offline", "online"}
     assert next(v for v in GRID if v.name == "online_only").mine is None
@@ -99,14 +102,55 @@ def test_fit_args_parse_against_the_fit_command(tmp_path):
     assert cli.datamodule.val.families == ["attribute"] and len(cli.datamodule.val.splits) == 2
 
 
+def test_the_new_variants_fit_args_parse_into_a_remine_callback_and_the_sft_loss(tmp_path):
+    """remine_100 adds the Remine callback (every 100 steps) after the recipe's checkpoint callback; sft switches
+    the loss; neg_gaussian only changes the mining. Parsed by the fit command itself (nothing is trained)."""
+    from mbpo_lit.data.hybrid import HybridDataModule
+    from mbpo_lit.fit import MBPOCLI
+    from mbpo_lit.remine import Remine
+    from mbpo_lit.train.checkpoint import AdapterCheckpoint
+    from mbpo_lit.train.module import MBPOModule
+
+    by_name = {v.name: v for v in GRID}
+    assert by_name["remine_100"].fit_args == (
+        "--trainer.callbacks+=mbpo_lit.remine.Remine",
+        "--trainer.callbacks.every_n_steps=100",
+    )
+    assert by_name["remine_100"].mine == {} and by_name["sft"].mine == {}  # the full variant's pairs
+    assert by_name["sft"].fit_args == ("--model.loss.kind", "sft", "--model.loss.beta", "0")
+    assert by_name["neg_gaussian"].mine == {"method": "gaussian"} and by_name["neg_gaussian"].fit_args == ()
+    cfg = AblationConfig(out=str(tmp_path), steps=300)
+
+    def parse(name):
+        args = ablate.fit_args(by_name[name], 0, str(tmp_path / "pairs"), tmp_path / name, cfg)
+        return MBPOCLI(MBPOModule, HybridDataModule, args=args, run=False, save_config_callback=None)
+
+    cli = parse("remine_100")
+    remine = [c for c in cli.trainer.callbacks if isinstance(c, Remine)]
+    assert len(remine) == 1 and remine[0].every_n_steps == 100 and remine[0].max_records is None
+    assert any(isinstance(c, AdapterCheckpoint) for c in cli.trainer.callbacks)  # the recipe's, kept
+    assert cli.model.loss.kind == "grpo" and cli.datamodule.pairs_path == str(tmp_path / "pairs")
+    cli = parse("sft")
+    assert (
+        cli.model.loss.kind == "sft"
+        and cli.model.loss.beta == 0
+        and not any(isinstance(c, Remine) for c in cli.trainer.callbacks)
+    )
+    assert cli.model.optim.lr == parse("neg_gaussian").model.optim.lr  # same lr and steps as the others
+    assert cli.trainer.max_steps == 300 and cli.datamodule.online
+
+
 def test_mining_cache_is_keyed_by_config(tmp_path):
     cfg = AblationConfig(out=str(tmp_path), mine_n=64)
     dirs = {v.name: ablate.mine_config(v, cfg, "BASE") for v in GRID}
     assert dirs["online_only"] is None
     assert dirs["offline_only"].out == dirs["full"].out  # same mining config: one shared pair set
-    outs = [mc.out for name, mc in dirs.items() if mc is not None and name != "offline_only"]
+    for same in ("offline_only", "remine_100", "sft"):  # full's pairs (remine_100 starts from them)
+        assert dirs[same].out == dirs["full"].out
+    outs = [mc.out for name, mc in dirs.items() if mc is not None and name not in ("offline_only", "remine_100", "sft")]
     assert len(set(outs)) == len(outs)  # every other mining config its own cache directory
     assert dirs["full"].n == 64 and dirs["eps_8"].epsilon == 8.0 and dirs["iig_low"].iig_filter == "low"
+    assert (dirs["neg_gaussian"].method, dirs["neg_gaussian"].epsilon) == ("gaussian", dirs["full"].epsilon)
     assert ablate.mine_config(GRID[0], cfg, "BASE").out == dirs["full"].out  # stable key
 
 

@@ -13,7 +13,7 @@ import mbpo_lit
 PACKAGE = Path(mbpo_lit.__file__).parent
 # Lower layers first; a module may import its own layer and the ones before it.
 LAYERS = ["core", "vlm", "data", "train", "commands", "testbed", "experiments"]
-COMMANDS = {"mine", "evaluate", "fit", "cli"}
+COMMANDS = {"mine", "remine", "evaluate", "fit", "cli"}
 
 
 def layer(module: str) -> str | None:

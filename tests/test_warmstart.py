@@ -19,6 +19,7 @@ def small(tmp_path, steps=6):
         train_records=64,
         vision_steps=2,
         grounding_steps=2,
+        scene_steps=2,
         steps=steps,
         batch_size=4,
         warmup_steps=1,
@@ -41,7 +42,8 @@ def test_builds_a_loadable_checkpoint_and_reuses_it(tmp_path):
     path = build_base_model(cfg, progress=False, evaluate_n=4)
     info = json.loads((path / "warmstart.json").read_text())
     assert info["config"]["steps"] == 6 and 0.0 <= info["in_prior_accuracy"] <= 1.0
-    assert info["resumed_from_step"] == {"vision": 0, "grounding": 0, "prior": 0}
+    assert info["resumed_from_step"] == {"vision": 0, "grounding": 0, "scenes": 0, "prior": 0}
+    assert set(info["stage_seconds"]) == {"vision", "grounding", "scenes", "prior"} and info["key"] == cfg.key()
     init = AutoModelForImageTextToText.from_pretrained(cfg.directory() / "init")
     seen = AutoModelForImageTextToText.from_pretrained(cfg.directory() / "vision")
     trained = AutoModelForImageTextToText.from_pretrained(path)
@@ -85,8 +87,9 @@ def test_interrupted_build_resumes_from_its_last_checkpoint(tmp_path):
     assert not (cfg.directory() / "model").exists()  # nothing half-made under the final name
     path = build_base_model(cfg, progress=False, evaluate_n=4)
     info = json.loads((path / "warmstart.json").read_text())
-    assert info["resumed_from_step"] == {"prior": 4}  # grounding was finished and kept, prior resumed
-    assert (cfg.directory() / "grounded" / "config.json").is_file()
+    assert info["resumed_from_step"] == {"prior": 4}  # earlier stages were finished and kept, prior resumed
+    assert all((cfg.directory() / s / "config.json").is_file() for s in ("vision", "grounding", "scenes"))
+    assert set(info["stage_seconds"]) == {"vision", "grounding", "scenes", "prior"}  # earlier runs' times kept
 
 
 def test_cli_defaults_are_the_cached_base_model_and_options_reach_the_config(tmp_path, monkeypatch, capsys):

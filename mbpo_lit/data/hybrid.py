@@ -105,6 +105,7 @@ class HybridBatches(Dataset):
         group_batches: int = 1,
     ):
         self.pairs, self.prompts, self.length, self.seed = pairs, prompts, length, seed
+        self.n_off_wanted = offline_per_batch
         self.n_off = offline_per_batch if pairs else 0
         self.n_on = online_per_batch if prompts else 0
         self.group = group_batches
@@ -122,6 +123,11 @@ class HybridBatches(Dataset):
         drawn = sorted(drawn, key=lambda j: length_key(pool[j]))
         k = int(rng.permutation(self.group)[slot])
         return [pool[j] for j in drawn[k * n : (k + 1) * n]]
+
+    def set_pairs(self, pairs: list[dict]) -> None:
+        """Replace the offline pool: batches drawn from now on take their pairs from `pairs` (re-mining)."""
+        self.pairs = pairs
+        self.n_off = self.n_off_wanted if pairs else 0
 
     def __getitem__(self, i: int) -> dict:
         if self.group <= 1:  # one generator for both streams (the batches of earlier runs, unchanged)
@@ -221,17 +227,24 @@ class HybridDataModule(L.LightningDataModule):
         self.skipped += [{"source": str(source), **s} for s in skipped]
         return records
 
-    def _pairs(self) -> list[dict]:
+    def read_pairs(self, path: str) -> list[dict]:
+        """The usable pairs of a mining output (`load_pairs`); the others are reported as `bad_records` says."""
         good, skipped = [], []
-        for i, rec in enumerate(load_pairs(self.pairs_path)):
+        for i, rec in enumerate(load_pairs(path)):
             why = rec.get("_error") or _checked(rec)
             if why is None:
                 good.append(rec)
             else:
                 skipped.append({"index": i, "id": rec.get("id"), "reason": why})
-        report_skipped(skipped, self.pairs_path, self.bad_records)
-        self.skipped += [{"source": str(self.pairs_path), **s} for s in skipped]
+        report_skipped(skipped, path, self.bad_records)
+        self.skipped += [{"source": str(path), **s} for s in skipped]
         return good
+
+    def set_pairs(self, pairs: list[dict]) -> None:
+        """Train on `pairs` from the next step on (e.g. pairs re-mined from the current policy, see
+        mbpo_lit/remine.py). The loader draws batch k when step k asks for it: it has no workers and a length, so
+        Lightning prefetches nothing, and no batch drawn before the swap holds the old pairs."""
+        self.train_set.set_pairs(pairs)
 
     @property
     def val_groups(self) -> list[str]:
@@ -240,7 +253,7 @@ class HybridDataModule(L.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         self.skipped = []
-        pairs = self._pairs() if self.pairs_path else []
+        pairs = self.read_pairs(self.pairs_path) if self.pairs_path else []
         prompts = [r for source in self.online for r in self._load(source)]
         if not pairs and not prompts:
             raise SourceError("no training data: give data.pairs (mined pairs) and/or data.online (prompts)")

@@ -75,23 +75,48 @@ def _neg(method: str, what: str) -> Variant:
     return Variant(f"neg_{method}", f"negatives from {what}", mine={"method": method}, sweeps={"negatives": method})
 
 
+def remine_args(every_n_steps: int) -> tuple[str, ...]:
+    """Fit options that re-mine the offline pairs from the current policy every N steps (mbpo_lit/remine.py)."""
+    return ("--trainer.callbacks+=mbpo_lit.remine.Remine", f"--trainer.callbacks.every_n_steps={every_n_steps}")
+
+
 GRID: tuple[Variant, ...] = (
     Variant(
         "full",
         "full MBPO: PGD negatives (eps 32), high-IIG filter, offline + online",
-        sweeps={"stream": "hybrid", "negatives": "pgd", "epsilon": 32.0, "iig": "high"},
+        sweeps={
+            "stream": "hybrid",
+            "negatives": "pgd",
+            "epsilon": 32.0,
+            "iig": "high",
+            "offline_pairs": "mined once",
+            "objective": "mbpo",
+        },
     ),
     Variant("offline_only", "offline pairs only", fit_args=("--data.online", "null"), sweeps={"stream": "offline"}),
     Variant("online_only", "online GRPO only", mine=None, sweeps={"stream": "online"}),
     _neg("uniform", "uniform noise (same eps)"),
     _neg("diffusion", "diffusion noise (POVID, t=200)"),
     _neg("none", "the clean image (no perturbation)"),
+    _neg("gaussian", "Gaussian noise (std eps, clipped to the same eps)"),
     *(
         Variant(f"eps_{e}", f"PGD negatives at eps {e}/255", mine={"epsilon": float(e)}, sweeps={"epsilon": float(e)})
         for e in (8, 16, 64)
     ),
     Variant("iig_low", "low-IIG filter", mine={"iig_filter": "low"}, sweeps={"iig": "low"}),
     Variant("iig_none", "no IIG filter", mine={"iig_filter": "none"}, sweeps={"iig": "none"}),
+    Variant(
+        "remine_100",
+        "full MBPO, offline pairs re-mined from the current policy every 100 steps",
+        fit_args=remine_args(100),
+        sweeps={"offline_pairs": "re-mined every 100"},
+    ),
+    Variant(
+        "sft",
+        "supervised fine-tuning on the same data (pairs' chosen + online reference answers)",
+        fit_args=("--model.loss.kind", "sft", "--model.loss.beta", "0"),  # no KL term in maximum likelihood
+        sweeps={"objective": "sft"},
+    ),
 )
 
 

@@ -6,7 +6,8 @@ loss (clipped surrogate + KL to the reference, the starting policy), repeated fo
 same rollout. The rollout samples by one rule in both layouts, and the loss scores the distribution it drew from
 (log softmax(logits / temperature); see `settings.Sampling`). By default each distinct image is encoded once per
 step and each prompt prefilled once for all its completions (`share_prefix`, see vlm/shared_prefix.py); the
-result is the same as one row per completion.
+result is the same as one row per completion. `loss.kind: sft` trains the same policy on the same batches by
+maximum likelihood of the reference answers instead (`sft_step`), the supervised reference line of the ablations.
 The model is built in `configure_model`, so `--help` and `--print_config` stay fast, and checkpoints hold only
 what trains (the LoRA weights) and the optimizer state.
 """
@@ -29,7 +30,7 @@ from mbpo_lit.core.rewards import AccuracyReward, FormatReward, LengthPenalty, c
 from mbpo_lit.train.settings import Loss, Optimization, Rewards, Sampling, SettingsError
 from mbpo_lit.vlm import shared_prefix as prefix
 from mbpo_lit.vlm.chat import answer_token_ids, append_completions, encode_prompts
-from mbpo_lit.vlm.logprobs import completion_logprobs
+from mbpo_lit.vlm.logprobs import answer_logprobs, completion_logprobs
 from mbpo_lit.vlm.policy import LoraSettings, ModelConfig, load_policy, reference_mode, trainable_parameters
 
 # Checkpoints store the hyper-parameters, the settings dataclasses included; let Lightning's weights-only
@@ -74,7 +75,7 @@ class MBPOModule(L.LightningModule):
     Args:
         model: how to load the policy (hub id or directory, quantization, LoRA).
         sampling: the online rollout (G, temperature, top-k, top-p, completion length) and its rule.
-        loss: the GRPO objective (KL weight, clipping, mu, advantage scaling, aggregation).
+        loss: the objective (GRPO, or "sft"), and GRPO's KL weight, clipping, mu, advantage scaling, aggregation.
         rewards: offline pair rewards, online format / length terms, answer vocabulary.
         optim: AdamW, gradient clipping and accumulation.
         sample_table_every: every N steps, print a table of sample completions and append them to
@@ -261,6 +262,8 @@ class MBPOModule(L.LightningModule):
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         loss, optim = self.loss, self.optim
         self._seed_step()  # 0. this step's randomness, a function of (seed, step): resumable exactly
+        if loss.kind == "sft":  # the supervised reference line: no rollout, no rewards
+            return self.sft_step(batch, batch_idx)
         # 1-3. Roll out (G samples per online prompt; chosen and rejected per offline pair), score, advantages.
         scored = self.score(batch)
         advantages = scored.advantages.to(self.device)
@@ -296,6 +299,34 @@ class MBPOModule(L.LightningModule):
                 self._optimizer_step(opt)
         self._log_step(out, scored, mask)
         return out.loss.detach()
+
+    def reference_logprobs(self, records: list[dict]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-token log-probs of each record's reference answer (`answer`: an offline pair's chosen answer, an
+        online prompt's ground truth) given its image and question, and their mask ([records, longest answer]
+        each). Log softmax at temperature 1, the model's own distribution; gradients flow."""
+        return answer_logprobs(
+            self.model,
+            self.processor,
+            [r["question"] for r in records],
+            [r["answer"] for r in records],
+            [r["image"] for r in records],
+        )
+
+    def sft_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        """`loss.kind: sft`: one maximum-likelihood step on the batch's reference answers, the offline pairs'
+        chosen answers and the online prompts' ground truth (each prompt once, nothing sampled). The loss is the
+        mean negative log-likelihood per answer token; accumulation and clipping as for GRPO."""
+        records = batch["online"] + batch["offline"]
+        logp, mask = self.reference_logprobs(records)
+        nll = -(logp * mask).sum() / mask.sum().clamp(min=1)
+        if not torch.isfinite(nll):
+            raise FloatingPointError(f"non-finite SFT loss ({nll.item()}) at step {self.global_step}")
+        self.manual_backward(nll * self._backward_weight(mask))
+        if (batch_idx + 1) % self.optim.accumulate_grad_batches == 0:
+            self._optimizer_step(self.optimizers())
+        logs = {"loss": nll.item(), "completion_length": mask.sum(1).float().mean().item()}
+        self.log_dict(logs, prog_bar=False, batch_size=max(1, len(records)))
+        return nll.detach()
 
     def _seed_step(self) -> None:
         """Seed torch's generators from (sampling.seed, the run's batch index, rank): the rollout's draws and any

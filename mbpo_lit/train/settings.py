@@ -64,9 +64,13 @@ class Sampling:
 
 @dataclass
 class Loss:
-    """The hybrid GRPO objective.
+    """The training objective: hybrid GRPO (MBPO), or supervised fine-tuning as a reference line.
 
     Args:
+        kind: "grpo" (MBPO's hybrid GRPO, the default) or "sft": maximum likelihood of the reference answers
+            on the same batches (each offline pair's chosen answer and each online prompt's ground-truth
+            answer), with no sampling; its loss is the mean negative log-likelihood per answer token, at
+            temperature 1. The GRPO settings below do not apply to it: "sft" refuses beta != 0 and mu != 1.
         beta: KL weight to the reference policy (`model.reference`: the starting policy); 0 skips the
             reference pass.
         eps_low, eps_high: clipping range of the importance ratio (DAPO's clip-higher: eps_high > eps_low).
@@ -82,6 +86,7 @@ class Loss:
             "dr_grpo": token sum / (completions x sampling.max_new_tokens), and no std scaling.
     """
 
+    kind: Literal["grpo", "sft"] = "grpo"
     beta: float = 0.0
     eps_low: float = 0.2
     eps_high: float = 0.2
@@ -94,6 +99,13 @@ class Loss:
             raise SettingsError(
                 f"loss: beta={self.beta}, eps_low={self.eps_low}, eps_high={self.eps_high} must be "
                 f">= 0 and mu={self.mu} >= 1"
+            )
+        if self.kind not in ("grpo", "sft"):
+            raise SettingsError(f"loss.kind={self.kind!r}: must be grpo or sft")
+        if self.kind == "sft" and (self.beta != 0 or self.mu != 1):
+            raise SettingsError(
+                f"loss.kind=sft with loss.beta={self.beta}, loss.mu={self.mu}: supervised fine-tuning has no KL "
+                "term and one pass per batch; set loss.beta 0 and loss.mu 1"
             )
         if self.aggregation not in ("grpo", "bnpo", "dapo", "dr_grpo"):
             raise SettingsError(f"loss.aggregation={self.aggregation!r}: must be one of grpo, bnpo, dapo, dr_grpo")
