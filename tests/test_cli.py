@@ -70,7 +70,7 @@ def test_python_dash_m_runs_a_command():
         (["fit", "--model.optim.lr", "-1"], "optim: lr=-1.0 and max_grad_norm=1.0 must be > 0"),
         (["fit", "--model.sampling.group_size", "1"], "sampling.group_size=1: must be >= 2"),
         (["fit", "--model.sampling.top_p", "0"], "sampling: temperature=1.0 must be > 0, top_p=0.0 in (0, 1]"),
-        (["fit", "--model.loss.eps_low", "-0.1"], "loss: beta=0.0, eps_low=-0.1"),
+        (["fit", "--model.loss.eps_low", "-0.1"], "loss: beta=0.1, eps_low=-0.1"),
     ],
 )
 def test_a_user_mistake_is_one_line_with_exit_code_2(argv, says, tmp_path):
