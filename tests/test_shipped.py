@@ -6,12 +6,12 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+from test_warmstart import small  # the warm-start tests' tiny build
 from transformers import AutoModelForImageTextToText
 
 from mbpo_lit.testbed import shipped
 from mbpo_lit.testbed.base_model import WarmStartConfig, build_base_model, skills
 from mbpo_lit.testbed.tiny import TinySpec, write_tiny_checkpoint
-from mbpo_lit.testbed.world import WorldConfig
 from mbpo_lit.vlm.policy import ModelConfig, load_policy
 
 
@@ -44,22 +44,6 @@ def test_unpack_refuses_a_packed_file_with_a_missing_tensor(tmp_path):
     with pytest.raises(RuntimeError, match="does not match its config"):
         shipped.unpack_checkpoint(packed, tmp_path / "out")
     assert not (tmp_path / "out").exists()  # nothing half-made under the final name
-
-
-def small(root, **kw) -> WarmStartConfig:
-    settings = dict(
-        world=WorldConfig(image_size=56),
-        spec=TinySpec(),
-        train_records=32,
-        vision_steps=1,
-        grounding_steps=1,
-        scene_steps=1,
-        steps=2,
-        batch_size=2,
-        warmup_steps=1,
-        root=str(root),
-    )
-    return WarmStartConfig(**(settings | kw))
 
 
 def test_a_shipped_build_is_unpacked_for_its_own_config_and_any_other_config_trains(tmp_path, monkeypatch):

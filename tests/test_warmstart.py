@@ -12,7 +12,7 @@ from mbpo_lit.testbed.tiny import TinySpec
 from mbpo_lit.testbed.world import WorldConfig
 
 
-def small(tmp_path, steps=6):
+def small(tmp_path, steps=6, **kw):
     return WarmStartConfig(
         world=WorldConfig(image_size=56),
         spec=TinySpec(),
@@ -25,6 +25,7 @@ def small(tmp_path, steps=6):
         warmup_steps=1,
         checkpoint_every=2,
         root=str(tmp_path),
+        **kw,
     )
 
 
