@@ -27,7 +27,7 @@ from lightning.pytorch.cli import LightningCLI
 
 from mbpo_lit.cli import USER_ERRORS
 from mbpo_lit.data.hybrid import HybridDataModule
-from mbpo_lit.evaluate import evaluate_records, format_table, summarize
+from mbpo_lit.evaluate import change_column, evaluate_records, format_table, paired_change, summarize
 from mbpo_lit.train.module import MBPOModule
 from mbpo_lit.vlm.policy import reference_mode
 
@@ -39,18 +39,24 @@ def recipe(name: str) -> str:
     return str(files("mbpo_lit") / "recipes" / f"{name}.yaml")
 
 
-def before_after(module: MBPOModule, data: HybridDataModule) -> dict:
+def before_after(module: MBPOModule, data: HybridDataModule, n_boot: int = 200) -> dict:
     """Scores of the starting policy (the reference, `vlm.policy.reference_mode`) and the trained policy on the
-    data module's eval set."""
+    data module's eval set, the change of each summary metric with its 95% paired bootstrap interval
+    (`evaluate.paired_change`), and every record's two answers (so a change can be read, not only counted)."""
     source, records = data.val, data.eval_records
     vocabulary = source.vocabulary or module.vocabulary
-    results = {}
+    results, preds = {}, {}
     for name, context in (("before", reference_mode(module.model)), ("after", nullcontext())):
         with context:
-            metrics, _ = evaluate_records(
+            metrics, preds[name] = evaluate_records(
                 module.model, module.processor, records, vocabulary, source.mentions, desc=f"{name}: {source}"
             )
         results[name] = metrics | {"summary": summarize(metrics)}
+    results["change"] = paired_change(records, preds["before"], preds["after"], vocabulary, source.mentions, n_boot)
+    results["answers"] = [
+        {"id": r.get("id", i), "question": r["question"], "answer": r.get("answer"), "before": b, "after": a}
+        for i, (r, b, a) in enumerate(zip(records, preds["before"], preds["after"], strict=True))
+    ]
     return results
 
 
@@ -88,9 +94,8 @@ class MBPOCLI(LightningCLI):
             return
         results = before_after(self.model, data)
         print(f"eval set: {data.val} ({len(data.eval_records)} records)")
-        print(
-            format_table({"before (start)": results["before"]["summary"], "after (MBPO)": results["after"]["summary"]})
-        )
+        columns = {"before (start)": results["before"]["summary"], "after (MBPO)": results["after"]["summary"]}
+        print(format_table(columns | {"change [95% CI]": change_column(results["change"])}))
         out = Path(self.trainer.default_root_dir) / "before_after.json"
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(results, indent=2))

@@ -7,7 +7,16 @@ import pytest
 import benchmark_files as bf
 from mbpo_lit.data.captions import CocoChair
 from mbpo_lit.data.sources import Records
-from mbpo_lit.evaluate import evaluate_records, evaluate_source, main, score, summarize
+from mbpo_lit.evaluate import (
+    change_column,
+    evaluate_records,
+    evaluate_source,
+    format_table,
+    main,
+    paired_change,
+    score,
+    summarize,
+)
 from mbpo_lit.testbed.world import WorldConfig, build_records
 from mbpo_lit.testbed.world_source import WorldSource, evaluate_world
 from mbpo_lit.vlm.policy import ModelConfig, load_policy
@@ -52,6 +61,37 @@ def test_score_against_hand_computed_values():
     flat = summarize(m)
     assert flat["counter_prior_accuracy"] == pytest.approx(1 / 4) and flat["attribute/in_prior_accuracy"] == 1.0
     assert flat["pope_f1"] == m["pope"]["f1"] and flat["chair_i"] == pytest.approx(1 / 3)
+
+
+def test_paired_change_is_exact_on_the_full_set_and_its_interval_pairs_the_records():
+    # 100 yes/no questions: the base answers the first 50 right, the trained model the first 55. Resampling the
+    # records jointly, every draw has after >= before, so the interval of the change sits above zero; drawing the
+    # two models' records independently would give an interval of about +-0.14 around 0.05, crossing zero.
+    records = [rec("yes", "yes_no", "existence", "in_prior") | {"id": i} for i in range(100)]
+    before = ["yes"] * 50 + ["no"] * 50
+    after = ["yes"] * 55 + ["no"] * 45
+    c = paired_change(records, before, after, n_boot=300)
+    acc = c["accuracy"]
+    assert (acc["before"], acc["after"]) == (0.5, 0.55) and acc["change"] == pytest.approx(0.05)
+    assert 0 <= acc["ci95_low"] < 0.05 < acc["ci95_high"] <= 0.11
+    assert c["pope_yes_ratio"]["change"] == pytest.approx(0.05)
+    same = paired_change(records, before, before, n_boot=50)
+    assert all(v["change"] == v["ci95_low"] == v["ci95_high"] == 0 for v in same.values())
+    assert change_column(c)["accuracy"].startswith("+0.050 [")
+    table = format_table({"before": {"accuracy": 0.5}, "change [95% CI]": change_column(c)})
+    assert "+0.050 [" in table.splitlines()[1]
+
+
+def test_paired_change_recomputes_chair_per_resample_and_refuses_unequal_lengths():
+    records = [rec("", "description", "describe", objects=["red circle", "blue square"]) | {"id": i} for i in range(40)]
+    before = ["a red circle and a blue square"] * 40
+    after = ["a red circle and a blue square"] * 30 + ["a red circle and a green star"] * 10
+    c = paired_change(records, before, after, vocabulary=WORLD.colors, mentions=MENTIONS, n_boot=100)
+    # 10 of 80 mentions are hallucinated after, none before; CHAIR_s: 10 of 40 captions.
+    assert c["chair_i"]["change"] == pytest.approx(10 / 80) and c["chair_s"]["change"] == pytest.approx(0.25)
+    assert 0 < c["chair_i"]["ci95_low"] < 10 / 80 < c["chair_i"]["ci95_high"]
+    with pytest.raises(ValueError, match="40 records but 40 / 39 predictions"):
+        paired_change(records, before, after[:-1])
 
 
 def test_a_description_without_a_mention_parser_is_refused_by_record():

@@ -106,7 +106,14 @@ def test_short_cli_fit_on_the_world_writes_checkpoint_and_before_after(tiny_pair
     config["model"]["rewards"] = {"vocabulary": COLORS}
     cli = main(["--config", write_config(tmp_path, config)])
     results = json.loads((tmp_path / "before_after.json").read_text())
-    assert set(results) == {"before", "after"}
+    assert set(results) == {"before", "after", "change", "answers"}
+    # The change is after minus before on the same records, each record's two answers kept beside it.
+    chair = results["change"]["chair_i"]
+    assert chair["change"] == pytest.approx(
+        results["after"]["chair"]["chair_i"] - results["before"]["chair"]["chair_i"]
+    )
+    assert {"ci95_low", "ci95_high"} <= set(chair)  # intervals are tested in test_evaluate (4 records are too few)
+    assert len(results["answers"]) == 4 and {"id", "question", "before", "after"} <= set(results["answers"][0])
     assert {"in_prior_accuracy", "counter_prior_accuracy"} <= set(results["after"]["summary"])
     assert results["before"]["all"]["n"] == 2 and results["before"]["chair"]["n"] == 2
     assert list(tmp_path.rglob("last.ckpt"))
