@@ -262,8 +262,10 @@ def paired_change(
     interval is the 2.5th to 97.5th percentile of those differences. Pairing is what makes a small change
     decidable: both models fail on the same hard records, so the change varies far less than either score.
     On 3,000 world captions (the shipped base model against an MBPO adapter), CHAIR_i 0.056 -> 0.064 is a rise
-    of 0.008 [0.003, 0.012], while the base's CHAIR_i alone has a 95% interval of 0.052-0.061. Returns {metric: {before, after, change, ci95_low, ci95_high}};
-    a metric missing from some resample (a group it never drew) gets NaN bounds.
+    of 0.008 [0.003, 0.012], while the base's CHAIR_i alone has a 95% interval of 0.052-0.061.
+
+    Returns {metric: {before, after, change, ci95_low, ci95_high}}; a metric missing from some resample (a group
+    it never drew) gets NaN bounds.
     """
     if not len(records) == len(before) == len(after):
         raise ValueError(f"{len(records)} records but {len(before)} / {len(after)} predictions before / after")
