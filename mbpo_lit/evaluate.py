@@ -34,6 +34,7 @@ from mbpo_lit.core.answers import extract, is_correct
 from mbpo_lit.core.metrics import accuracy, amber_discriminative, chair, pope_metrics
 from mbpo_lit.data import captions  # noqa: F401 - registers CocoChair for `--data CocoChair`
 from mbpo_lit.data.sources import RecordSource, SourceError, as_source, report_skipped
+from mbpo_lit.train.settings import SettingsError
 from mbpo_lit.vlm.chat import encode_prompts
 from mbpo_lit.vlm.policy import ModelConfig, load_policy
 from mbpo_lit.vlm.shared_prefix import SamplingRule, answer_texts
@@ -229,7 +230,7 @@ def evaluate_source(
     """Evaluate on an eval set (`loaded`: its `load_eval_set`, if done already) and add the flat `summary` and
     the skipped records to the metrics."""
     records, skipped = loaded or load_eval_set(source, bad_records)
-    result, _ = evaluate_records(
+    result, predictions = evaluate_records(
         model,
         processor,
         records,
@@ -242,7 +243,8 @@ def evaluate_source(
     )
     # Skipped records are counted in the summary (and listed under "skipped"), so a table never hides them.
     summary = summarize(result) | {"skipped_records": sum(not s.get("filtered") for s in skipped)}
-    return result | {"summary": summary, "skipped": skipped}
+    answers = [{"id": r.get("id", i), "prediction": p} for i, (r, p) in enumerate(zip(records, predictions))]
+    return result | {"summary": summary, "skipped": skipped, "answers": answers}
 
 
 def paired_change(
@@ -330,6 +332,7 @@ def evaluate(
     precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto",
     quantization: Literal["4bit", "8bit", "none"] = "none",
     bad_records: Literal["skip", "error"] = "skip",
+    compare: bool = False,
     out: str | None = None,
 ) -> dict:
     """Evaluate a model on an eval set and print the summary table.
@@ -342,15 +345,32 @@ def evaluate(
         batch_size, max_new_tokens: greedy generation.
         precision, quantization: how to load `model` ("auto": bf16 on a GPU, fp32 on the CPU).
         bad_records: "skip" (list them and go on) or "error" (list them all and stop).
-        out: write the metrics (and the skipped records) as JSON here.
+        compare: with `adapter`, also evaluate `model` without it on the same records, and report the change of
+            every metric with its 95% paired bootstrap interval (`paired_change`; under "without_adapter" and
+            "change" in `out`): is an adapter's effect beyond the noise of this eval set?
+        out: write the metrics (and the skipped records, and every record's answer) as JSON here.
     """
+    if compare and adapter is None:
+        raise SettingsError("--compare true compares a model with and without an adapter: give --adapter")
     source = as_source(data)
     loaded = load_eval_set(source, bad_records)  # before the model: a data mistake should not wait for a 7B load
     policy = load_policy(
         ModelConfig(model, precision=precision, quantization=quantization, lora=None, adapter_path=adapter)
     )
     results = evaluate_source(policy.model, policy.processor, source, None, batch_size, max_new_tokens, loaded=loaded)
-    print(format_table({str(source): results["summary"]}))
+    columns = {str(source): results["summary"]}
+    if compare:
+        with policy.model.disable_adapter():
+            plain = evaluate_source(
+                policy.model, policy.processor, source, None, batch_size, max_new_tokens, loaded=loaded
+            )
+        records, mine = loaded[0], [a["prediction"] for a in results["answers"]]
+        theirs = [a["prediction"] for a in plain["answers"]]
+        results["without_adapter"] = plain
+        results["change"] = paired_change(records, theirs, mine, source.vocabulary, source.mentions)
+        columns = {"without adapter": plain["summary"], "with adapter": results["summary"]}
+        columns["change [95% CI]"] = change_column(results["change"])
+    print(format_table(columns))
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text(json.dumps(results, indent=2))

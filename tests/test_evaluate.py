@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 
 import benchmark_files as bf
 from mbpo_lit.data.captions import CocoChair
@@ -19,7 +20,7 @@ from mbpo_lit.evaluate import (
 )
 from mbpo_lit.testbed.world import WorldConfig, build_records
 from mbpo_lit.testbed.world_source import WorldSource, evaluate_world
-from mbpo_lit.vlm.policy import ModelConfig, load_policy
+from mbpo_lit.vlm.policy import LoraSettings, ModelConfig, load_policy, save_adapter
 
 WORLD = WorldConfig(image_size=56)
 MENTIONS = WorldSource(world=WORLD).mentions
@@ -257,6 +258,34 @@ def test_cli_writes_json_and_lists_skipped_records(qwen, tmp_path, capsys, photo
     assert results["summary"]["skipped_records"] == 1
     printed = capsys.readouterr().out
     assert "pope_f1" in printed and "record 4 (id 9): unreadable image" in printed
+
+
+def test_cli_compare_scores_the_model_with_and_without_the_adapter_on_the_same_records(qwen, tmp_path, capsys, photos):
+    path, base = qwen
+    lora = load_policy(ModelConfig(str(path), precision="fp32", quantization="none", lora=LoraSettings(r=4)))
+    torch.manual_seed(0)
+    with torch.no_grad():  # fresh LoRA B is zero (a no-op adapter); a large random one changes the answers
+        for name, p in lora.model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+    adapter = save_adapter(lora.model, tmp_path / "adapter")
+    records = Records(str(bf.pope_github(tmp_path, photos)), format="pope", image_root=str(tmp_path / "val2014"))
+    plain = [a["prediction"] for a in evaluate_source(base.model, base.processor, records, progress=False)["answers"]]
+    out = tmp_path / "compare.json"
+    args = ["--model", str(path), "--data", "Records", "--data.path", str(records.path), "--data.format", "pope"]
+    args += ["--data.image_root", str(tmp_path / "val2014"), "--precision", "fp32", "--out", str(out)]
+    main([*args, "--adapter", str(adapter), "--compare", "true"])
+    results = json.loads(out.read_text())
+    # "without adapter" is the plain model's answers exactly; with the adapter they differ.
+    assert [a["prediction"] for a in results["without_adapter"]["answers"]] == plain
+    assert [a["prediction"] for a in results["answers"]] != plain
+    for metric in ("accuracy", "pope_yes_ratio"):
+        before, after = results["without_adapter"]["summary"][metric], results["summary"][metric]
+        assert results["change"][metric]["change"] == pytest.approx(after - before)
+    assert "change [95% CI]" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main([*args, "--compare", "true"])
+    assert "give --adapter" in capsys.readouterr().err
 
 
 def test_cli_user_mistakes_are_one_line_errors(tmp_path, capsys):
