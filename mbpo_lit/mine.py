@@ -263,6 +263,9 @@ class Miner:
                     "question": rec["question"],
                     "answer": rec["answer"],
                     "answer_type": rec["answer_type"],
+                    # A multiple-choice record's options (JSON, "[]" for none: one column type in every shard),
+                    # so that its pair is judged, and re-mined, with the options' texts as the source gave them.
+                    "choices": json.dumps(list(rec.get("choices") or [])),
                     "group": rec.get("group") or "",
                     "prior_answer": prior,
                     "clean_answer": clean[i],

@@ -9,6 +9,8 @@ import torch
 from datasets import load_from_disk
 from PIL import Image
 
+import benchmark_files as bf
+from mbpo_lit.data.hybrid import load_pairs
 from mbpo_lit.data.sources import Records, SourceError
 from mbpo_lit.mine import MineConfig, Miner, apply_iig_filter, run
 from mbpo_lit.testbed.tiny import ensure_tiny_checkpoint
@@ -227,6 +229,21 @@ def test_mining_reads_answer_type_and_loads_4bit(qwen_path, tmp_path, photos):
     assert (summary["source_records_read"], summary["usable_records"], summary["mined_records"]) == (2, 2, 2)
     with pytest.raises(SourceError, match="--source.answer_type"):
         run(MineConfig(model=qwen_path, source=Records(source), out=str(tmp_path / "x"), answer_type="yes_no"))
+
+
+def test_multiple_choice_pairs_keep_their_options_through_mining_and_loading(qwen_path, tmp_path, photos):
+    """An A-OKVQA record's options travel with its pair: the training side (`load_pairs`, and re-mining, which
+    attacks the loaded pairs again) judges "C. a cat" by the option texts the source gave, not by the letter alone."""
+    source = Records(str(bf.aokvqa(tmp_path / "a", photos)), format="aokvqa")
+    cfg = MineConfig(model=qwen_path, source=source, out=str(tmp_path / "m"), n=4, method="none", iig_filter="none")
+    run(cfg, progress=False)
+    records = {r["id"]: r for r in source.load()[0]}
+    pairs = load_pairs(str(tmp_path / "m"))
+    assert pairs, "the tiny model answered every question right: nothing to check"
+    for pair in pairs:
+        assert pair["choices"] == records[pair["id"]]["choices"] == ["a person", "a cup of coffee", "a cat", "a rocket"]
+    world = load_pairs(str(run(small(tmp_path / "w", qwen_path, n=3), progress=False)))
+    assert world and all(p["choices"] is None and p["group"] and p["prior_answer"] for p in world)
 
 
 def test_another_jobs_shards_name_the_override(qwen_path, tmp_path):

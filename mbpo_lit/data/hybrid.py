@@ -73,6 +73,10 @@ def load_pairs(path: str) -> list[dict]:
                 "answer": row["chosen"][0]["content"][0]["text"] if row.get("chosen") else None,
                 "rejected": row["rejected"][0]["content"][0]["text"] if row.get("rejected") else None,
                 "answer_type": row.get("answer_type", "phrase"),
+                # Kept for the verifier and for re-mining (mbpo_lit/remine.py); absent from older mining outputs.
+                "choices": json.loads(row.get("choices") or "[]") or None,
+                "group": row.get("group") or "",
+                "prior_answer": row.get("prior_answer") or "",
             }
         )
     return pairs
