@@ -164,7 +164,8 @@ def summarize(result: dict) -> dict[str, float]:
     """The headline numbers of a `score` result, flat: accuracy, per group, per family (when there are
     several), per family and group (when there are several of both), POPE F1 / yes-ratio, AMBER's F1 (no
     positive) overall and per type, CHAIR_s / CHAIR_i / recall."""
-    out = {"accuracy": result["all"]["accuracy"]}
+    # A caption-only eval set has no close-ended answer: no accuracy, rather than a misleading 0.
+    out = {"accuracy": result["all"]["accuracy"]} if result["all"]["n"] else {}
     groups, families = result.get("by_group", {}), result["by_family"]
     out |= {f"{g}_accuracy": v["accuracy"] for g, v in groups.items()}
     if len(families) > 1:

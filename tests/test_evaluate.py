@@ -88,7 +88,9 @@ def test_paired_change_recomputes_chair_per_resample_and_refuses_unequal_lengths
     before = ["a red circle and a blue square"] * 40
     after = ["a red circle and a blue square"] * 30 + ["a red circle and a green star"] * 10
     c = paired_change(records, before, after, vocabulary=WORLD.colors, mentions=MENTIONS, n_boot=100)
-    # 10 of 80 mentions are hallucinated after, none before; CHAIR_s: 10 of 40 captions.
+    # 10 of 80 mentions are hallucinated after, none before; CHAIR_s: 10 of 40 captions. No close-ended record:
+    # no accuracy row (a 0 there would read as a score).
+    assert "accuracy" not in c
     assert c["chair_i"]["change"] == pytest.approx(10 / 80) and c["chair_s"]["change"] == pytest.approx(0.25)
     assert 0 < c["chair_i"]["ci95_low"] < 10 / 80 < c["chair_i"]["ci95_high"]
     with pytest.raises(ValueError, match="40 records but 40 / 39 predictions"):
