@@ -14,6 +14,7 @@ COMMANDS = {
     "bench-sweep": ("mbpo_lit.experiments.sweep", "the GRPO step benchmark over a preset grid (CPU or GPU)"),
     "ablate": ("mbpo_lit.experiments.ablate", "the ablation grid on the synthetic world, with CIs"),
     "plots": ("mbpo_lit.experiments.plots", "plots of an ablation directory"),
+    "captions": ("mbpo_lit.experiments.captions", "which caption mentions an adapter made hallucinated (world)"),
     "base-model": ("mbpo_lit.testbed.base_model", "build the synthetic world's biased base model"),
     "tiny": ("mbpo_lit.testbed.tiny", "write a tiny random checkpoint of a supported architecture"),
 }
