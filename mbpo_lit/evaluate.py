@@ -15,6 +15,11 @@ descriptions when the source can parse object mentions (`CocoChair`, the world).
     python -m mbpo_lit evaluate --model DIR --data CocoChair --data.annotations instances_val2014.json \
         --data.image_root val2014/ --data.n 500 --data.spread true --max_new_tokens 512
     python -m mbpo_lit evaluate --model DIR --data pope.jsonl --out results.json
+    python -m mbpo_lit evaluate --model DIR --adapter ADAPTER --compare true --data pope.jsonl   # with vs without
+
+With `--compare true` the model is scored with and without its adapter on the same records, and each metric's
+change gets a paired 95% bootstrap interval (`paired_change`), so a change smaller than the eval set's noise reads
+as one. `python -m mbpo_lit fit` reports its before/after table the same way.
 """
 
 from __future__ import annotations
