@@ -53,6 +53,12 @@ def amber_discriminative(predictions: Sequence[str | None], labels: Sequence[str
     return binary_metrics(predictions, labels, positive="no")
 
 
+def named_objects(mention: str, present: Sequence[str], kind: Callable[[str], str] | None = None) -> set[str]:
+    """The present objects a mention names: those it equals, or, given `kind` (object -> its kind), those whose
+    kind it equals ("circle" names "red circle"). An empty set: the mention is hallucinated (CHAIR's rule)."""
+    return {o for o in present if mention == o or (kind is not None and mention == kind(o))}
+
+
 def chair(
     mentions: Sequence[Sequence[str]],
     truths: Sequence[Sequence[str]],
@@ -71,7 +77,7 @@ def chair(
     n_mentions = n_halluc = n_bad_captions = n_recalled = n_true = 0
     for said, present in zip(mentions, truths):
         present = list(dict.fromkeys(present))
-        named = [{o for o in present if m == o or (kind is not None and m == kind(o))} for m in said]
+        named = [named_objects(m, present, kind) for m in said]
         halluc = sum(not objects for objects in named)
         n_mentions += len(said)
         n_halluc += halluc

@@ -20,15 +20,15 @@ from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
+from mbpo_lit.core.metrics import named_objects
 from mbpo_lit.testbed.world import WorldConfig, parse_mentions
 from mbpo_lit.testbed.world_source import WorldSource
 
 
 def hallucinated(mentions: list[tuple[str, str | None]], objects: Sequence[str]) -> list[tuple[str, str | None]]:
-    """The (kind, colour) mentions that name no present object: neither the object itself nor, colourless, its kind."""
-    present = {tuple(o.split()[::-1]) for o in objects}  # "red circle" -> ("circle", "red")
-    kinds = {k for k, _ in present}
-    return [(k, c) for k, c in mentions if ((k, c) not in present if c else k not in kinds)]
+    """The (kind, colour) mentions that name no present object, by CHAIR's own rule (`metrics.named_objects`:
+    "red circle" names a red circle, a colourless "circle" any circle)."""
+    return [(k, c) for k, c in mentions if not named_objects(f"{c} {k}" if c else k, objects, lambda o: o.split()[-1])]
 
 
 def classify(kind: str, color: str | None, objects: Sequence[str], world: WorldConfig) -> tuple[str, str]:
