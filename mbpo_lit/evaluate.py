@@ -36,10 +36,10 @@ import torch
 from tqdm.auto import tqdm
 
 from mbpo_lit.core.answers import extract, is_correct
+from mbpo_lit.core.errors import SettingsError
 from mbpo_lit.core.metrics import accuracy, amber_discriminative, chair, pope_metrics
 from mbpo_lit.data import captions  # noqa: F401 - registers CocoChair for `--data CocoChair`
 from mbpo_lit.data.sources import RecordSource, SourceError, as_source, report_skipped
-from mbpo_lit.train.settings import SettingsError
 from mbpo_lit.vlm.chat import encode_prompts
 from mbpo_lit.vlm.policy import ModelConfig, load_policy
 from mbpo_lit.vlm.shared_prefix import SamplingRule, answer_texts

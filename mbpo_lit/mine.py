@@ -37,8 +37,8 @@ from tqdm.auto import tqdm
 
 from mbpo_lit.core.answers import CLOSED_TYPES, is_correct, normalize_phrase
 from mbpo_lit.core.attack import METHODS, pgd, random_perturbation, to_uint8_grid
+from mbpo_lit.core.errors import SettingsError
 from mbpo_lit.data.sources import Records, RecordSource, SourceError, as_source, report_skipped
-from mbpo_lit.train.settings import SettingsError
 from mbpo_lit.vlm.chat import answer_token_ids, append_completions, encode_prompts, user_message
 from mbpo_lit.vlm.codec import PixelCodec, to_pil
 from mbpo_lit.vlm.iig import image_information_gain

@@ -10,12 +10,12 @@ from datasets import load_from_disk
 from PIL import Image
 
 import benchmark_files as bf
+from mbpo_lit.core.errors import SettingsError
 from mbpo_lit.data.hybrid import load_pairs
 from mbpo_lit.data.sources import Records, SourceError
 from mbpo_lit.mine import MineConfig, Miner, apply_iig_filter, run
 from mbpo_lit.testbed.tiny import ensure_tiny_checkpoint
 from mbpo_lit.testbed.world_source import WorldSource
-from mbpo_lit.train.settings import SettingsError
 
 
 @pytest.fixture(scope="module")

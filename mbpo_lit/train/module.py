@@ -25,9 +25,10 @@ import torch
 from torchmetrics import MeanMetric
 
 from mbpo_lit.core.answers import CLOSED_TYPES, is_correct
+from mbpo_lit.core.errors import SettingsError
 from mbpo_lit.core.grpo import LossParts, group_advantages, grpo_loss, offline_pair_rewards
 from mbpo_lit.core.rewards import AccuracyReward, FormatReward, LengthPenalty, compose
-from mbpo_lit.train.settings import Loss, Optimization, Rewards, Sampling, SettingsError
+from mbpo_lit.train.settings import Loss, Optimization, Rewards, Sampling
 from mbpo_lit.vlm import shared_prefix as prefix
 from mbpo_lit.vlm.chat import answer_token_ids, append_completions, encode_prompts
 from mbpo_lit.vlm.logprobs import answer_logprobs, completion_logprobs

@@ -9,9 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-
-class SettingsError(ValueError):
-    """An out-of-range setting, named by its recipe key (a user's mistake: one line, no traceback)."""
+from mbpo_lit.core.errors import SettingsError
 
 
 @dataclass
