@@ -1,24 +1,39 @@
 """mbpo_lit: Modality-Balancing Preference Optimization (Liu et al., arXiv 2506.08022) of vision-language
 models, on PyTorch Lightning.
 
-Layers, each importing only the ones before it:
+Layers, each importing only the ones before it (tests/test_layout.py):
 
-    core/         plain torch: GRPO loss, PGD, answer verification, rewards, metrics, statistics
+    core/         plain torch: GRPO loss, PGD, answer verification, rewards, metrics, statistics, errors
     vlm/          Hugging Face glue: architectures, policy loading (QLoRA), chat encoding, pixel codec,
-                  log-probs, the shared prompt prefix, Image Information Gain
+                  log-probs, sampling, the shared prompt prefix, Image Information Gain
     data/         record sources (files, hub datasets, benchmark layouts) and the hybrid data module
-    train/        the LightningModule and its settings
-    mine, evaluate, fit, cli   the commands (`python -m mbpo_lit <command>`)
+    evaluation/   scoring, paired intervals, tables, the evaluator
+    mining/       adversarial negative mining: settings, the miner, the resumable job
+    train/        the LightningModule, its settings, checkpoints, the re-mining callback
+    fit, mine, evaluate, cli   the commands (`python -m mbpo_lit <command>`), thin wrappers
     testbed/      the synthetic world, its biased base model, tiny checkpoints, the embedded default
-    experiments/  ablations, benchmark, plots, notebook helpers
+    experiments/  ablations, benchmarks, plots, notebook helpers
 
-The names below are imported on first use, so `import mbpo_lit` stays fast: `mine_pairs` is `mine.run`,
-`evaluate_model` is `evaluate.evaluate`.
+The names below are imported on first use, so `import mbpo_lit` stays fast.
 """
 
 from __future__ import annotations
 
 import importlib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # what editors and type checkers see; at run time `__getattr__` imports on first use
+    from mbpo_lit.core.answers import is_correct
+    from mbpo_lit.core.attack import pgd
+    from mbpo_lit.core.grpo import grpo_loss
+    from mbpo_lit.data.hybrid import HybridDataModule
+    from mbpo_lit.data.sources import Records, RecordSource
+    from mbpo_lit.evaluation import EvalConfig, evaluate_model, evaluate_records
+    from mbpo_lit.mining import MineConfig, mine_pairs
+    from mbpo_lit.train.module import MBPOModule
+    from mbpo_lit.train.settings import Loss, Optimization, Rewards, Sampling
+    from mbpo_lit.vlm.iig import image_information_gain
+    from mbpo_lit.vlm.policy import LoraSettings, ModelConfig, load_policy
 
 _API = {
     "MBPOModule": "mbpo_lit.train.module",
@@ -36,18 +51,37 @@ _API = {
     "pgd": "mbpo_lit.core.attack",
     "is_correct": "mbpo_lit.core.answers",
     "image_information_gain": "mbpo_lit.vlm.iig",
-    "MineConfig": "mbpo_lit.mine",
-    "mine_pairs": "mbpo_lit.mine",
-    "evaluate_model": "mbpo_lit.evaluate",
-    "evaluate_records": "mbpo_lit.evaluate",
+    "MineConfig": "mbpo_lit.mining",
+    "mine_pairs": "mbpo_lit.mining",
+    "EvalConfig": "mbpo_lit.evaluation",
+    "evaluate_model": "mbpo_lit.evaluation",
+    "evaluate_records": "mbpo_lit.evaluation",
 }
-# Exported under other names than in their modules, so they never collide with the submodules `mbpo_lit.mine` and
-# `mbpo_lit.evaluate` (importing a submodule sets a package attribute of its name).
-_RENAMED = {"mine_pairs": "run", "evaluate_model": "evaluate"}
-__all__ = sorted(_API)
+__all__ = [
+    "EvalConfig",
+    "HybridDataModule",
+    "LoraSettings",
+    "Loss",
+    "MBPOModule",
+    "MineConfig",
+    "ModelConfig",
+    "Optimization",
+    "RecordSource",
+    "Records",
+    "Rewards",
+    "Sampling",
+    "evaluate_model",
+    "evaluate_records",
+    "grpo_loss",
+    "image_information_gain",
+    "is_correct",
+    "load_policy",
+    "mine_pairs",
+    "pgd",
+]
 
 
 def __getattr__(name: str):
     if name not in _API:
         raise AttributeError(f"module 'mbpo_lit' has no attribute {name!r}")
-    return getattr(importlib.import_module(_API[name]), _RENAMED.get(name, name))
+    return getattr(importlib.import_module(_API[name]), name)

@@ -4,8 +4,8 @@ A thin wrapper that runs LightningCLI's `fit` subcommand on `MBPOModule` and `Hy
 LightningCLI feature stays: YAML recipes (shipped in `mbpo_lit/recipes/`, each complete on its own),
 `--print_config`, and resuming with `--ckpt_path` (hyper-parameters restored from the checkpoint). After
 training it evaluates the starting policy (the KL reference: the base model, or the adapter a fit started
-from, see `ModelConfig.reference`) and the trained policy on the recipe's eval set
-(`data.val`) and prints the table. With no arguments it runs the embedded recipe: a tiny biased model on a
+from, see `ModelConfig.reference`) and the trained policy on the recipe's eval set (`data.val`) and prints
+the table (`evaluation.before_after`). With no arguments it runs the embedded recipe: a tiny biased model on a
 synthetic world, built and mined on first use by the recipe's `prepare` hook; options without a `--config`
 apply on top of that recipe.
 
@@ -19,7 +19,6 @@ from __future__ import annotations
 import importlib
 import json
 import sys
-from contextlib import nullcontext
 from importlib.resources import files
 from pathlib import Path
 
@@ -27,9 +26,8 @@ from lightning.pytorch.cli import LightningCLI
 
 from mbpo_lit.cli import USER_ERRORS
 from mbpo_lit.data.hybrid import HybridDataModule
-from mbpo_lit.evaluate import change_column, evaluate_records, format_table, paired_change, summarize
+from mbpo_lit.evaluation import before_after, change_column, format_table
 from mbpo_lit.train.module import MBPOModule
-from mbpo_lit.vlm.policy import reference_mode
 
 DEFAULT_RECIPE = "embedded"
 
@@ -37,27 +35,6 @@ DEFAULT_RECIPE = "embedded"
 def recipe(name: str) -> str:
     """Path of a shipped recipe, e.g. recipe("embedded")."""
     return str(files("mbpo_lit") / "recipes" / f"{name}.yaml")
-
-
-def before_after(module: MBPOModule, data: HybridDataModule, n_boot: int = 200) -> dict:
-    """Scores of the starting policy (the reference, `vlm.policy.reference_mode`) and the trained policy on the
-    data module's eval set, the change of each summary metric with its 95% paired bootstrap interval
-    (`evaluate.paired_change`), and every record's two answers (so a change can be read, not only counted)."""
-    source, records = data.val, data.eval_records
-    vocabulary = source.vocabulary or module.vocabulary
-    results, preds = {}, {}
-    for name, context in (("before", reference_mode(module.model)), ("after", nullcontext())):
-        with context:
-            metrics, preds[name] = evaluate_records(
-                module.model, module.processor, records, vocabulary, source.mentions, desc=f"{name}: {source}"
-            )
-        results[name] = metrics | {"summary": summarize(metrics)}
-    results["change"] = paired_change(records, preds["before"], preds["after"], vocabulary, source.mentions, n_boot)
-    results["answers"] = [
-        {"id": r.get("id", i), "question": r["question"], "answer": r.get("answer"), "before": b, "after": a}
-        for i, (r, b, a) in enumerate(zip(records, preds["before"], preds["after"], strict=True))
-    ]
-    return results
 
 
 def load_hook(path: str):
@@ -92,7 +69,8 @@ class MBPOCLI(LightningCLI):
             or not data.eval_records
         ):
             return
-        results = before_after(self.model, data)
+        model = self.model
+        results = before_after(model.model, model.processor, data.val, data.eval_records, model.vocabulary)
         print(f"eval set: {data.val} ({len(data.eval_records)} records)")
         columns = {"before (start)": results["before"]["summary"], "after (MBPO)": results["after"]["summary"]}
         print(format_table(columns | {"change [95% CI]": change_column(results["change"])}))

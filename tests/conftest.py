@@ -24,12 +24,12 @@ def tiny_root(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_pairs(tiny_root, tmp_path_factory):
     """(tiny Qwen2.5-VL checkpoint, directory of 4 pairs mined from it): inputs of short fits."""
-    from mbpo_lit.mine import MineConfig, run
+    from mbpo_lit.mining import MineConfig, mine_pairs
     from mbpo_lit.testbed.world_source import WorldSource
 
     path = str(ensure_tiny_checkpoint("qwen2_5_vl", tiny_root))
     out = tmp_path_factory.mktemp("pairs")
-    pairs = run(
+    pairs = mine_pairs(
         MineConfig(
             out=str(out), model=path, source=WorldSource(["train"], 4), n=4, batch_size=4, steps=1, iig_filter="none"
         ),

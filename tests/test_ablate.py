@@ -107,13 +107,13 @@ def test_the_new_variants_fit_args_parse_into_a_remine_callback_and_the_sft_loss
     the loss; neg_gaussian only changes the mining. Parsed by the fit command itself (nothing is trained)."""
     from mbpo_lit.data.hybrid import HybridDataModule
     from mbpo_lit.fit import MBPOCLI
-    from mbpo_lit.remine import Remine
     from mbpo_lit.train.checkpoint import AdapterCheckpoint
     from mbpo_lit.train.module import MBPOModule
+    from mbpo_lit.train.remine import Remine
 
     by_name = {v.name: v for v in GRID}
     assert by_name["remine_100"].fit_args == (
-        "--trainer.callbacks+=mbpo_lit.remine.Remine",
+        "--trainer.callbacks+=mbpo_lit.train.remine.Remine",
         "--trainer.callbacks.every_n_steps=100",
     )
     assert by_name["remine_100"].mine == {} and by_name["sft"].mine == {}  # the full variant's pairs

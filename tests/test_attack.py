@@ -8,7 +8,7 @@ from transformers import AutoConfig
 
 from mbpo_lit.core.answers import is_correct
 from mbpo_lit.core.attack import diffusion_noise, pgd, project, random_perturbation, to_uint8_grid
-from mbpo_lit.mine import MineConfig, Miner
+from mbpo_lit.mining import MineConfig, Miner
 from mbpo_lit.testbed.tiny import ensure_tiny_checkpoint
 from mbpo_lit.testbed.world import WorldConfig, build_records
 from mbpo_lit.vlm.arch import load_processor

@@ -8,12 +8,12 @@ import torch
 import benchmark_files as bf
 from mbpo_lit.data.captions import CocoChair
 from mbpo_lit.data.sources import Records
-from mbpo_lit.evaluate import (
+from mbpo_lit.evaluate import main
+from mbpo_lit.evaluation import (
     change_column,
     evaluate_records,
     evaluate_source,
     format_table,
-    main,
     paired_change,
     score,
     summarize,

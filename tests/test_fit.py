@@ -14,7 +14,7 @@ import yaml
 
 import benchmark_files as bf
 from mbpo_lit.fit import main
-from mbpo_lit.mine import MineConfig, run
+from mbpo_lit.mining import MineConfig, mine_pairs
 from mbpo_lit.vlm.policy import ModelConfig, load_policy
 
 RECIPES = sorted(p.name for p in (files("mbpo_lit") / "recipes").iterdir() if p.name.endswith(".yaml"))
@@ -161,7 +161,7 @@ def test_a_fit_on_benchmark_files_of_real_photographs_never_touches_the_world(ti
     mine_args = dict(vqa_source["init_args"])
     from mbpo_lit.data.sources import Records
 
-    pairs = run(
+    pairs = mine_pairs(
         MineConfig(
             model=path,
             source=Records(**mine_args),

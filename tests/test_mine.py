@@ -13,7 +13,7 @@ import benchmark_files as bf
 from mbpo_lit.core.errors import SettingsError
 from mbpo_lit.data.hybrid import load_pairs
 from mbpo_lit.data.sources import Records, SourceError
-from mbpo_lit.mine import MineConfig, Miner, apply_iig_filter, run
+from mbpo_lit.mining import MineConfig, Miner, apply_iig_filter, mine_pairs
 from mbpo_lit.testbed.tiny import ensure_tiny_checkpoint
 from mbpo_lit.testbed.world_source import WorldSource
 
@@ -36,7 +36,7 @@ class Kill(Exception):
 
 
 def test_dataset_has_trl_columns_and_stats(qwen_path, tmp_path):
-    path = run(small(tmp_path / "m", qwen_path), progress=False)
+    path = mine_pairs(small(tmp_path / "m", qwen_path), progress=False)
     data = load_from_disk(str(path))
     assert {"prompt", "chosen", "rejected", "images", "perturbed_image"} <= set(data.column_names)
     assert {"iig_sum", "iig_mean", "attack_steps", "logp_before", "logp_after", "linf"} <= set(data.column_names)
@@ -48,16 +48,16 @@ def test_dataset_has_trl_columns_and_stats(qwen_path, tmp_path):
 
 
 def test_killed_and_resumed_run_equals_uninterrupted(qwen_path, tmp_path):
-    whole = load_from_disk(str(run(small(tmp_path / "a", qwen_path), progress=False)))
+    whole = load_from_disk(str(mine_pairs(small(tmp_path / "a", qwen_path), progress=False)))
 
     def kill_after_first(start):
         if start == 0:
             raise Kill
 
     with pytest.raises(Kill):
-        run(small(tmp_path / "b", qwen_path), on_chunk=kill_after_first, progress=False)
+        mine_pairs(small(tmp_path / "b", qwen_path), on_chunk=kill_after_first, progress=False)
     assert len(list((tmp_path / "b" / "shards").glob("*.parquet"))) == 1
-    resumed = load_from_disk(str(run(small(tmp_path / "b", qwen_path), progress=False)))
+    resumed = load_from_disk(str(mine_pairs(small(tmp_path / "b", qwen_path), progress=False)))
     assert resumed["id"] == whole["id"] and len(set(resumed["id"])) == len(resumed)
     assert resumed["rejected"] == whole["rejected"] and resumed["logp_after"] == whole["logp_after"]
 
@@ -73,7 +73,7 @@ def test_bad_source_records_are_reported_by_index_and_counted(qwen_path, tmp_pat
     src = tmp_path / "data.jsonl"
     src.write_text("\n".join(json.dumps(r) for r in rows))
     out = tmp_path / "m"
-    run(small(out, qwen_path, source=str(src), n=3), progress=False)
+    mine_pairs(small(out, qwen_path, source=str(src), n=3), progress=False)
     skipped = [json.loads(line) for line in (out / "skipped.jsonl").read_text().splitlines()]
     assert [(s["index"], s["reason"].split(":")[0]) for s in skipped] == [
         (1, "missing answer"),
@@ -108,7 +108,7 @@ def test_adversarial_negatives_follow_the_prior_far_more_than_uniform_noise(bias
     summaries = {}
     for method in ("pgd", "uniform"):
         out = tmp_path / method
-        run(
+        mine_pairs(
             MineConfig(
                 out=str(out),
                 model=biased_model,
@@ -145,8 +145,8 @@ def test_a_chunk_of_mixed_image_sizes_is_mined_one_size_at_a_time(qwen_path, tmp
     (tmp_path / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     source = Records(str(tmp_path / "d.jsonl"))
     kw = dict(model=qwen_path, source=source, n=4, steps=2, random_start=False, iig_filter="none")
-    together = load_from_disk(str(run(MineConfig(out=str(tmp_path / "a"), batch_size=4, **kw), progress=False)))
-    alone = load_from_disk(str(run(MineConfig(out=str(tmp_path / "b"), batch_size=1, **kw), progress=False)))
+    together = load_from_disk(str(mine_pairs(MineConfig(out=str(tmp_path / "a"), batch_size=4, **kw), progress=False)))
+    alone = load_from_disk(str(mine_pairs(MineConfig(out=str(tmp_path / "b"), batch_size=1, **kw), progress=False)))
     assert len({p.size for p in photos}) == 3 and together["source_index"] == [0, 1, 2, 3]
     assert together["attack_steps"] == alone["attack_steps"] and together["rejected"] == alone["rejected"]
     assert np.allclose(together["logp_after"], alone["logp_after"], atol=1e-4)
@@ -172,19 +172,19 @@ def test_no_pair_is_written_whose_rejected_answer_the_verifier_accepts(qwen_path
 
     probe = photo_records(tmp_path, photos, ["zebra crossing"] * 4)
     kw = dict(model=qwen_path, n=4, method="none", iig_filter="none")
-    clean = load_from_disk(str(run(MineConfig(out=str(tmp_path / "probe"), source=probe, **kw), progress=False)))
+    clean = load_from_disk(str(mine_pairs(MineConfig(out=str(tmp_path / "probe"), source=probe, **kw), progress=False)))
     said = clean["clean_answer"]
     assert len(said) == 4 and all(s.strip() for s in said)
 
     mixed = photo_records(tmp_path, photos, [said[0], "zebra crossing", said[2], "zebra crossing"])
-    data = load_from_disk(str(run(MineConfig(out=str(tmp_path / "mixed"), source=mixed, **kw), progress=False)))
+    data = load_from_disk(str(mine_pairs(MineConfig(out=str(tmp_path / "mixed"), source=mixed, **kw), progress=False)))
     assert data["id"] == ["r1", "r3"]
     for row in data:
         assert not is_correct(row["rejected"][0]["content"][0]["text"], row["answer"], row["answer_type"])
 
     same = photo_records(tmp_path, photos, said)
     with pytest.warns(UserWarning, match="kept no pair"):
-        path = run(MineConfig(out=str(tmp_path / "same"), source=same, **kw), progress=False)
+        path = mine_pairs(MineConfig(out=str(tmp_path / "same"), source=same, **kw), progress=False)
     assert len(load_from_disk(str(path))) == 0
     summary = json.loads((tmp_path / "same" / "summary.json").read_text())
     assert summary["candidates"] == 4 and summary["rejected_wrong"] == 0 and summary["pairs"] == 0
@@ -201,7 +201,7 @@ def test_the_saved_perturbed_image_reproduces_the_recorded_answer(arch, tiny_roo
     model = str(ensure_tiny_checkpoint(arch, tiny_root))
     source = photo_records(tmp_path, photos, ["zebra crossing"] * 4)
     cfg = MineConfig(model=model, source=source, out=str(tmp_path / "m"), n=4, steps=3, iig_filter="none")
-    data = load_from_disk(str(run(cfg, progress=False)))
+    data = load_from_disk(str(mine_pairs(cfg, progress=False)))
     policy = load_policy(ModelConfig(model, precision="fp32", quantization="none", lora=None, device="cpu"))
     miner = Miner(policy.model, policy.processor, cfg)
     assert len(data) == 4 and max(data["linf"]) <= cfg.epsilon
@@ -221,14 +221,14 @@ def test_mining_reads_answer_type_and_loads_4bit(qwen_path, tmp_path, photos):
     source = photo_records(tmp_path, photos, ["Yes.", "no", "maybe", "yes"])
     out = tmp_path / "m"
     cfg = MineConfig(model=qwen_path, source=source, out=str(out), n=2, answer_type="yes_no", quantization="4bit")
-    data = load_from_disk(str(run(cfg, progress=False)))
+    data = load_from_disk(str(mine_pairs(cfg, progress=False)))
     stats = load_from_disk(str(out / "dataset"))
     assert set(stats["answer_type"]) <= {"yes_no"} and set(data["answer"]) <= {"yes", "no"}
     summary = json.loads((out / "summary.json").read_text())
     # n=2 reads two rows; both are usable yes/no answers.
     assert (summary["source_records_read"], summary["usable_records"], summary["mined_records"]) == (2, 2, 2)
     with pytest.raises(SourceError, match="--source.answer_type"):
-        run(MineConfig(model=qwen_path, source=Records(source), out=str(tmp_path / "x"), answer_type="yes_no"))
+        mine_pairs(MineConfig(model=qwen_path, source=Records(source), out=str(tmp_path / "x"), answer_type="yes_no"))
 
 
 def test_multiple_choice_pairs_keep_their_options_through_mining_and_loading(qwen_path, tmp_path, photos):
@@ -236,28 +236,28 @@ def test_multiple_choice_pairs_keep_their_options_through_mining_and_loading(qwe
     attacks the loaded pairs again) judges "C. a cat" by the option texts the source gave, not by the letter alone."""
     source = Records(str(bf.aokvqa(tmp_path / "a", photos)), format="aokvqa")
     cfg = MineConfig(model=qwen_path, source=source, out=str(tmp_path / "m"), n=4, method="none", iig_filter="none")
-    run(cfg, progress=False)
+    mine_pairs(cfg, progress=False)
     records = {r["id"]: r for r in source.load()[0]}
     pairs = load_pairs(str(tmp_path / "m"))
     assert pairs, "the tiny model answered every question right: nothing to check"
     for pair in pairs:
         assert pair["choices"] == records[pair["id"]]["choices"] == ["a person", "a cup of coffee", "a cat", "a rocket"]
-    world = load_pairs(str(run(small(tmp_path / "w", qwen_path, n=3), progress=False)))
+    world = load_pairs(str(mine_pairs(small(tmp_path / "w", qwen_path, n=3), progress=False)))
     assert world and all(p["choices"] is None and p["group"] and p["prior_answer"] for p in world)
 
 
 def test_another_jobs_shards_name_the_override(qwen_path, tmp_path):
-    run(small(tmp_path / "m", qwen_path, n=3), progress=False)
+    mine_pairs(small(tmp_path / "m", qwen_path, n=3), progress=False)
     with pytest.raises(SettingsError, match="--overwrite true"):
-        run(small(tmp_path / "m", qwen_path, n=3, epsilon=4.0), progress=False)
-    run(small(tmp_path / "m", qwen_path, n=3, epsilon=4.0, overwrite=True), progress=False)
+        mine_pairs(small(tmp_path / "m", qwen_path, n=3, epsilon=4.0), progress=False)
+    mine_pairs(small(tmp_path / "m", qwen_path, n=3, epsilon=4.0, overwrite=True), progress=False)
     assert json.loads((tmp_path / "m" / "summary.json").read_text())["epsilon"] == 4.0
 
 
 def test_a_job_that_failed_before_its_first_shard_blocks_no_retry(qwen_path, tmp_path):
     with pytest.raises(OSError):
-        run(small(tmp_path / "m", str(tmp_path / "no-such-model"), n=3), progress=False)
-    run(small(tmp_path / "m", qwen_path, n=3), progress=False)  # other settings, same --out: fine, no shards yet
+        mine_pairs(small(tmp_path / "m", str(tmp_path / "no-such-model"), n=3), progress=False)
+    mine_pairs(small(tmp_path / "m", qwen_path, n=3), progress=False)  # other settings, same --out: fine, no shards yet
     assert json.loads((tmp_path / "m" / "summary.json").read_text())["candidates"] == 3
 
 
@@ -272,7 +272,7 @@ def test_a_job_that_failed_before_its_first_shard_blocks_no_retry(qwen_path, tmp
 )
 def test_out_of_range_options_are_refused_before_loading_anything(option, message, tmp_path):
     with pytest.raises(SettingsError, match=message):
-        run(small(tmp_path / "m", "no-model-is-loaded", **option), progress=False)
+        mine_pairs(small(tmp_path / "m", "no-model-is-loaded", **option), progress=False)
     assert not (tmp_path / "m").exists()
 
 
@@ -286,7 +286,7 @@ def test_bad_records_error_lists_every_unusable_record_and_mines_nothing(qwen_pa
     (tmp_path / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "m"
     with pytest.raises(SourceError, match=r"2 unusable records") as err:
-        run(small(out, qwen_path, source=str(tmp_path / "d.jsonl"), n=3, bad_records="error"), progress=False)
+        mine_pairs(small(out, qwen_path, source=str(tmp_path / "d.jsonl"), n=3, bad_records="error"), progress=False)
     assert "id blank): empty question" in str(err.value) and "id lost): unreadable image" in str(err.value)
     assert [json.loads(x)["id"] for x in (out / "skipped.jsonl").read_text().splitlines()] == ["blank", "lost"]
     assert not list((out / "shards").glob("*.parquet"))

@@ -15,9 +15,11 @@ from mbpo_lit.testbed.tiny import ensure_tiny_checkpoint
 from mbpo_lit.testbed.world import WorldConfig, build_records
 from mbpo_lit.train.module import MBPOModule
 from mbpo_lit.train.settings import Loss, Optimization, Rewards, Sampling
+from mbpo_lit.vlm import sampling
 from mbpo_lit.vlm import shared_prefix as prefix
 from mbpo_lit.vlm.chat import encode_prompts, vision_token_ids
 from mbpo_lit.vlm.policy import LoraSettings, ModelConfig, reference_mode, trainable_parameters
+from mbpo_lit.vlm.sampling import SamplingRule
 
 WORLD = WorldConfig(image_size=56)
 
@@ -100,7 +102,7 @@ def test_shared_prefix_gives_the_loss_and_gradients_of_one_row_per_completion(ti
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
 
 
-def rule(m: MBPOModule, **kw) -> prefix.SamplingRule:
+def rule(m: MBPOModule, **kw) -> SamplingRule:
     return dataclasses.replace(m.sampling_rule(), **kw)
 
 
@@ -115,7 +117,7 @@ def test_greedy_sampling_from_one_prefill_matches_generate(tiny_path):
     prompts = prefix.encode(model, p, questions, images)
     greedy = rule(m, temperature=0)
     assert prefix.sample(model, prompts, 2, 5, greedy) == [c for c in expected for _ in range(2)]
-    assert prefix.generate(model, enc, 2, 5, greedy) == [c for c in expected for _ in range(2)]
+    assert sampling.generate(model, enc, 2, 5, greedy) == [c for c in expected for _ in range(2)]
 
 
 def test_sampling_never_draws_suppressed_tokens_and_stops_at_the_end_of_turn(tiny_root):
@@ -142,7 +144,7 @@ def test_nucleus_and_top_k_draws_keep_only_their_tokens():
     gen = torch.Generator().manual_seed(0)
 
     def draw(**kw):
-        return prefix.SamplingRule(end_ids=(9,), pad_id=8, **kw).draw(logits, gen)
+        return SamplingRule(end_ids=(9,), pad_id=8, **kw).draw(logits, gen)
 
     assert set(draw(top_p=0.5).tolist()) == {0}  # 0.6 alone reaches 0.5
     top = draw(top_p=0.85)

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from mbpo_lit.core.answers import word_forms
-from mbpo_lit.data.sources import RecordSource, SourceError, open_image
+from mbpo_lit.data.sources import Record, RecordSource, Skipped, SourceError, open_image
 
 # Words that name a COCO category besides its own name (and their simple plurals), kept small: the usual
 # words for people, and short names of long categories. A caption's words are matched longest first, so "hot
@@ -119,7 +119,7 @@ class CocoChair(RecordSource):
         extra = {k: (*COCO_SYNONYMS.get(k, ()), *self.synonyms.get(k, ())) for k in {*COCO_SYNONYMS, *self.synonyms}}
         return ObjectMentions(names, extra)
 
-    def load(self) -> tuple[list[dict], list[dict]]:
+    def load(self) -> tuple[list[Record], list[Skipped]]:
         data = self._read()
         categories = {c["id"]: str(c["name"]) for c in data["categories"]}
         self._mentions = self._parser(data["categories"])
@@ -129,7 +129,8 @@ class CocoChair(RecordSource):
         root = Path(self.image_root) if self.image_root else Path(self.annotations).expanduser().parent
         images = data["images"]
         n = len(images) if self.n is None else min(self.n, len(images))
-        records, skipped = [], []
+        records: list[Record] = []
+        skipped: list[Skipped] = []
         for i in range(n) if not self.spread else sorted({k * len(images) // n for k in range(n)}):
             info = images[i]
             rid = str(info.get("id", i))
@@ -148,7 +149,7 @@ class CocoChair(RecordSource):
                 continue
             objects = sorted({categories[c] for c in present.get(info.get("id"), [])})
             records.append(
-                dict(
+                Record(
                     image=image,
                     question=self.question,
                     answer=", ".join(objects),

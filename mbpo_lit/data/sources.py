@@ -1,12 +1,12 @@
 """Where records come from: one loader for mining, evaluation and the training data module.
 
-A record is a dict: `image` (PIL, RGB), `question`, `answer`, `answer_type` ("yes_no", "number", "choice",
-"phrase", "color", or "description" for open-ended captions), `id`, and optionally `family` (the question
-family, e.g. "existence"), `group` (the slice metrics are reported by: POPE's random / popular /
-adversarial, AMBER's existence / attribute / relation, or a synthetic world's in-prior / counter-prior),
-`choices` (the options' texts of a multiple-choice question, A first: the verifier accepts an option's text
-for its letter), `amber_type` (AMBER's records: scored with AMBER's "no"-positive metrics) and `objects` (the
-objects present, for descriptions scored by CHAIR).
+A record is a dict (`Record` lists its keys): `image` (PIL, RGB), `question`, `answer`, `answer_type`
+("yes_no", "number", "choice", "phrase", "color", or "description" for open-ended captions), `id`, and
+optionally `family` (the question family, e.g. "existence"), `group` (the slice metrics are reported by: POPE's
+random / popular / adversarial, AMBER's existence / attribute / relation, or a synthetic world's in-prior /
+counter-prior), `choices` (the options' texts of a multiple-choice question, A first: the verifier accepts an
+option's text for its letter), `amber_type` (AMBER's records: scored with AMBER's "no"-positive metrics) and
+`objects` (the objects present, for descriptions scored by CHAIR).
 
 Sources are classes with a `load()`, so a LightningCLI recipe names one by `class_path` (as torchgeo's
 datasets are named) and a new kind of data is a new subclass, not an edit here. `Records` reads
@@ -15,13 +15,11 @@ datasets are named) and a new kind of data is a new subclass, not an edit here. 
 * a local .jsonl / .json / .csv / .parquet file, a glob of such files ("pope/coco_pope_*.json": each file
   read in turn, ids prefixed by the file's stem), or a `datasets` `save_to_disk` folder,
 
-in the library's schema or in a benchmark's published layout (`format`): "pope" (POPE's files: question_id,
-image, text, label, the subset from the file name; or lmms-lab/POPE's question / answer / category), "amber"
-(AMBER's discriminative queries, data/query/query_discriminative*.json: id, image, query, joined by id with
-data/annotations.json's type and truth), "aokvqa" (A-OKVQA: question, choices, correct_choice_idx, rendered
-as a lettered multiple-choice prompt) and "vqav2" (VQAv2: question, multiple_choice_answer, answer_type).
-`columns` renames a source's columns on top of the format's; a close-ended VQA file in the library's schema
-with no answer_type column takes `answer_type` ("yes_no", "number", "phrase", ...) for all its records.
+in the library's schema; `columns` renames a source's columns, and a close-ended VQA file with no answer_type
+column takes `answer_type` ("yes_no", "number", "phrase", ...) for all its records. A benchmark's published
+layout is a subclass of `Records` in `data/benchmarks.py`, read from the same files and hub ids: `Pope`
+(POPE's own files, or lmms-lab/POPE), `Amber` (AMBER's discriminative queries joined with its
+annotations.json), `AOKVQA` (A-OKVQA as a lettered multiple-choice prompt) and `VQAv2`.
 
 `data/captions.CocoChair` reads COCO's instance annotations (instances_val2014.json) as description records, whose
 captions `CocoChair.mentions` parses into COCO category names for CHAIR.
@@ -35,18 +33,13 @@ from __future__ import annotations
 import bisect
 import glob
 import io
-import json
-import re
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, ClassVar, Literal, TypedDict
 
 from PIL import Image
 
-from mbpo_lit.core.answers import CLOSED_TYPES, LETTERS, extract, parse_choice, parse_count
+from mbpo_lit.core.answers import CLOSED_TYPES, extract, parse_choice, parse_count
 from mbpo_lit.vlm.hub import hub_failure, looks_local
-
-FormatName = Literal["records", "pope", "amber", "aokvqa", "vqav2"]
 
 
 class SourceError(ValueError):
@@ -57,88 +50,43 @@ class Filtered(ValueError):
     """A usable record left out on purpose (by `answer_types`): listed, but not a bad record."""
 
 
+class _RecordKeys(TypedDict):
+    """The keys every record has (`Record` adds the optional ones)."""
+
+    image: Image.Image  # RGB
+    question: str  # the prompt as the model sees it (A-OKVQA's: with its lettered options)
+    answer: str  # the reference answer, stored as the verifier compares it ("yes", "B", "2", "orange")
+    answer_type: str  # "yes_no", "number", "choice", "phrase", "color" or "description" (CHAIR-scored)
+    id: str  # the source's id ("<file stem>/<id>" for a glob of files), else the row's index
+
+
+class Record(_RecordKeys, total=False):
+    """One record, as every `RecordSource` gives it (the module docstring describes them)."""
+
+    source_index: int  # the row's index in the source (over all files of a glob): where to find it again
+    family: str  # the question family ("existence", "attribute-state", "choice", "describe", ...)
+    group: str  # the slice metrics are reported by (POPE's subset, AMBER's type, the world's in/counter-prior)
+    choices: list[str]  # a multiple-choice question's options' texts, A first
+    amber_type: str  # AMBER's records: existence / attribute / relation, scored "no"-positive
+    objects: list[str]  # the objects present (descriptions scored by CHAIR)
+    prior_answer: str  # the language prior's answer where the source knows it (the world's typical colour)
+    pope_type: str  # the world's POPE subset (random / popular / adversarial), else ""
+    follows_prior: bool  # the world's records: does the queried object wear its kind's typical colour
+    query_kind: str  # the world's records: the kind of object asked about
+
+
+class Skipped(TypedDict, total=False):
+    """A source row that gave no record."""
+
+    index: int  # the row's index in the source
+    id: str  # its id, as the record's would have been
+    reason: str  # why it cannot be used ("empty question", "unreadable image: ...")
+    filtered: bool  # True: left out on purpose (`answer_types`, AMBER's generative queries), not a bad record
+
+
 FIELDS = ("image", "question", "answer", "answer_type", "id", "family", "group", "choices")
-
-
-@dataclass(frozen=True)
-class Format:
-    """A dataset layout: candidate source columns for each record field (first present wins)."""
-
-    columns: dict[str, tuple[str, ...]]
-    answer_type: str | None = None  # fixed answer type of the whole format
-    family: str | None = None
-    answer_types: dict[str, str] = field(default_factory=dict)  # the source's answer-type names -> ours
-
-
-FORMATS: dict[str, Format] = {
-    "records": Format(
-        {
-            "image": ("image",),
-            "question": ("question",),
-            "answer": ("answer",),
-            "answer_type": ("answer_type",),
-            "id": ("id",),
-            "family": ("family",),
-            "group": ("group",),
-            "choices": ("choices",),
-        }
-    ),
-    # POPE's own jsonl files (github.com/RUCAIBox/POPE: question_id, image, text, label; the category is in the
-    # file name, coco_pope_adversarial.json) and the hub copy lmms-lab/POPE (question, answer, category).
-    "pope": Format(
-        {
-            "image": ("image",),
-            "question": ("text", "question"),
-            "answer": ("label", "answer"),
-            "id": ("question_id", "id"),
-            "group": ("category",),
-        },
-        answer_type="yes_no",
-        family="existence",
-    ),
-    # AMBER's discriminative queries (github.com/junyangwang0410/AMBER, data/query/query_discriminative*.json:
-    # a JSON list of {id, image, query}); the answer ("truth") and the type come from data/annotations.json by id
-    # (`Records(annotations=...)`), so "truth" is not a column of the query file.
-    "amber": Format(
-        {"image": ("image",), "question": ("query", "question"), "answer": ("truth",), "id": ("id",)},
-        answer_type="yes_no",
-    ),
-    # A-OKVQA (HuggingFaceM4/A-OKVQA): four choices and the index of the correct one.
-    "aokvqa": Format(
-        {
-            "image": ("image",),
-            "question": ("question",),
-            "choices": ("choices",),
-            "answer": ("correct_choice_idx",),
-            "id": ("question_id", "id"),
-        },
-        answer_type="choice",
-        family="choice",
-    ),
-    # VQAv2 (HuggingFaceM4/VQAv2): the consensus answer and the question's answer type.
-    "vqav2": Format(
-        {
-            "image": ("image",),
-            "question": ("question",),
-            "answer": ("multiple_choice_answer", "answer"),
-            "answer_type": ("answer_type",),
-            "id": ("question_id", "id"),
-        },
-        answer_types={"yes/no": "yes_no", "number": "number", "other": "phrase"},
-    ),
-}
-
-
-# AMBER's annotation types -> (group: AMBER's breakdown, family). AMBER's annotations.json labels some relation
-# queries "relation" rather than "discriminative-relation"; its own evaluation counts both as relation.
-AMBER_TYPES = {
-    "discriminative-hallucination": ("existence", "existence"),
-    "discriminative-attribute-state": ("attribute", "attribute-state"),
-    "discriminative-attribute-number": ("attribute", "attribute-number"),
-    "discriminative-attribute-action": ("attribute", "attribute-action"),
-    "discriminative-relation": ("relation", "relation"),
-    "relation": ("relation", "relation"),
-}
+# The values of Records' former `format` option -> the class that reads that layout now (data/benchmarks.py).
+FORMAT_CLASSES = {"pope": "Pope", "amber": "Amber", "aokvqa": "AOKVQA", "vqav2": "VQAv2"}
 
 
 def open_dataset(source: str, split: str = "train", name: str | None = None):
@@ -182,6 +130,39 @@ def open_image(value, root: Path | None) -> Image.Image:
     return value.convert("RGB")
 
 
+def refuse_removed(cls: type, options: dict[str, Any]) -> None:
+    """Refuse options a `Records` class does not take, naming what to use instead: `format` became classes
+    (`Pope`, `Amber`, `AOKVQA`, `VQAv2`) and `annotations` is `Amber`'s own."""
+    if "format" in options:
+        value = options["format"]
+        if (use := FORMAT_CLASSES.get(str(value))) is None:
+            raise SourceError(f"format={value!r} is gone: Records reads its own schema; benchmark layouts are classes")
+        raise SourceError(
+            f"format={value!r} is now a class: use {use}(...) / --data {use} "
+            f"(class_path mbpo_lit.data.benchmarks.{use}) instead of {cls.__name__}(format=...)"
+        )
+    if "annotations" in options:
+        raise SourceError(f"annotations={options['annotations']!r} is an option of Amber, not {cls.__name__}")
+    if options:
+        raise TypeError(f"{cls.__name__}() got unexpected keyword arguments {sorted(options)}")
+
+
+def typed_answer(answer: str, answer_type: str) -> str:
+    """The reference answer as the verifier compares it: yes/no and choice labels normalized ("Yes." -> "yes",
+    "(b)" -> "B"); raises ValueError if it does not read as its type."""
+    readable = {
+        "yes_no": lambda a: extract(a, "yes_no"),
+        "number": parse_count,
+        "choice": lambda a: parse_choice(a.strip().upper()),
+    }
+    if answer_type not in readable:
+        return answer
+    label = readable[answer_type](answer)
+    if label is None:
+        raise ValueError(f"answer {answer!r} is not a {answer_type} answer")
+    return label if answer_type != "number" else answer
+
+
 class RecordSource:
     """Base class of record sources. Subclasses implement `load`; the rest has defaults.
 
@@ -191,7 +172,7 @@ class RecordSource:
 
     vocabulary: list[str] | None = None
 
-    def load(self) -> tuple[list[dict], list[dict]]:
+    def load(self) -> tuple[list[Record], list[Skipped]]:
         """(records, skipped): usable records, and {"index", "id", "reason"} for each one that is not."""
         raise NotImplementedError
 
@@ -204,8 +185,9 @@ class RecordSource:
 
 
 class Records(RecordSource):
-    """Records from a hub dataset id, a local file (or a glob of files) or a `save_to_disk` folder (see the
-    module docstring).
+    """Records in this library's schema from a hub dataset id, a local file (or a glob of files) or a
+    `save_to_disk` folder (see the module docstring). A benchmark's published layout is a subclass
+    (`mbpo_lit.data.benchmarks`: `Pope`, `Amber`, `AOKVQA`, `VQAv2`) with the same options.
 
     Args:
         path: hub dataset id (e.g. "lmms-lab/POPE"), local .jsonl/.json/.csv/.parquet file, a glob of local
@@ -213,8 +195,7 @@ class Records(RecordSource):
             ids become "<file stem>/<id>", as POPE's files number their questions alike), or folder.
         split: split of a hub dataset.
         name: config name of a hub dataset (e.g. "Full" for lmms-lab/POPE).
-        format: the layout: "records" (this library's schema), "pope", "amber", "aokvqa" or "vqav2".
-        columns: record field -> source column, on top of the format's (e.g. {"question": "prompt"}).
+        columns: record field -> source column, on top of the layout's (e.g. {"question": "prompt"}).
         image_root: folder that relative image paths are resolved against (default: the data file's folder;
             for folders and hub ids, the working directory). AMBER's images are a separate download: pass it.
         answer_type: answer type of records whose source has none ("yes_no", "number", "choice", "phrase").
@@ -225,17 +206,23 @@ class Records(RecordSource):
         spread: take every (len / n)-th record instead of the first n, so a file ordered by category (POPE's
             hub copy: adversarial, then popular, then random) gives a sample of every category.
         vocabulary: closed answer vocabulary for "color"/"phrase" answers (see `RecordSource`).
-        annotations: format "amber": AMBER's data/annotations.json (default: annotations.json in the query
-            file's parent folder, as in AMBER's repository, or in its own folder). Queries of the generative
-            task are left out and counted, like an `answer_types` filter.
     """
+
+    # The layout read, which a benchmark's subclass overrides: record field -> candidate source columns (the
+    # first present wins), the fields that need a column, and what the layout fixes for all its records.
+    LAYOUT: ClassVar[dict[str, tuple[str, ...]]] = {f: (f,) for f in FIELDS}
+    NEEDS: ClassVar[tuple[str, ...]] = ("image", "question", "answer")
+    JOINED: ClassVar[tuple[str, ...]] = ()  # columns joined from another file by `_join`, not in the data
+    FIXED_TYPE: ClassVar[str | None] = None  # the answer type of every record
+    FIXED_FAMILY: ClassVar[str | None] = None  # the family of every record without a family column
+    TYPE_NAMES: ClassVar[dict[str, str]] = {}  # the source's answer-type names -> ours
 
     def __init__(
         self,
         path: str,
+        *,
         split: str = "train",
         name: str | None = None,
-        format: FormatName = "records",
         columns: dict[str, str] | None = None,
         image_root: str | None = None,
         answer_type: str | None = None,
@@ -244,20 +231,15 @@ class Records(RecordSource):
         n: int | None = None,
         spread: bool = False,
         vocabulary: list[str] | None = None,
-        annotations: str | None = None,
+        **removed: Any,
     ):
-        if format not in FORMATS:
-            raise SourceError(f"format={format!r}: one of {sorted(FORMATS)}")
+        refuse_removed(type(self), removed)  # e.g. the former format="pope": names the class to use instead
         if n is not None and n < 1:
             raise SourceError(f"n={n}: must be >= 1 (or None for all records)")
-        if annotations is not None and format != "amber":
-            raise SourceError(f"annotations={annotations!r} is an option of format 'amber', not {format!r}")
-        self.path, self.split, self.name, self.format = path, split, name, format
+        self.path, self.split, self.name = path, split, name
         self.columns, self.image_root, self.answer_type = dict(columns or {}), image_root, answer_type
         self.answer_types, self.group, self.n, self.spread = answer_types, group, n, spread
-        self.vocabulary, self.annotations = vocabulary, annotations
-        self._amber: dict[str, dict] = {}  # AMBER's annotations by id, read by `load`
-        self._amber_path: Path | None = None
+        self.vocabulary = vocabulary
 
     def __str__(self) -> str:
         return self.path if self.split == "train" or looks_local(self.path) else f"{self.path}[{self.split}]"
@@ -273,73 +255,41 @@ class Records(RecordSource):
 
     def _column_map(self, available: list[str]) -> dict[str, str]:
         """Record field -> source column present in the data; a user-named column must exist."""
-        fmt = FORMATS[self.format]
         if bad := sorted(set(self.columns) - set(FIELDS)):
             raise SourceError(f"{self}: columns names unknown record fields {bad}; the fields are {list(FIELDS)}")
         unknown = {k: v for k, v in self.columns.items() if v not in available}
         if unknown:
             raise SourceError(f"{self}: columns {unknown} not in the data; its columns are {available}")
-        if self.format == "amber":
-            available = [*available, "truth"]  # joined from annotations.json by id
-        found = {k: next((c for c in cands if c in available), None) for k, cands in fmt.columns.items()}
+        available = [*available, *self.JOINED]
+        found = {k: next((c for c in cands if c in available), None) for k, cands in self.LAYOUT.items()}
         mapping = {k: c for k, c in found.items() if c is not None} | self.columns
-        needed = ("image", "question", "answer") + {"aokvqa": ("choices",), "amber": ("id",)}.get(self.format, ())
-        missing = [k for k in needed if k not in mapping]
+        missing = [k for k in self.NEEDS if k not in mapping]
         if missing:
             raise SourceError(
-                f"{self}: no column for {missing} (format {self.format!r}); its columns are "
+                f"{self}: no column for {missing} (layout of {type(self).__name__}); its columns are "
                 f"{available}; map them with columns={{field: column}}"
             )
         return mapping
 
     def _default_group(self, path: str | None = None) -> str:
-        if self.group is not None:
-            return self.group
-        name = Path(path or self.path).name
-        if self.format == "pope" and (m := re.search(r"(random|popular|adversarial)", name)):
-            return m.group(1)
-        return ""
+        """The group of a record whose row has none (`Pope`: the subset in the file name)."""
+        return self.group if self.group is not None else ""
 
-    def _load_amber_annotations(self, path: str) -> None:
-        """AMBER's annotations.json as {id: annotation}, from `annotations` or next to the query file."""
-        if self.annotations is not None:
-            candidates = [Path(self.annotations).expanduser()]
-        else:
-            query = Path(path).expanduser()
-            candidates = [query.parent.parent / "annotations.json", query.parent / "annotations.json"]
-        found = next((c for c in candidates if c.is_file()), None)
-        if found is None:
-            raise SourceError(
-                f"{self}: format 'amber' needs AMBER's data/annotations.json; not found at "
-                f"{', '.join(map(str, candidates))}: pass annotations=PATH"
-            )
-        try:
-            items = json.loads(found.read_text())
-            self._amber = {str(a["id"]): a for a in items}
-        except (ValueError, TypeError, KeyError) as err:
-            raise SourceError(f"{found}: not AMBER's annotations (a JSON list of {{id, type, truth}}): {err}") from err
-        self._amber_path = found
+    def _prepare(self, paths: list[str]) -> None:
+        """Read what the layout needs besides the data files, before the first record (`Amber`: annotations)."""
 
-    def _amber_row(self, row: dict, cols: dict[str, str]) -> tuple[dict, str, str]:
-        """The query row joined with its annotation: (row with "truth", group, family)."""
-        rid = row.get(cols["id"])
-        ann = self._amber.get(str(rid))
-        if ann is None:
-            raise ValueError(f"id {rid} is not in {self._amber_path}")
-        kind = AMBER_TYPES.get(str(ann.get("type")))
-        if kind is None:
-            if ann.get("type") == "generative":
-                raise Filtered("a generative query (AMBER's generative task is not scored by this evaluator)")
-            raise ValueError(f"AMBER type {ann.get('type')!r} is none of {sorted(AMBER_TYPES)}")
-        return dict(row) | {"truth": ann.get("truth")}, *kind
+    def _join(self, row: dict, cols: dict[str, str]) -> tuple[dict, str | None, str | None]:
+        """The row with the `JOINED` columns, and its group and family if the join decides them."""
+        return row, None, None
 
-    def record(self, row: dict, i: int, cols: dict[str, str], root: Path | None, path: str | None = None) -> dict:
+    def _prompt(self, question: str, answer: Any, choices: list[str] | None) -> tuple[str, Any]:
+        """The question as the model sees it and the answer to it (`AOKVQA`: lettered options, a letter)."""
+        return question, answer
+
+    def record(self, row: dict, i: int, cols: dict[str, str], root: Path | None, path: str | None = None) -> Record:
         """One source row (of the file `path`, for the default group) as a record; raises ValueError with the
         reason if it cannot be used."""
-        fmt = FORMATS[self.format]
-        group = family = None
-        if self.format == "amber":
-            row, group, family = self._amber_row(row, cols)
+        row, group, family = self._join(row, cols)
         question = row.get(cols["question"])
         if question is None or not str(question).strip():
             raise ValueError("empty question")
@@ -347,64 +297,44 @@ class Records(RecordSource):
         if answer is None or not str(answer).strip():
             raise ValueError("missing answer")
         answer_type = (
-            fmt.answer_type
-            or fmt.answer_types.get(str(row.get(cols.get("answer_type", ""), "")), None)
+            self.FIXED_TYPE
+            or self.TYPE_NAMES.get(str(row.get(cols.get("answer_type", ""), "")), None)
             or row.get(cols.get("answer_type", ""))
             or self.answer_type
             or "phrase"
         )
-        question = str(question)
         choices = row.get(cols["choices"]) if "choices" in cols else None
         if choices is not None and not isinstance(choices, (list, tuple)):
             raise ValueError(f"choices must be a list of the options' texts, got {type(choices).__name__}")
         choices = [str(c) for c in choices] if choices else None
-        if self.format == "aokvqa":  # a lettered multiple-choice prompt; the answer is the correct letter
-            choices = choices or []
-            if not 2 <= len(choices) <= len(LETTERS) or not 0 <= int(answer) < len(choices):
-                raise ValueError(f"{len(choices)} choices and correct index {answer}: needs 2-4 choices and an index")
-            question += "\n" + "\n".join(f"{LETTERS[j]}. {c}" for j, c in enumerate(choices))
-            question += "\nAnswer with the option's letter from the given choices directly."
-            answer = LETTERS[int(answer)]
+        question, answer = self._prompt(str(question), answer, choices)
         if answer_type not in CLOSED_TYPES:
             # Open-ended answers (descriptions) are scored by CHAIR, which needs a source that parses object
             # mentions (`RecordSource.mentions`, e.g. `CocoChair`); this one cannot.
             raise ValueError(f"answer_type {answer_type!r} is not close-ended {CLOSED_TYPES}")
         if self.answer_types is not None and answer_type not in self.answer_types:
             raise Filtered(f"answer_type {answer_type!r} not in answer_types={self.answer_types}")
-        # The reference answer must read as its type; yes/no and choice labels are stored normalized ("Yes." ->
-        # "yes", "(b)" -> "B"), as the verifier compares them.
-        readable = {
-            "yes_no": lambda a: extract(a, "yes_no"),
-            "number": parse_count,
-            "choice": lambda a: parse_choice(a.strip().upper()),
-        }
-        if answer_type in readable:
-            label = readable[answer_type](str(answer))
-            if label is None:
-                raise ValueError(f"answer {answer!r} is not a {answer_type} answer")
-            answer = label if answer_type != "number" else answer
+        answer = typed_answer(str(answer), answer_type)
         try:
             image = open_image(row.get(cols["image"]), root)
         except Exception as err:  # noqa: BLE001 - any decoding failure is this record's reason
             raise ValueError(f"unreadable image: {err}") from err
         rid = row.get(cols["id"]) if "id" in cols else None
-        out = dict(
+        out = Record(
             image=image,
             question=question,
             answer=str(answer),
             answer_type=answer_type,
             id=str(rid if rid is not None else i),
             source_index=i,
-            family=family or row.get(cols.get("family", "")) or fmt.family or answer_type,
+            family=family or row.get(cols.get("family", "")) or self.FIXED_FAMILY or answer_type,
             group=str(group or row.get(cols.get("group", "")) or self._default_group(path)),
         )
         if choices:
             out["choices"] = choices
-        if self.format == "amber":
-            out["amber_type"] = group
         return out
 
-    def load(self) -> tuple[list[dict], list[dict]]:
+    def load(self) -> tuple[list[Record], list[Skipped]]:
         paths = self._paths()
         parts = []  # (path, dataset, column map, image root)
         for path in paths:
@@ -412,13 +342,13 @@ class Records(RecordSource):
             local = Path(path).expanduser()
             root = Path(self.image_root) if self.image_root else (local.parent if local.is_file() else None)
             parts.append((path, data, self._column_map(list(data.column_names)), root))
-        if self.format == "amber":
-            self._load_amber_annotations(paths[0])
+        self._prepare(paths)
         starts = [0]
         for _, data, _, _ in parts:
             starts.append(starts[-1] + len(data))
         total = starts[-1]
-        records, skipped = [], []
+        records: list[Record] = []
+        skipped: list[Skipped] = []
         n = total if self.n is None else min(self.n, total)
         for i in range(n) if not self.spread else sorted({k * total // n for k in range(n)}):
             part = bisect.bisect_right(starts, i) - 1
@@ -435,7 +365,7 @@ class Records(RecordSource):
                 records.append(rec)
             except ValueError as err:
                 rid = row.get(cols["id"]) if "id" in cols else None
-                entry = {"index": i, "id": prefix + str(rid if rid is not None else i), "reason": str(err)}
+                entry = Skipped(index=i, id=prefix + str(rid if rid is not None else i), reason=str(err))
                 skipped.append(entry | ({"filtered": True} if isinstance(err, Filtered) else {}))
         return records, skipped
 
@@ -447,7 +377,7 @@ def as_source(source: RecordSource | str | None) -> RecordSource | None:
     return Records(str(source))
 
 
-def report_skipped(skipped: list[dict], source: object, bad_records: Literal["skip", "error"]) -> None:
+def report_skipped(skipped: list[Skipped], source: object, bad_records: Literal["skip", "error"]) -> None:
     """Print every skipped record with its reason; with bad_records="error", refuse the unusable ones in one
     error (records left out by an `answer_types` filter are only counted: they were left out on purpose)."""
     filtered = [s for s in skipped if s.get("filtered")]

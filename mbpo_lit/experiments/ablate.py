@@ -77,7 +77,7 @@ def _neg(method: str, what: str) -> Variant:
 
 def remine_args(every_n_steps: int) -> tuple[str, ...]:
     """Fit options that re-mine the offline pairs from the current policy every N steps (mbpo_lit/remine.py)."""
-    return ("--trainer.callbacks+=mbpo_lit.remine.Remine", f"--trainer.callbacks.every_n_steps={every_n_steps}")
+    return ("--trainer.callbacks+=mbpo_lit.train.remine.Remine", f"--trainer.callbacks.every_n_steps={every_n_steps}")
 
 
 GRID: tuple[Variant, ...] = (
@@ -154,7 +154,7 @@ def mine_config(variant: Variant, cfg: AblationConfig, base_model: str):
     The embedded recipe's mining settings, `cfg.mine_n` records, then the variant's overrides; the pairs are
     mined from the first `n` records of the world's train split, as the embedded recipe's are.
     """
-    from mbpo_lit.mine import MineConfig, settings_json
+    from mbpo_lit.mining.config import MineConfig, settings_json
     from mbpo_lit.testbed.embedded import EMBEDDED_MINING
     from mbpo_lit.testbed.world_source import WorldSource
 
@@ -169,12 +169,12 @@ def mine_config(variant: Variant, cfg: AblationConfig, base_model: str):
 
 
 def mine_pairs(mc) -> str:
-    """Mine (or reuse) a pair set; returns its dataset directory. Resumable: mine.run continues a killed job."""
-    from mbpo_lit.mine import run
+    """Mine (or reuse) a pair set; returns its dataset directory. Resumable: mine_pairs continues a killed job."""
+    from mbpo_lit.mining import mine_pairs
 
     dataset = Path(mc.out) / "dataset"
     if not (dataset / "dataset_info.json").is_file() or not (Path(mc.out) / "summary.json").is_file():
-        run(mc, progress=False)
+        mine_pairs(mc, progress=False)
     return str(dataset)
 
 

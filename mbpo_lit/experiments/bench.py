@@ -431,7 +431,7 @@ def _TrlStepTimer(base):
 def bench_pgd(cfg: BenchConfig, path: str) -> dict:
     """PGD images/s and its time over the bare forward+backward of the same steps on the same batch."""
     from mbpo_lit.core.attack import pgd
-    from mbpo_lit.mine import MineConfig, Miner
+    from mbpo_lit.mining import MineConfig, Miner
     from mbpo_lit.testbed.world_source import WorldSource
     from mbpo_lit.vlm.chat import answer_token_ids, append_completions, encode_prompts
     from mbpo_lit.vlm.logprobs import completion_logprobs
@@ -516,7 +516,7 @@ def bench_mine_sizes(cfg: BenchConfig, path: str) -> dict:
     The whole of `Miner.mine` is timed (PGD with `cfg.pgd_steps` steps and no early stop, so both ways do the
     same steps; the clean and perturbed answers; IIG). The processor keeps each image's resolution within
     56x56-280x280 px, as the 7B Qwen-VL processors do, so the sizes reach the vision tower."""
-    from mbpo_lit.mine import MineConfig, Miner
+    from mbpo_lit.mining import MineConfig, Miner
     from mbpo_lit.vlm.policy import ModelConfig, load_policy
 
     records = photo_records(cfg.pgd_images)

@@ -21,7 +21,7 @@ import torch
 
 from mbpo_lit.core.attack import pgd, random_perturbation
 from mbpo_lit.core.grpo import clipped_tokens, grpo_loss
-from mbpo_lit.mine import MineConfig, Miner
+from mbpo_lit.mining import MineConfig, Miner
 from mbpo_lit.testbed.world import WorldConfig, build_records
 from mbpo_lit.vlm.chat import answer_token_ids, encode_prompts
 from mbpo_lit.vlm.iig import image_information_gain

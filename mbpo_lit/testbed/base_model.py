@@ -529,14 +529,14 @@ def skills(model, processor, world: WorldConfig, n: int = 200, progress: bool = 
     """What the model can do, n questions each: name a lone object's shape and colour (its description, on
     held-out one-object scenes of uniform colours), and per eval split attribute, existence (with its yes-ratio),
     counting and multiple choice. The build prints it as a table and stores it in warmstart.json."""
-    from mbpo_lit.evaluate import evaluate_records, generate
+    from mbpo_lit.evaluation import evaluate_records, greedy_answers
     from mbpo_lit.testbed.world import build_records, parse_mentions
     from mbpo_lit.testbed.world_source import EVAL_SPLITS
 
     lone = dataclasses.replace(world, n_objects=1, min_objects=1, max_objects=1, p_color=1 / len(world.colors))
     records = build_records(lone, "train", n, ("describe",), start=10**7)  # far past any training record
     questions, images = [r["question"] for r in records], [r["image"] for r in records]
-    preds = generate(model, processor, questions, images, 32, 24, "one object", progress)
+    preds = greedy_answers(model, processor, questions, images, 32, 24, "one object", progress)
     said = [(parse_mentions(p, world) or [(None, None)])[0] for p in preds]
     truth = [r["objects"][0].split() for r in records]  # ["red", "circle"]
     out: dict = {

@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 
 from mbpo_lit.data.hybrid import HybridDataModule
-from mbpo_lit.mine import MineConfig, run
+from mbpo_lit.mining import MineConfig, mine_pairs
 from mbpo_lit.testbed.base_model import WarmStartConfig, build_base_model
 from mbpo_lit.testbed.world_source import WorldSource
 from mbpo_lit.train.module import MBPOModule
@@ -46,7 +46,7 @@ def mine_embedded(base: str, mined_root: str = "runs", progress: bool = True) ->
     )
     dataset = Path(cfg.out) / "dataset"
     if not (dataset / "dataset_info.json").is_file():
-        run(cfg, progress=progress)
+        mine_pairs(cfg, progress=progress)
     return dataset
 
 

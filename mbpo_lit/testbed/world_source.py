@@ -18,7 +18,7 @@ import dataclasses
 from collections.abc import Sequence
 
 from mbpo_lit.data.sources import RecordSource
-from mbpo_lit.evaluate import evaluate_records
+from mbpo_lit.evaluation import evaluate_records
 from mbpo_lit.testbed.world import FAMILIES, WorldConfig, build_records, parse_mentions
 
 EVAL_SPLITS = ("eval_in_prior", "eval_counter_prior")

@@ -29,10 +29,12 @@ from mbpo_lit.core.errors import SettingsError
 from mbpo_lit.core.grpo import LossParts, group_advantages, grpo_loss, offline_pair_rewards
 from mbpo_lit.core.rewards import AccuracyReward, FormatReward, LengthPenalty, compose
 from mbpo_lit.train.settings import Loss, Optimization, Rewards, Sampling
+from mbpo_lit.vlm import sampling
 from mbpo_lit.vlm import shared_prefix as prefix
 from mbpo_lit.vlm.chat import answer_token_ids, append_completions, encode_prompts
 from mbpo_lit.vlm.logprobs import answer_logprobs, completion_logprobs
 from mbpo_lit.vlm.policy import LoraSettings, ModelConfig, load_policy, reference_mode, trainable_parameters
+from mbpo_lit.vlm.sampling import SamplingRule
 
 # Checkpoints store the hyper-parameters, the settings dataclasses included; let Lightning's weights-only
 # loading of `--ckpt_path` accept these plain dataclasses (and nothing else of ours).
@@ -168,11 +170,11 @@ class MBPOModule(L.LightningModule):
         return torch.optim.AdamW(params, lr=self.optim.lr, weight_decay=self.optim.weight_decay)
 
     # ---------------------------------------------------------------------------------------- rollout
-    def sampling_rule(self) -> prefix.SamplingRule:
+    def sampling_rule(self) -> SamplingRule:
         """The rollout's sampling rule (`settings.Sampling`): the sampling settings and no other logits processor,
         the image placeholders suppressed, every end id of the checkpoint."""
         hp = self.sampling
-        return prefix.SamplingRule.of(self.model, self.processor, hp.temperature, hp.top_k, hp.top_p)
+        return SamplingRule.of(self.model, self.processor, hp.temperature, hp.top_k, hp.top_p)
 
     @torch.no_grad()
     def rollout(
@@ -196,7 +198,7 @@ class MBPOModule(L.LightningModule):
                 [r["image"] for r in online],
                 record_ids=[r.get("id") for r in online],
             ).to(self.device)
-            completions = prefix.generate(self.model, batch, g, hp.max_new_tokens, rule)
+            completions = sampling.generate(self.model, batch, g, hp.max_new_tokens, rule)
         self.model.train()
         texts = p.batch_decode(completions, skip_special_tokens=True)
         return [r for r in online for _ in range(g)], completions, texts
@@ -217,7 +219,9 @@ class MBPOModule(L.LightningModule):
             seq, mask = self.sequence_batch(scored.records, scored.ids)
             logp = completion_logprobs(self.model, seq, mask, temperature)
             return logp, mask[:, -logp.shape[1] :]
-        return prefix.completion_logprobs(self.model, scored.prompts, scored.ids, scored.repeats, pad, temperature)
+        return prefix.prefixed_completion_logprobs(
+            self.model, scored.prompts, scored.ids, scored.repeats, pad, temperature
+        )
 
     # ---------------------------------------------------------------------------------------- training
     def score(self, batch: dict) -> Scored:
@@ -445,8 +449,8 @@ class MBPOModule(L.LightningModule):
             return
         p = self.processor
         enc = encode_prompts(p, [r["question"] for r in batch], [r["image"] for r in batch]).to(self.device)
-        greedy = prefix.SamplingRule.of(self.model, p)
-        texts = prefix.answer_texts(self.model, p, enc, self.sampling.max_new_tokens, greedy)
+        greedy = SamplingRule.of(self.model, p)
+        texts = sampling.answer_texts(self.model, p, enc, self.sampling.max_new_tokens, greedy)
         for r, t in zip(batch, texts):
             correct = float(is_correct(t, r["answer"], r["answer_type"], self.val_vocabulary))
             self.val_accuracy.update(correct)

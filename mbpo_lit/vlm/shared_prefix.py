@@ -13,7 +13,7 @@ per step for 4 distinct images at G = 8. Here instead:
 2. `prefill` (sampling) and `logprob_prefix` (the log-prob passes): the prompts go through the language model
    once, keeping the KV cache, which serves k completion rows per prompt (`repeat_interleave`). It is
    differentiable, so the policy pass's gradients reach the adapters through the prompt's keys and values.
-3. `completion_logprobs` and `sample` continue every completion from that cache.
+3. `prefixed_completion_logprobs` and `sample` continue every completion from that cache.
 
 Gradient checkpointing (the 7B recipes) does not change this: transformers' checkpointed layers drop a cache
 while training, but `logprob_prefix`'s cache gives the same tensors however often a layer runs, so the layers
@@ -24,10 +24,8 @@ The results equal the straightforward path's; `tests/test_prefix.py` checks the 
 each architecture. One difference is by design: in training mode the LoRA dropout mask of a prompt is drawn
 once per prompt, not once per completion row.
 
-Both layouts sample by one rule, `SamplingRule` (see `train.settings.Sampling`): the same logits processors
-(transformers' own classes), the same end ids, the same temperature in the log-prob passes. `sample` draws from
-one prefill; `generate` draws with transformers' `generate` on one row per completion, on a clean generation
-config, so that the checkpoint's own sampling knobs (e.g. a repetition penalty) apply in neither.
+Both layouts sample by one rule, `vlm.sampling.SamplingRule`: `sample` here draws from one prefill,
+`sampling.generate` with transformers' `generate` on one row per completion; same rule, same draws.
 """
 
 from __future__ import annotations
@@ -35,7 +33,6 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from functools import cached_property
 
 import torch
 from peft import PeftModel
@@ -43,25 +40,19 @@ from transformers import (
     BatchFeature,
     Cache,
     DynamicCache,
-    GenerationConfig,
-    LogitsProcessorList,
     PreTrainedModel,
-    PreTrainedTokenizerBase,
     ProcessorMixin,
-    SuppressTokensLogitsProcessor,
-    TemperatureLogitsWarper,
-    TopKLogitsWarper,
-    TopPLogitsWarper,
 )
 from transformers.cache_utils import DynamicLayer
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from mbpo_lit.vlm.arch import Arch
-from mbpo_lit.vlm.chat import append_completions, encode_prompts, pad_right, vision_token_ids
+from mbpo_lit.vlm.chat import append_completions, encode_prompts, pad_right
 from mbpo_lit.vlm.logprobs import completion_logprobs as logprob_pass
 from mbpo_lit.vlm.logprobs import token_logprobs
 from mbpo_lit.vlm.policy import is_vision_parameter
+from mbpo_lit.vlm.sampling import SamplingRule, unwrap
 
 
 @dataclass
@@ -89,20 +80,15 @@ class Prompts:
         return dict(self.batch, mm_encoder_outputs={"image": BaseModelOutputWithPooling(pooler_output=self.features)})
 
 
-def _unwrapped(model: PreTrainedModel | PeftModel) -> PreTrainedModel:
-    """The transformers `...ForConditionalGeneration`, peft's wrapper removed."""
-    return model.get_base_model() if isinstance(model, PeftModel) else model
-
-
 def core(model: PreTrainedModel | PeftModel) -> torch.nn.Module:
     """The transformers `...Model` inside a (peft-wrapped) `...ForConditionalGeneration`."""
-    return _unwrapped(model).model
+    return unwrap(model).model
 
 
 def checkpointing(model: PreTrainedModel | PeftModel) -> bool:
     """Whether gradient checkpointing is active now: transformers' checkpointed layers recompute in the backward
     and drop a KV cache unless allowed to keep it (`_layers_keep_the_cache`)."""
-    base = _unwrapped(model)
+    base = unwrap(model)
     return base.is_gradient_checkpointing and base.training and torch.is_grad_enabled()
 
 
@@ -259,7 +245,7 @@ def _shareable(model: torch.nn.Module) -> bool:
     gradient checkpointing, every checkpointed layer uses non-reentrant `torch.utils.checkpoint` (what
     `policy.load_policy` sets). Reentrant checkpointing would pass no gradient to tensors that a layer reads
     from outside its arguments, such as the cache's keys and values."""
-    if any(type(layer) is not DynamicLayer for layer in DynamicCache(config=_unwrapped(model).config).layers):
+    if any(type(layer) is not DynamicLayer for layer in DynamicCache(config=unwrap(model).config).layers):
         return False
     if checkpointing(model):
         for layer in _decoder_layers(model):
@@ -292,7 +278,7 @@ def logprob_prefix(model: torch.nn.Module, prompts: Prompts, repeats: Sequence[i
     The forwards pass the cache with `use_cache=False`: the layers use a cache they are given either way, and
     transformers would otherwise warn, under checkpointing, that it turns `use_cache` off."""
     pos, start = _positions(model, prompts)
-    config = _unwrapped(model).config
+    config = unwrap(model).config
     # Two caches: the prefill's layers keep a reference to theirs, for the backward's recompute.
     filled, shared = DynamicCache(config=config), DynamicCache(config=config)
     filled.layers = [_PrefillLayer() for _ in filled.layers]
@@ -307,7 +293,7 @@ def logprob_prefix(model: torch.nn.Module, prompts: Prompts, repeats: Sequence[i
     )
 
 
-def completion_logprobs(
+def prefixed_completion_logprobs(
     model: torch.nn.Module,
     prompts: Prompts,
     completions: Sequence[Sequence[int]],
@@ -339,138 +325,6 @@ def completion_logprobs(
             )
             logits = torch.cat([logits, out.logits], dim=1)
     return token_logprobs(logits, ids, temperature) * mask, mask
-
-
-# ------------------------------------------------------------------------------------------------------------
-# The rollout's sampling rule, shared by both layouts.
-
-
-def end_token_ids(model: PreTrainedModel | PeftModel, tokenizer: PreTrainedTokenizerBase) -> tuple[int, ...]:
-    """Every id that ends a completion: the tokenizer's end-of-turn token and the checkpoint's generation-config
-    end ids (Qwen2.5-VL-Instruct's are `<|im_end|>` and `<|endoftext|>`), tokenizer's first."""
-    configured = _unwrapped(model).generation_config.eos_token_id
-    configured = [] if configured is None else [configured] if isinstance(configured, int) else list(configured)
-    return tuple(dict.fromkeys([tokenizer.eos_token_id, *configured]))
-
-
-@dataclass(frozen=True)
-class SamplingRule:
-    """How a rollout draws its tokens, in either layout (see `train.settings.Sampling` for the rule in words).
-
-    `temperature` 0 is greedy decoding (argmax after suppression). `suppress` lists tokens never drawn (the
-    image placeholders, `chat.vision_token_ids`); `end_ids` end a completion (`end_token_ids`); `pad_id` fills
-    the rows that have ended while the others go on (never part of a completion).
-    """
-
-    end_ids: tuple[int, ...]
-    pad_id: int
-    temperature: float = 1.0
-    top_k: int = 0
-    top_p: float = 1.0
-    suppress: tuple[int, ...] = ()
-
-    @classmethod
-    def of(
-        cls, model: PreTrainedModel | PeftModel, processor, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0
-    ) -> SamplingRule:
-        """The rule for `model` and its processor: its end ids, its pad token, its image placeholders suppressed;
-        greedy at the default temperature 0."""
-        return cls(
-            end_ids=end_token_ids(model, processor.tokenizer),
-            pad_id=processor.tokenizer.pad_token_id,
-            temperature=temperature,
-            top_k=top_k,
-            top_p=top_p,
-            suppress=tuple(vision_token_ids(processor)),
-        )
-
-    @cached_property
-    def processors(self) -> LogitsProcessorList:
-        """The logits processors of a draw, in `generate`'s order; no others apply (none reads the ids)."""
-        out = LogitsProcessorList()
-        if self.suppress:
-            out.append(SuppressTokensLogitsProcessor(list(self.suppress)))
-        if self.temperature > 0:  # the warpers sample; greedy decoding takes the argmax of the suppressed logits
-            if self.temperature != 1.0:
-                out.append(TemperatureLogitsWarper(self.temperature))
-            if self.top_k > 0:
-                out.append(TopKLogitsWarper(self.top_k))
-            if self.top_p < 1.0:
-                out.append(TopPLogitsWarper(self.top_p))
-        return out
-
-    def generation_config(self, max_new_tokens: int, num_return_sequences: int = 1) -> GenerationConfig:
-        """The rule as a generation config for `generate`, every sampling knob explicit (top_k 0, not 50)."""
-        sampled = self.temperature > 0
-        return GenerationConfig(
-            do_sample=sampled,
-            temperature=self.temperature if sampled else None,
-            top_k=self.top_k if sampled else None,
-            top_p=self.top_p if sampled else None,
-            repetition_penalty=1.0,
-            suppress_tokens=list(self.suppress) or None,
-            eos_token_id=list(self.end_ids),
-            pad_token_id=self.pad_id,
-            max_new_tokens=max_new_tokens,
-            num_return_sequences=num_return_sequences,
-        )
-
-    def completions(self, ids: torch.Tensor) -> list[list[int]]:
-        """`generate`'s new tokens -> completions: each row up to and including its first end id, or whole.
-
-        A row without an end id reached `max_new_tokens` (generate stops early only when every row has ended),
-        so every token of it was sampled, pad ids included: nothing is stripped.
-        """
-        ends = torch.isin(ids, torch.as_tensor(self.end_ids, device=ids.device))
-        first = torch.where(ends.any(1), ends.int().argmax(1) + 1, ids.shape[1])
-        return [row[:n] for row, n in zip(ids.tolist(), first.tolist())]
-
-    def draw(self, logits: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """One token per row of [rows, vocab] logits: softmax over the processed logits, then one multinomial
-        draw per row (`generate`'s sampling step), or the argmax at temperature 0."""
-        scores = self.processors(None, logits.float())
-        if self.temperature == 0:
-            return scores.argmax(-1)
-        return torch.multinomial(torch.softmax(scores, dim=-1), 1, generator=generator).squeeze(-1)
-
-
-@contextlib.contextmanager
-def _only(model: PreTrainedModel | PeftModel, config: GenerationConfig) -> Iterator[None]:
-    """Make `config` the model's generation config for a while. transformers fills every unset field of the
-    config passed to `generate` from the model's own, so the checkpoint's knobs are moved out of the way."""
-    base = _unwrapped(model)
-    saved = base.generation_config
-    base.generation_config = config
-    try:
-        yield
-    finally:
-        base.generation_config = saved
-
-
-@torch.no_grad()
-def generate(
-    model: PreTrainedModel | PeftModel, batch: BatchFeature, group_size: int, max_new_tokens: int, rule: SamplingRule
-) -> list[list[int]]:
-    """`group_size` completions per prompt of `batch` (built by `chat.encode_prompts`) by transformers'
-    `generate`, one row per completion: the layout without a shared prefix. Same rule and, for the same random
-    state, the same draws as `sample`; rows are prompt-major."""
-    sampled = rule.temperature > 0  # greedy decoding gives each prompt's G completions at once
-    config = rule.generation_config(max_new_tokens, group_size if sampled else 1)
-    with _only(model, config):
-        ids = model.generate(**batch, generation_config=config)
-    completions = rule.completions(ids[:, batch["input_ids"].shape[1] :])
-    return completions if sampled else [c for c in completions for _ in range(group_size)]
-
-
-@torch.no_grad()
-def answer_texts(
-    model: PreTrainedModel | PeftModel, processor, batch: BatchFeature, max_new_tokens: int, rule: SamplingRule
-) -> list[str]:
-    """One decoded answer per prompt of `batch` under `rule` (greedy for `SamplingRule.of(model, processor)`):
-    how the evaluator, validation and mining read a model's answer, with none of the checkpoint's own
-    `generation_config` processors (a repetition penalty, say), the same on every checkpoint."""
-    ids = generate(model, batch, 1, max_new_tokens, rule)
-    return processor.batch_decode(ids, skip_special_tokens=True)
 
 
 @torch.no_grad()

@@ -2,7 +2,7 @@
 
 What: `Remine(every_n_steps=N)`, a Lightning callback. After every N-th optimizer step it takes the records the
 offline pairs were mined from (question, ground-truth answer and clean image of every pair the data module loaded
-from `data.pairs`), runs the mining step of `python -m mbpo_lit mine` on them again (`mine.Miner`: the same attack,
+from `data.pairs`), runs the mining step of `python -m mbpo_lit mine` on them again (`mining.Miner`: the same attack,
 the same 8-bit round trip, the same verifier) against the policy being trained (its LoRA adapters active, in eval
 mode, no gradient to any weight), keeps the records whose attack succeeded (chosen = the ground truth, rejected =
 the policy's wrong answer on the attacked image) and trains on those pairs from the next step on
@@ -30,9 +30,7 @@ at once, from the restored policy.
 Under DDP each rank attacks its own share of the records, writes its part, waits for the others, and every rank
 then loads every part (written for DDP, tested on one process only).
 
-It sits beside the `mine` command whose mining step it reruns (tests/test_layout.py: the commands layer).
-
-    python -m mbpo_lit fit --trainer.callbacks+=mbpo_lit.remine.Remine --trainer.callbacks.every_n_steps=100
+    python -m mbpo_lit fit --trainer.callbacks+=mbpo_lit.train.remine.Remine --trainer.callbacks.every_n_steps=100
 """
 
 from __future__ import annotations
@@ -51,8 +49,9 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from mbpo_lit import mine as mining
 from mbpo_lit.data.hybrid import HybridDataModule
+from mbpo_lit.mining import MineConfig, Miner
+from mbpo_lit.mining.config import check
 
 # The MineConfig fields that define the attack (the rest name the job: model, source, out, n, ...).
 ATTACK_FIELDS = (
@@ -147,9 +146,9 @@ class Remine(Callback):
         settings = json.loads(saved.read_text()) if saved.is_file() else {}
         settings = {k: v for k, v in settings.items() if k in ATTACK_FIELDS} | self.overrides
         model = str(getattr(getattr(pl_module, "model_config", None), "name_or_path", "policy"))
-        cfg = mining.MineConfig(model=model, source=pairs_path, out="", **settings)
+        cfg = MineConfig(model=model, source=pairs_path, out="", **settings)
         cfg = dataclasses.replace(cfg, seed=cfg.seed + step)
-        mining.check(cfg)
+        check(cfg)
         return cfg
 
     def chosen(self, step: int, seed: int) -> list[int]:
@@ -160,7 +159,7 @@ class Remine(Callback):
         return sorted(np.random.default_rng([seed, step]).choice(n, self.max_records, replace=False).tolist())
 
     def attack(self, pl_module: L.LightningModule, cfg, indices: list[int]) -> list[dict]:
-        """`mine.Miner` rows (kept or not) for the records at `indices`, against the current policy.
+        """`mining.Miner` rows (kept or not) for the records at `indices`, against the current policy.
 
         The policy is in eval mode with every weight frozen while it runs (Miner's own setting); each module's
         mode and each parameter's `requires_grad` are put back afterwards, and the process's random state too.
@@ -172,7 +171,7 @@ class Remine(Callback):
         rows: list[dict] = []
         try:
             with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.enable_grad():
-                miner = mining.Miner(model, pl_module.processor, cfg, getattr(pl_module, "vocabulary", None))
+                miner = Miner(model, pl_module.processor, cfg, getattr(pl_module, "vocabulary", None))
                 for s in range(0, len(indices), cfg.batch_size):
                     chunk = indices[s : s + cfg.batch_size]
                     for i, row in zip(chunk, miner.mine([self.records[i] for i in chunk], chunk[0])):

@@ -1,0 +1,113 @@
+"""The settings of a mining job (`python -m mbpo_lit mine`; each field is an option, `--epsilon 8`)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from typing import Literal
+
+from mbpo_lit.core.attack import METHODS
+from mbpo_lit.core.errors import SettingsError
+from mbpo_lit.data.sources import RecordSource
+
+
+@dataclass
+class MineConfig:
+    """Mine adversarial hard-negative preference pairs (MBPO's offline data)."""
+
+    model: str
+    """base model directory or hub id."""
+    source: RecordSource | str
+    """the records to mine: a path / hub id in the library's record schema, or a `RecordSource` with options
+    (`--source VQAv2 --source.path HuggingFaceM4/VQAv2`, or any class_path)."""
+    out: str = "runs/mined"
+    """output directory (shards, skipped.jsonl, dataset/, summary.json); a killed job resumes in it."""
+    adapter: str | None = None
+    """a LoRA adapter (peft format) on top of `model`."""
+    n: int = 256
+    """how many usable source records to mine (the first n the source gives); a source without an `n` of its
+    own reads only n records."""
+    answer_type: str | None = None
+    """answer type of records whose source has none, for a `source` given as a path or hub id ("yes_no",
+    "number", "choice", "phrase"; a source's own `answer_type` column wins). It picks the verifier
+    (core/answers.py) that decides whether a rejected answer is wrong."""
+    method: Literal["pgd", "uniform", "gaussian", "diffusion", "none"] = "pgd"
+    """"pgd" (the adversarial attack) or a baseline at the same budget: "uniform", "gaussian", "diffusion",
+    "none"."""
+    epsilon: float = 32.0
+    """L-inf (or L2) budget, in /255 units. The default suits the synthetic world, whose images carry pixel noise
+    of std 20/255 that a model learns to ignore (results/mining.md); real 7B models are usually attacked at
+    8-16/255 (the 7B recipes)."""
+    step_size: float = 4.0
+    """PGD step, in /255 units."""
+    steps: int = 20
+    """most PGD steps per sample."""
+    random_start: bool = True
+    """start PGD from a uniform point in the ball."""
+    norm: Literal["linf", "l2"] = "linf"
+    """the ball: "linf" or "l2"."""
+    early_stop: bool = True
+    """stop a sample once the model's greedy answer, decoded from the 8-bit perturbed image and judged by the
+    verifier, is wrong (so "Yes." for ground truth "yes" is still correct)."""
+    diffusion_t: int = 200
+    """forward-diffusion step of the "diffusion" baseline."""
+    decode: Literal["greedy", "sample"] = "greedy"
+    """how the rejected answer is decoded: "greedy" or "sample" (temperature 1)."""
+    max_new_tokens: int = 16
+    """longest rejected answer decoded from the perturbed image."""
+    iig_filter: Literal["high", "low", "none"] = "high"
+    """keep the "high" or "low" Image Information Gain pairs, or "none" (no filter)."""
+    iig_fraction: float = 0.5
+    """the share of pairs the IIG filter keeps."""
+    iig_threshold: float | None = None
+    """an IIG cut-off (per-token mean) instead of `iig_fraction`."""
+    iig_baseline: Literal["none", "neutral"] = "none"
+    """IIG's side without the image: the question alone ("none") or a neutral grey image ("neutral")."""
+    batch_size: int = 16
+    """records per chunk (one shard each, attacked as one batch per image size)."""
+    seed: int = 0
+    """seed of every random choice, offset per chunk, so a resumed job writes what an uninterrupted one does."""
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
+    """of the model: "auto" is bf16 on a GPU and fp32 on the CPU."""
+    quantization: Literal["none", "4bit", "8bit"] = "none"
+    """"4bit" / "8bit" load the model quantized (bitsandbytes), as a 7B model fits a workstation GPU; "none"
+    keeps `precision`. PGD needs no trainable weights, only pixel gradients."""
+    overwrite: bool = False
+    """discard the shards and settings of an earlier job in `out` (with other settings) and start over."""
+    bad_records: Literal["skip", "error"] = "skip"
+    """unusable source records (empty question, missing answer, unreadable image, ...) are listed with index, id
+    and reason in `out/skipped.jsonl` and counted in the summary; "skip" goes on without them, "error" stops
+    after listing them all."""
+
+
+def check(cfg: MineConfig) -> None:
+    """Refuse out-of-range settings before any data or model is loaded, naming the option."""
+    problems = []
+    if cfg.method not in METHODS:
+        problems.append(f"--method {cfg.method!r} is not one of {list(METHODS)}")
+    if cfg.method in ("pgd", "uniform", "gaussian") and cfg.epsilon <= 0:
+        problems.append(f"--epsilon {cfg.epsilon} must be > 0 (in /255 units)")
+    if cfg.method == "pgd" and (cfg.step_size <= 0 or cfg.steps < 0):
+        problems.append(f"--step_size {cfg.step_size} must be > 0 and --steps {cfg.steps} >= 0")
+    if cfg.n < 1 or cfg.batch_size < 1 or cfg.max_new_tokens < 1:
+        problems.append(
+            f"--n {cfg.n}, --batch_size {cfg.batch_size}, --max_new_tokens {cfg.max_new_tokens} must be >= 1"
+        )
+    if not 0 < cfg.iig_fraction <= 1:
+        problems.append(f"--iig_fraction {cfg.iig_fraction} must be in (0, 1]")
+    if cfg.bad_records not in ("skip", "error"):
+        problems.append(f"--bad_records {cfg.bad_records!r} is not 'skip' or 'error'")
+    if problems:
+        raise SettingsError("; ".join(problems))
+
+
+def settings_json(cfg: MineConfig) -> str:
+    """The job's settings as JSON (a source as its class and options), to refuse mixing two jobs in one --out."""
+
+    def plain(o):
+        return {"class": type(o).__name__, **vars(o)} if isinstance(o, RecordSource) else str(o)
+
+    # `overwrite` is how to start over, not a property of the job's data.
+    settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "overwrite"}
+    return json.dumps(settings, sort_keys=True, default=plain)
