@@ -1,5 +1,7 @@
 """Small local copies of the public datasets the recipes name, in each dataset's own published layout, with
-real photographs of mixed sizes: what a user downloads, without the download."""
+real photographs of mixed sizes: what a user downloads, without the download. Each layout is read by its class
+of `mbpo_lit.data.benchmarks` (`Pope`, `Amber`, `AOKVQA`, `VQAv2`), COCO's instances by `CocoChair`, the generic
+VQA file by `Records`."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ from datasets import Dataset, Features, Image, Sequence, Value
 
 def pope_github(root: Path, photos, category: str = "adversarial") -> Path:
     """POPE's own files (github.com/RUCAIBox/POPE): jsonl lines {question_id, image, text, label}, images by
-    file name in a folder, the category in the file name."""
+    file name in a folder, the category in the file name (read by `Pope`)."""
     images = root / "val2014"
     images.mkdir(parents=True, exist_ok=True)
     lines = []
@@ -28,7 +30,8 @@ def pope_github(root: Path, photos, category: str = "adversarial") -> Path:
 
 
 def pope_hub(root: Path, photos) -> Path:
-    """lmms-lab/POPE's layout (split test): id, question_id, question, answer, image_source, image, category."""
+    """lmms-lab/POPE's layout (split test): id, question_id, question, answer, image_source, image, category
+    (read by `Pope`)."""
     rows = [
         {
             "id": str(i),
@@ -59,7 +62,7 @@ def pope_hub(root: Path, photos) -> Path:
 
 def aokvqa(root: Path, photos) -> Path:
     """HuggingFaceM4/A-OKVQA's layout: question_id, question, choices, correct_choice_idx, direct_answers,
-    difficult_direct_answer, rationales, image."""
+    difficult_direct_answer, rationales, image (read by `AOKVQA`)."""
     rows = [
         {
             "question_id": f"q{i}",
@@ -92,7 +95,7 @@ def aokvqa(root: Path, photos) -> Path:
 
 def vqav2(root: Path, photos) -> Path:
     """HuggingFaceM4/VQAv2's layout: question_type, multiple_choice_answer, answers, image_id, answer_type,
-    question_id, question, image."""
+    question_id, question, image (read by `VQAv2`)."""
     qa = [
         ("is there a", "yes", "yes/no", "Is there a person?"),
         ("how many", "1", "number", "How many cups are there?"),
@@ -148,7 +151,7 @@ def amber(root: Path, photos) -> Path:
     {id, type, truth} (generative entries first, ids from 1, truth a list of objects; discriminative ids from
     1005, truth "yes"/"no"), data/query/query_discriminative.json, a JSON list of {id, image, query}, and
     data/query/query_all.json with the generative queries too; the images (AMBER_<k>.jpg) are a separate
-    download, here in image/. Returns the path of query_discriminative.json."""
+    download, here in image/. Returns the path of query_discriminative.json (read by `Amber`)."""
     images, data = root / "image", root / "data"
     (data / "query").mkdir(parents=True, exist_ok=True)
     images.mkdir(parents=True, exist_ok=True)

@@ -55,3 +55,16 @@ def photos():
     for im in images:
         im.thumbnail((160, 160))
     return images
+
+
+# Fixtures that build or load a model: a test that uses one (directly or through another fixture) is end to end.
+MODEL_FIXTURES = {"tiny_root", "biased_model"}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark the slow tests, so that `python -m pytest -m "not slow"` is the quick subset (maths, sources, CLI
+    errors, layout): every test that loads a model through a fixture, every notebook, and the tests marked
+    `@pytest.mark.slow` by hand (those that load a model themselves or run a command in a subprocess)."""
+    for item in items:
+        if MODEL_FIXTURES & set(getattr(item, "fixturenames", ())) or item.path.suffix == ".ipynb":
+            item.add_marker(pytest.mark.slow)

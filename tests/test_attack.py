@@ -9,8 +9,9 @@ from transformers import AutoConfig
 from mbpo_lit.core.answers import is_correct
 from mbpo_lit.core.attack import diffusion_noise, pgd, project, random_perturbation, to_uint8_grid
 from mbpo_lit.mining import MineConfig, Miner
+from mbpo_lit.testbed.questions import build_records
 from mbpo_lit.testbed.tiny import ensure_tiny_checkpoint
-from mbpo_lit.testbed.world import WorldConfig, build_records
+from mbpo_lit.testbed.world import WorldConfig
 from mbpo_lit.vlm.arch import load_processor
 from mbpo_lit.vlm.chat import answer_token_ids, append_completions, encode_prompts
 from mbpo_lit.vlm.codec import PixelCodec, to_pil, to_raw

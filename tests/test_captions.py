@@ -6,7 +6,8 @@ from collections import Counter
 import pytest
 
 from mbpo_lit.experiments.captions import captions, hallucinated, mention_changes
-from mbpo_lit.testbed.world import WorldConfig, parse_mentions
+from mbpo_lit.testbed.questions import parse_mentions
+from mbpo_lit.testbed.world import WorldConfig
 from mbpo_lit.testbed.world_source import WorldSource
 
 WORLD = WorldConfig(image_size=56)  # typical colours: circle red, square green, ..., star red (kinds[6] -> colors[0])

@@ -112,3 +112,35 @@ def test_an_unreachable_model_hub_id_says_so(tmp_path, photos):
     )
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert "model 'someone/no-such-model' is not a local path and could not be loaded from the hub" in out.stderr
+
+
+def options_without_help(help_text: str) -> list[str]:
+    """The options of a `--help` page that show no help text of their own: argparse prints an option's help after
+    it on its line or, for a long invocation, on the next line; jsonargparse then adds "(type: ...)", which is
+    all that an undocumented option shows."""
+    lines = help_text.splitlines()
+    missing = []
+    for i, line in enumerate(lines):
+        if not line.startswith("  -"):
+            continue
+        parts = line.strip().split("  ", 1)
+        text = parts[1].strip() if len(parts) > 1 else (lines[i + 1].strip() if i + 1 < len(lines) else "")
+        if not text or text.startswith(("(type:", "(required, type:")):
+            missing.append(parts[0].split(",")[0].split()[0])
+    return missing
+
+
+def test_the_help_check_sees_an_option_without_help():
+    page = "options:\n  --n N                 (type: int, default: 3)\n  --model MODEL         a model. (type: str)\n"
+    page += "  --a_very_long_option_name A_VERY_LONG_OPTION_NAME\n                        (type: int, default: 1)\n"
+    assert options_without_help(page) == ["--n", "--a_very_long_option_name"]
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_every_option_of_every_command_has_help_text(command, monkeypatch, capsys):
+    monkeypatch.setenv("COLUMNS", "200")
+    assert run_entry([command, "--help"], monkeypatch) in (0, None)
+    page = capsys.readouterr().out
+    assert page.count("\n  --") > 3, page  # the check reads a real options listing
+    missing = options_without_help(page)
+    assert not missing, f"`{command} --help`: options without help text: {missing}"

@@ -18,7 +18,8 @@ from mbpo_lit.evaluation import (
     score,
     summarize,
 )
-from mbpo_lit.testbed.world import WorldConfig, build_records
+from mbpo_lit.testbed.questions import build_records
+from mbpo_lit.testbed.world import WorldConfig
 from mbpo_lit.testbed.world_source import WorldSource, evaluate_world
 from mbpo_lit.vlm.policy import LoraSettings, ModelConfig, load_policy, save_adapter
 

@@ -11,8 +11,9 @@ import torch
 
 from mbpo_lit.core.grpo import grpo_loss
 from mbpo_lit.experiments.bench import count_vision_calls
+from mbpo_lit.testbed.questions import build_records
 from mbpo_lit.testbed.tiny import ensure_tiny_checkpoint
-from mbpo_lit.testbed.world import WorldConfig, build_records
+from mbpo_lit.testbed.world import WorldConfig
 from mbpo_lit.train.module import MBPOModule
 from mbpo_lit.train.settings import Loss, Optimization, Rewards, Sampling
 from mbpo_lit.vlm import sampling

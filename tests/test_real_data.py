@@ -10,7 +10,7 @@ from test_fit import tiny_config, write_config
 
 import benchmark_files as bf
 from mbpo_lit.core.answers import is_correct
-from mbpo_lit.data.sources import Records
+from mbpo_lit.data.benchmarks import Amber, Pope
 from mbpo_lit.evaluate import evaluate
 from mbpo_lit.fit import main
 from mbpo_lit.mine import MineConfig, run
@@ -38,8 +38,8 @@ def test_mine_fit_evaluate_on_photographs(arch, tiny_root, tmp_path, photos):
     pope = {s: bf.pope_github(pope_dir, photos, s) for s in POPE_SUBSETS}
     image_root = str(pope_dir / "val2014")
     pope_source = {
-        "class_path": "mbpo_lit.data.sources.Records",
-        "init_args": {"path": str(pope["adversarial"]), "format": "pope", "image_root": image_root},
+        "class_path": "mbpo_lit.data.benchmarks.Pope",
+        "init_args": {"path": str(pope["adversarial"]), "image_root": image_root},
     }
     vqa_source = {"class_path": "mbpo_lit.data.sources.Records", "init_args": {"path": str(vqa)}}
     run_dir = tmp_path / "run"
@@ -53,16 +53,14 @@ def test_mine_fit_evaluate_on_photographs(arch, tiny_root, tmp_path, photos):
 
     # 3. Evaluate the written adapter: POPE's three subset files at once, then AMBER's discriminative queries.
     loaded = dict(model=model, adapter=str(adapter), precision="fp32", quantization="4bit")
-    pope_all = Records(str(pope_dir / "coco_pope_*.json"), format="pope", image_root=image_root)
+    pope_all = Pope(str(pope_dir / "coco_pope_*.json"), image_root=image_root)
     result = evaluate(data=pope_all, out=str(tmp_path / "pope.json"), **loaded)
     assert set(result["pope_by_type"]) == set(POPE_SUBSETS)
     for subset in result["pope_by_type"].values():
         assert {"accuracy", "precision", "recall", "f1", "yes_ratio"} <= set(subset) and subset["n"] == 2 * len(photos)
     # The adapter read back by the evaluator answers as the trained policy did at the end of fit.
     assert result["pope_by_type"]["adversarial"]["accuracy"] == after["pope"]["accuracy"]
-    amber = Records(
-        str(bf.amber(tmp_path / "amber", photos)), format="amber", image_root=str(tmp_path / "amber" / "image")
-    )
+    amber = Amber(str(bf.amber(tmp_path / "amber", photos)), image_root=str(tmp_path / "amber" / "image"))
     result = evaluate(data=amber, out=str(tmp_path / "amber.json"), **loaded)
     assert set(result["amber_by_type"]) == {"existence", "attribute", "relation"}
     assert json.loads((tmp_path / "amber.json").read_text())["amber"]["n"] == result["amber"]["n"] > 0

@@ -1,16 +1,22 @@
-"""Record sources: benchmark layouts, column maps, real photographs of mixed sizes, errors that name the
-record or the option, and every shipped recipe's data sections against local files in each dataset's schema."""
+"""Record sources: benchmark layouts (one class each), column maps, real photographs of mixed sizes, errors that
+name the record or the option, and every shipped recipe's data sections against local files in each dataset's
+schema."""
 
 import json
 import shlex
+import subprocess
+import sys
 
 import pytest
 import yaml
+from jsonargparse import ArgumentParser
 from PIL import Image
 
 import benchmark_files as bf
+from mbpo_lit.data import benchmarks
+from mbpo_lit.data.benchmarks import AOKVQA, Amber, Pope, VQAv2
 from mbpo_lit.data.captions import COCO_SYNONYMS, CocoChair, ObjectMentions
-from mbpo_lit.data.sources import Records, SourceError, as_source, report_skipped
+from mbpo_lit.data.sources import Records, RecordSource, SourceError, as_source, report_skipped
 from mbpo_lit.fit import recipe
 from mbpo_lit.mine import main as mine_main
 
@@ -21,7 +27,7 @@ def sizes(records):
 
 def test_pope_github_files_give_yes_no_records_grouped_by_the_file_name(tmp_path, photos):
     path = bf.pope_github(tmp_path, photos, "popular")
-    records, skipped = Records(str(path), format="pope", image_root=str(tmp_path / "val2014")).load()
+    records, skipped = Pope(str(path), image_root=str(tmp_path / "val2014")).load()
     assert not skipped and len(records) == 2 * len(photos)
     assert [r["answer"] for r in records[:2]] == ["yes", "no"] and {r["answer_type"] for r in records} == {"yes_no"}
     assert {r["group"] for r in records} == {"popular"} and records[1]["id"] == "2"
@@ -30,17 +36,17 @@ def test_pope_github_files_give_yes_no_records_grouped_by_the_file_name(tmp_path
 
 def test_pope_hub_layout_groups_by_category_and_spread_samples_every_category(tmp_path, photos):
     path = bf.pope_hub(tmp_path, photos)
-    records, _ = Records(str(path), format="pope").load()
+    records, _ = Pope(str(path)).load()
     assert [r["group"] for r in records] == ["adversarial", "popular", "random", "random"]
     assert [r["answer"] for r in records] == ["yes", "no", "yes", "no"]
-    first, _ = Records(str(path), format="pope", n=2).load()
-    spread, _ = Records(str(path), format="pope", n=2, spread=True).load()
+    first, _ = Pope(str(path), n=2).load()
+    spread, _ = Pope(str(path), n=2, spread=True).load()
     assert [r["group"] for r in first] == ["adversarial", "popular"]
     assert [r["source_index"] for r in spread] == [0, 2]
 
 
 def test_aokvqa_becomes_a_lettered_multiple_choice_prompt(tmp_path, photos):
-    records, skipped = Records(str(bf.aokvqa(tmp_path, photos)), format="aokvqa").load()
+    records, skipped = AOKVQA(str(bf.aokvqa(tmp_path, photos))).load()
     assert not skipped and [r["answer"] for r in records] == ["A", "B", "C", "D"]
     assert "\nB. a cup of coffee\n" in records[0]["question"] and records[0]["answer_type"] == "choice"
     assert len(sizes(records)) == 3
@@ -48,11 +54,139 @@ def test_aokvqa_becomes_a_lettered_multiple_choice_prompt(tmp_path, photos):
 
 def test_vqav2_answer_types_are_mapped_and_filtered_with_every_skip_listed(tmp_path, photos):
     path = str(bf.vqav2(tmp_path, photos))
-    records, skipped = Records(path, format="vqav2").load()
+    records, skipped = VQAv2(path).load()
     assert [r["answer_type"] for r in records] == ["yes_no", "number", "phrase", "yes_no"]
-    closed, skipped = Records(path, format="vqav2", answer_types=["yes_no", "number"]).load()
+    closed, skipped = VQAv2(path, answer_types=["yes_no", "number"]).load()
     assert [r["id"] for r in closed] == ["100", "101", "103"]
     assert [(s["index"], s["id"]) for s in skipped] == [(2, "102")] and "answer_type 'phrase'" in skipped[0]["reason"]
+
+
+# What `Records(format=...)` read from each published-layout fixture before the layouts became classes, record by
+# record: (id, source_index, question, answer, answer_type, family, group, choices, amber_type), the photograph of
+# each record, the keys of a record, and the rows skipped. The classes must read exactly this.
+AOKVQA_PROMPT = (
+    "What is in the picture?\nA. a person\nB. a cup of coffee\nC. a cat\nD. a rocket\n"
+    "Answer with the option's letter from the given choices directly."
+)
+AOKVQA_CHOICES = ["a person", "a cup of coffee", "a cat", "a rocket"]
+KEYS = ["image", "question", "answer", "answer_type", "id", "source_index", "family", "group"]
+# AMBER's queries' (family, group): the group is also the record's amber_type.
+AMBER_BEFORE = [("existence", "existence")] * 2 + [
+    ("attribute-state", "attribute"),
+    ("attribute-number", "attribute"),
+    ("attribute-action", "attribute"),
+    ("relation", "relation"),
+    ("relation", "relation"),
+    ("existence", "existence"),
+]
+GENERATIVE = "a generative query (AMBER's generative task is not scored by this evaluator)"
+BEFORE = {
+    "pope_github": (
+        lambda t, photos: Pope(str(bf.pope_github(t, photos, "popular")), image_root=str(t / "val2014")),
+        [
+            (str(k + 1), k, f"Is there a {('person', 'dog')[k % 2]} in the image?", ("yes", "no")[k % 2])
+            + ("yes_no", "existence", "popular", None, None)
+            for k in range(8)
+        ],
+        [0, 0, 1, 1, 2, 2, 3, 3],
+        KEYS,
+        [],
+    ),
+    "pope_hub": (
+        lambda t, photos: Pope(str(bf.pope_hub(t, photos))),
+        [
+            ("1", 0, "Is there a person in the image?", "yes", "yes_no", "existence", "adversarial", None, None),
+            ("2", 1, "Is there a cup in the image?", "no", "yes_no", "existence", "popular", None, None),
+            ("3", 2, "Is there a cat in the image?", "yes", "yes_no", "existence", "random", None, None),
+            ("4", 3, "Is there a car in the image?", "no", "yes_no", "existence", "random", None, None),
+        ],
+        [0, 1, 2, 3],
+        KEYS,
+        [],
+    ),
+    "aokvqa": (
+        lambda t, photos: AOKVQA(str(bf.aokvqa(t, photos))),
+        [(f"q{k}", k, AOKVQA_PROMPT, "ABCD"[k], "choice", "choice", "", AOKVQA_CHOICES, None) for k in range(4)],
+        [0, 1, 2, 3],
+        [*KEYS, "choices"],
+        [],
+    ),
+    "vqav2": (
+        lambda t, photos: VQAv2(str(bf.vqav2(t, photos)), answer_types=["yes_no", "number"]),
+        [
+            ("100", 0, "Is there a person?", "yes", "yes_no", "yes_no", "", None, None),
+            ("101", 1, "How many cups are there?", "1", "number", "number", "", None, None),
+            ("103", 3, "Is it night?", "no", "yes_no", "yes_no", "", None, None),
+        ],
+        [0, 1, 3],
+        KEYS,
+        [
+            {
+                "index": 2,
+                "id": "102",
+                "reason": "answer_type 'phrase' not in answer_types=['yes_no', 'number']",
+                "filtered": True,
+            }
+        ],
+    ),
+    "amber": (
+        lambda t, photos: Amber(str(bf.amber(t, photos).parent / "query_all.json"), image_root=str(t / "image")),
+        [
+            (str(1005 + j), 4 + j, query, truth, "yes_no", family, group, None, group)
+            for j, ((_, _, query, truth), (family, group)) in enumerate(zip(bf.AMBER_QUERIES, AMBER_BEFORE))
+        ],
+        [k - 1 for k, *_ in bf.AMBER_QUERIES],
+        [*KEYS, "amber_type"],
+        [{"index": k, "id": str(k + 1), "reason": GENERATIVE, "filtered": True} for k in range(4)],
+    ),
+}
+
+
+@pytest.mark.parametrize("layout", sorted(BEFORE))
+def test_each_benchmark_class_reads_its_published_layout_as_records_format_did(layout, tmp_path, photos):
+    make, rows, photo_of, keys, skipped_before = BEFORE[layout]
+    records, skipped = make(tmp_path, photos).load()
+    fields = ("id", "source_index", "question", "answer", "answer_type", "family", "group", "choices", "amber_type")
+    assert [tuple(r.get(k) for k in fields) for r in records] == rows
+    assert [r["image"].size for r in records] == [photos[k].size for k in photo_of]
+    assert [list(r) for r in records] == [keys] * len(rows) and skipped == skipped_before
+
+
+@pytest.mark.parametrize("fmt, cls", [("pope", Pope), ("amber", Amber), ("aokvqa", AOKVQA), ("vqav2", VQAv2)])
+def test_the_former_format_option_is_refused_naming_the_class_to_use(fmt, cls, tmp_path):
+    path = write_jsonl(tmp_path / "d.jsonl", [{"image": "x.png", "question": "q", "answer": "yes"}])
+    name = cls.__name__
+    with pytest.raises(
+        SourceError, match=rf"^format='{fmt}' is now a class: use {name}\(\.\.\.\) / --data {name} "
+    ) as err:
+        Records(path, format=fmt)
+    assert "\n" not in str(err.value) and f"mbpo_lit.data.benchmarks.{name}" in str(err.value)
+    assert getattr(benchmarks, name) is cls and issubclass(cls, Records)
+    with pytest.raises(SourceError, match="format='records' is gone"):
+        Records(path, format="records")
+    with pytest.raises(TypeError):  # the options after `path` are keyword-only: Records(path, split, name, format)
+        Records(path, "train", None, fmt)
+    with pytest.raises(TypeError, match=r"unexpected keyword arguments \['formt'\]"):
+        Records(path, formt=fmt)
+
+
+def test_the_former_format_option_is_refused_on_the_command_line(tmp_path, capsys):
+    path = write_jsonl(tmp_path / "d.jsonl", [{"image": "x.png", "question": "q", "answer": "yes"}])
+    with pytest.raises(SystemExit) as exit_:
+        mine_main(["--model", "m", "--source", "Records", "--source.path", path, "--source.format", "vqav2"])
+    assert exit_.value.code not in (0, None) and "Option 'format' is not accepted" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command, option, cls", [("mine", "--source", "VQAv2"), ("evaluate", "--data", "Pope")])
+def test_the_commands_resolve_the_benchmark_classes_by_name(command, option, cls, tmp_path):
+    """`--source VQAv2` / `--data Pope` in a fresh interpreter: the command itself makes the classes known to
+    jsonargparse (here the test module has imported them already)."""
+    argv = ["--model", "m", option, cls, f"{option}.path", "x.json", "--print_config"]
+    done = subprocess.run(
+        [sys.executable, "-m", "mbpo_lit", command, *argv], capture_output=True, text=True, timeout=300, cwd=tmp_path
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert yaml.safe_load(done.stdout)[option[2:]]["class_path"] == f"mbpo_lit.data.benchmarks.{cls}"
 
 
 def test_renamed_columns_real_style_answers_and_relative_images(tmp_path, photos):
@@ -82,8 +216,8 @@ def test_a_mistyped_column_names_the_columns_the_source_has(tmp_path):
     ):
         Records(str(tmp_path / "d.jsonl"), columns={"question": "prompt"}).load()
     (tmp_path / "p.jsonl").write_text(json.dumps({"image": "x.png", "text": "Is there a cat?", "y": "no"}) + "\n")
-    with pytest.raises(SourceError, match=r"no column for \['answer'\] \(format 'pope'\)"):
-        Records(str(tmp_path / "p.jsonl"), format="pope").load()
+    with pytest.raises(SourceError, match=r"no column for \['answer'\] \(layout of Pope\)"):
+        Pope(str(tmp_path / "p.jsonl")).load()
 
 
 def test_a_missing_path_and_an_unreachable_hub_id_say_which_they_were(tmp_path):
@@ -132,6 +266,17 @@ def data_sections(name: str) -> dict:
 
 
 LOCAL_COPIES = {"HuggingFaceM4/A-OKVQA": bf.aokvqa, "lmms-lab/POPE": bf.pope_hub, "HuggingFaceM4/VQAv2": bf.vqav2}
+# The class each shipped recipe's data sections name (and the mining commands in their headers).
+RECIPE_CLASSES = {"online": AOKVQA, "val": Pope, "mine": VQAv2}
+
+
+def instantiate(section: dict, **init_args) -> RecordSource:
+    """A config's source section ({class_path, init_args}) built as the commands build it (jsonargparse resolves
+    the class_path), with some init_args replaced."""
+    p = ArgumentParser()
+    p.add_argument("--source", type=RecordSource)
+    args = p.parse_object({"source": {**section, "init_args": {**section["init_args"], **init_args}}})
+    return p.instantiate_classes(args).source
 
 
 @pytest.mark.parametrize(
@@ -142,13 +287,15 @@ def test_each_real_recipe_is_hybrid_and_its_sources_load_a_local_copy_in_the_dat
     assert data["pairs"] and data["online"] and data["val"], "the 7B recipes train on both streams and validate"
     for key in ("online", "val"):
         section = data[key]
-        assert section["class_path"] == "mbpo_lit.data.sources.Records"
-        args = dict(section["init_args"])
-        hub_id = args.pop("path")
-        local = LOCAL_COPIES[hub_id](tmp_path / key, photos)
-        records, skipped = Records(str(local), **args).load()
+        cls = RECIPE_CLASSES[key]
+        assert section["class_path"] == f"mbpo_lit.data.benchmarks.{cls.__name__}"
+        local = LOCAL_COPIES[section["init_args"]["path"]](tmp_path / key, photos)
+        source = instantiate(section, path=str(local))
+        assert type(source) is cls and source.n == section["init_args"]["n"] and source.spread
+        records, skipped = source.load()
         assert records and not skipped, (key, skipped)
         assert len(sizes(records)) >= 3 and all(r["answer_type"] in ("choice", "yes_no") for r in records)
+        assert {r["family"] for r in records} == {"choice" if cls is AOKVQA else "existence"}
 
 
 def mining_command(name: str) -> list[str]:
@@ -171,10 +318,13 @@ def test_the_mining_command_in_each_real_recipe_parses_and_its_source_reads_the_
     assert exit_.value.code in (0, None)
     config = yaml.safe_load(capsys.readouterr().out)
     assert config["out"] == data_sections(name)["pairs"].removesuffix("/dataset")
-    source = dict(config["source"]["init_args"])
-    local = LOCAL_COPIES[source.pop("path")](tmp_path, photos)
-    records, skipped = Records(str(local), **source).load()
+    assert config["source"]["class_path"] == "mbpo_lit.data.benchmarks.VQAv2"
+    local = LOCAL_COPIES[config["source"]["init_args"]["path"]](tmp_path, photos)
+    source = instantiate(config["source"], path=str(local))
+    assert type(source) is RECIPE_CLASSES["mine"] and source.answer_types == ["yes_no", "number"]
+    records, skipped = source.load()
     assert len(records) == 3 and [s["id"] for s in skipped] == ["102"]  # the "other" question is listed
+    assert [r["answer_type"] for r in records] == ["yes_no", "number", "yes_no"]
 
 
 def test_images_of_every_mode_become_rgb(tmp_path):
@@ -232,13 +382,13 @@ def test_aokvqa_records_with_a_bad_choice_index_are_named(tmp_path, photos):
         lambda r, i: {"correct_choice_idx": 7 if i == 1 else r["correct_choice_idx"]}, with_indices=True
     )
     data.save_to_disk(str(tmp_path / "bad"))
-    records, skipped = Records(str(tmp_path / "bad"), format="aokvqa").load()
+    records, skipped = AOKVQA(str(tmp_path / "bad")).load()
     assert len(records) == 3 and [(s["index"], s["id"]) for s in skipped] == [(1, "q1")]
     assert "correct index 7" in skipped[0]["reason"]
 
 
 def test_records_left_out_by_answer_types_are_counted_not_refused(tmp_path, photos, capsys):
-    src = Records(str(bf.vqav2(tmp_path, photos)), format="vqav2", answer_types=["yes_no", "number"])
+    src = VQAv2(str(bf.vqav2(tmp_path, photos)), answer_types=["yes_no", "number"])
     records, skipped = src.load()
     report_skipped(skipped, src, "error")  # filtered on purpose: no error
     assert len(records) == 3 and "1 records left out by answer_types" in capsys.readouterr().out
@@ -246,7 +396,7 @@ def test_records_left_out_by_answer_types_are_counted_not_refused(tmp_path, phot
 
 def test_amber_queries_are_joined_with_annotations_by_id_and_grouped_by_amber_type(tmp_path, photos):
     path = bf.amber(tmp_path, photos)
-    records, skipped = Records(str(path), format="amber", image_root=str(tmp_path / "image")).load()
+    records, skipped = Amber(str(path), image_root=str(tmp_path / "image")).load()
     assert not skipped and [r["id"] for r in records] == [str(1005 + j) for j in range(len(bf.AMBER_QUERIES))]
     assert [r["answer"] for r in records] == [q[3] for q in bf.AMBER_QUERIES]
     assert [r["group"] for r in records] == ["existence"] * 2 + ["attribute"] * 3 + ["relation"] * 2 + ["existence"]
@@ -258,7 +408,7 @@ def test_amber_queries_are_joined_with_annotations_by_id_and_grouped_by_amber_ty
 
 def test_amber_generative_queries_are_counted_and_bad_ids_named(tmp_path, photos, capsys):
     path = bf.amber(tmp_path, photos)
-    src = Records(str(path.parent / "query_all.json"), format="amber", image_root=str(tmp_path / "image"))
+    src = Amber(str(path.parent / "query_all.json"), image_root=str(tmp_path / "image"))
     records, skipped = src.load()
     assert len(records) == len(bf.AMBER_QUERIES) and [s["id"] for s in skipped] == ["1", "2", "3", "4"]
     report_skipped(skipped, src, "error")  # the generative task left out on purpose: no error
@@ -269,9 +419,7 @@ def test_amber_generative_queries_are_counted_and_bad_ids_named(tmp_path, photos
     (tmp_path / "elsewhere").mkdir()
     (tmp_path / "elsewhere" / "ann.json").write_text(json.dumps(annotations))
     odd = write_jsonl(tmp_path / "odd.jsonl", queries)
-    src = Records(
-        odd, format="amber", image_root=str(tmp_path / "image"), annotations=str(tmp_path / "elsewhere/ann.json")
-    )
+    src = Amber(odd, image_root=str(tmp_path / "image"), annotations=str(tmp_path / "elsewhere/ann.json"))
     records, skipped = src.load()
     reasons = {s["id"]: s["reason"] for s in skipped}
     assert len(records) == len(bf.AMBER_QUERIES) - 1 and reasons["99999"].startswith("id 99999 is not in ")
@@ -280,24 +428,24 @@ def test_amber_generative_queries_are_counted_and_bad_ids_named(tmp_path, photos
 
 def test_amber_without_its_annotations_file_says_which_option_to_pass(tmp_path):
     path = write_jsonl(tmp_path / "q.jsonl", [{"id": 1005, "image": "AMBER_1.jpg", "query": "Is there a dog?"}])
-    with pytest.raises(SourceError, match=r"format 'amber' needs AMBER's data/annotations.json.*annotations=PATH"):
-        Records(path, format="amber").load()
-    with pytest.raises(SourceError, match="annotations=.* is an option of format 'amber', not 'pope'"):
-        Records(path, format="pope", annotations="a.json")
+    with pytest.raises(SourceError, match=r"Amber needs AMBER's data/annotations.json.*annotations=PATH"):
+        Amber(path).load()
+    with pytest.raises(SourceError, match="annotations='a.json' is an option of Amber, not Pope"):
+        Pope(path, annotations="a.json")
 
 
 def test_pope_subsets_read_in_one_go_from_a_glob(tmp_path, photos):
     for category in ("random", "popular", "adversarial"):
         bf.pope_github(tmp_path, photos[:2], category)
-    src = Records(str(tmp_path / "coco_pope_*.json"), format="pope", image_root=str(tmp_path / "val2014"))
+    src = Pope(str(tmp_path / "coco_pope_*.json"), image_root=str(tmp_path / "val2014"))
     records, skipped = src.load()
     assert not skipped and len(records) == 12
     assert [r["group"] for r in records[::4]] == ["adversarial", "popular", "random"]  # sorted file names
     assert records[0]["id"] == "coco_pope_adversarial/1" and len({r["id"] for r in records}) == 12
-    spread, _ = Records(src.path, format="pope", image_root=src.image_root, n=3, spread=True).load()
+    spread, _ = Pope(src.path, image_root=src.image_root, n=3, spread=True).load()
     assert [r["group"] for r in spread] == ["adversarial", "popular", "random"]
     with pytest.raises(SourceError, match="matches no file"):
-        Records(str(tmp_path / "nothing_*.json"), format="pope").load()
+        Pope(str(tmp_path / "nothing_*.json")).load()
 
 
 def test_a_generic_vqa_jsonl_takes_its_answer_type_from_the_option(tmp_path, photos):
@@ -309,7 +457,7 @@ def test_a_generic_vqa_jsonl_takes_its_answer_type_from_the_option(tmp_path, pho
 
 
 def test_multiple_choice_records_carry_their_options_for_the_verifier(tmp_path, photos):
-    records, _ = Records(str(bf.aokvqa(tmp_path, photos)), format="aokvqa").load()
+    records, _ = AOKVQA(str(bf.aokvqa(tmp_path, photos))).load()
     assert records[1]["choices"] == ["a person", "a cup of coffee", "a cat", "a rocket"]
     photos[0].save(tmp_path / "a.png")
     row = {"image": "a.png", "question": "Which? A. red B. blue", "answer": "B", "answer_type": "choice"}

@@ -11,20 +11,15 @@ from datasets import Dataset, load_from_disk
 from datasets import Image as ImageFeature
 
 from mbpo_lit.core.answers import parse_choice, parse_count, parse_yes_no
-from mbpo_lit.testbed.world import (
+from mbpo_lit.testbed.questions import (
     FAMILIES,
-    Scene,
-    SceneObject,
-    WorldConfig,
     build_dataset,
     build_records,
-    kind_frequencies,
     parse_color,
     parse_mentions,
-    render,
-    sample_scene,
     world_vocabulary,
 )
+from mbpo_lit.testbed.world import Scene, SceneObject, WorldConfig, kind_frequencies, render, sample_scene
 
 CFG = WorldConfig(image_size=56)
 CLEAN = WorldConfig(noise=0.0)
@@ -181,7 +176,7 @@ def test_queried_color_is_visible_where_the_object_is_with_noise():
 
 
 def _scene_of(cfg: WorldConfig, split: str, rec: dict):
-    from mbpo_lit.testbed.world import SPLITS
+    from mbpo_lit.testbed.questions import SPLITS
 
     i = int(rec["id"].rsplit("-", 1)[1])
     rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, SPLITS.index(split), i]))

@@ -186,17 +186,20 @@ class HybridDataModule(L.LightningDataModule):
         pairs: mined pairs: the `--out DIR` of `python -m mbpo_lit mine`, or its `DIR/dataset`; None
             trains on the online stream only.
         online: close-ended prompts for the online stream: a path / hub id (the library's record schema), a
-            `RecordSource` (e.g. `Records` with a benchmark format and column map), or a list of them (their
-            records pooled); None: offline pairs only.
+            `RecordSource` (e.g. `AOKVQA`, or `Records` with a column map), or a list of them (their records
+            pooled); None: offline pairs only.
         val: the eval set validated on during training and scored before / after by `python -m mbpo_lit fit`;
             None: no validation. Metrics are named by its records' groups (val/<group>_accuracy).
-        offline_per_batch / online_per_batch: the mix of one training batch.
+        offline_per_batch: offline pairs in one training batch.
+        online_per_batch: online prompts in one training batch (each sampled G times).
         batches_per_epoch: length of an epoch, in batches.
         length_group_batches: M > 1 draws batches in blocks of M and sorts each block by length (image area,
             then text), so a batch's prompts pad to a near length; 1 (default) draws each batch on its own.
             Worth it for datasets of mixed image sizes.
         val_n: records validated on (taken from the eval set's groups in turn); None: all of them.
         bad_records: "skip" (report and skip) or "error" (report them all and stop).
+        seed: of the batches: batch k is drawn from (seed, k), so a resumed run sees what the uninterrupted one
+            saw.
     """
 
     def __init__(

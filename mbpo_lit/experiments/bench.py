@@ -572,7 +572,8 @@ def bench_padding(cfg: BenchConfig, path: str, batches: int = 32, group: int = 1
     """Share of prompt tokens that are padding, in batches of `cfg.prompts` world prompts whose images come
     in four sizes (112-280 px, as a dataset of mixed resolutions), drawn plainly and length-grouped."""
     from mbpo_lit.data.hybrid import HybridBatches
-    from mbpo_lit.testbed.world import WorldConfig, build_records
+    from mbpo_lit.testbed.questions import build_records
+    from mbpo_lit.testbed.world import WorldConfig
     from mbpo_lit.vlm.arch import load_processor
     from mbpo_lit.vlm.chat import encode_prompts
 

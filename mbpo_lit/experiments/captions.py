@@ -21,7 +21,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from mbpo_lit.core.metrics import named_objects
-from mbpo_lit.testbed.world import WorldConfig, parse_mentions
+from mbpo_lit.testbed.questions import parse_mentions
+from mbpo_lit.testbed.world import WorldConfig
 from mbpo_lit.testbed.world_source import WorldSource
 
 

@@ -22,7 +22,8 @@ import torch
 from mbpo_lit.core.attack import pgd, random_perturbation
 from mbpo_lit.core.grpo import clipped_tokens, grpo_loss
 from mbpo_lit.mining import MineConfig, Miner
-from mbpo_lit.testbed.world import WorldConfig, build_records
+from mbpo_lit.testbed.questions import build_records
+from mbpo_lit.testbed.world import WorldConfig
 from mbpo_lit.vlm.chat import answer_token_ids, encode_prompts
 from mbpo_lit.vlm.iig import image_information_gain
 from mbpo_lit.vlm.policy import reference_mode, trainable_parameters

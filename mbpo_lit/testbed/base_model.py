@@ -42,7 +42,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from mbpo_lit.testbed.tiny import TinySpec, write_tiny_checkpoint
-from mbpo_lit.testbed.world import WorldConfig, make_record, world_vocabulary
+from mbpo_lit.testbed.questions import make_record, world_vocabulary
+from mbpo_lit.testbed.world import WorldConfig
 from mbpo_lit.vlm.chat import answer_token_ids, append_completions, encode_prompts
 from mbpo_lit.vlm.logprobs import completion_logprobs
 
@@ -530,7 +531,7 @@ def skills(model, processor, world: WorldConfig, n: int = 200, progress: bool = 
     held-out one-object scenes of uniform colours), and per eval split attribute, existence (with its yes-ratio),
     counting and multiple choice. The build prints it as a table and stores it in warmstart.json."""
     from mbpo_lit.evaluation import evaluate_records, greedy_answers
-    from mbpo_lit.testbed.world import build_records, parse_mentions
+    from mbpo_lit.testbed.questions import build_records, parse_mentions
     from mbpo_lit.testbed.world_source import EVAL_SPLITS
 
     lone = dataclasses.replace(world, n_objects=1, min_objects=1, max_objects=1, p_color=1 / len(world.colors))

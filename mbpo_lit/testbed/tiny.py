@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -93,31 +93,28 @@ There is a There are no The answer is Question Answer Options
 
 @dataclass
 class TinySpec:
-    """Sizes of a tiny checkpoint. Widths stay multiples of 64 (see module docstring).
-
-    Args:
-        hidden_size: width of the language model.
-        intermediate_size: width of the language model's MLP.
-        num_layers: layers of the language model.
-        num_heads: attention heads of the language model and of the vision tower.
-        num_kv_heads: key/value heads of the language model.
-        vision_hidden_size: width of the vision tower.
-        vision_layers: layers of the vision tower.
-        image_size: pixels per side; 56 = 4 patches of 14, i.e. 4 merged Qwen tokens or 16 LLaVA tokens.
-        vocab_size: of the tokenizer trained here.
-        seed: of the random weights.
-    """
+    """Sizes of a tiny checkpoint. Widths stay multiples of 64 (see module docstring)."""
 
     hidden_size: int = 64
+    """width of the language model."""
     intermediate_size: int = 128
+    """width of the language model's MLP."""
     num_layers: int = 2
+    """layers of the language model."""
     num_heads: int = 2
+    """attention heads of the language model and of the vision tower."""
     num_kv_heads: int = 1
+    """key/value heads of the language model."""
     vision_hidden_size: int = 64
+    """width of the vision tower."""
     vision_layers: int = 2
+    """layers of the vision tower."""
     image_size: int = 56
+    """pixels per side; 56 = 4 patches of 14, i.e. 4 merged Qwen tokens or 16 LLaVA tokens."""
     vocab_size: int = 512
+    """of the tokenizer trained here."""
     seed: int = 0
+    """of the random weights."""
 
 
 def train_tokenizer(specials: list[str], vocab_size: int, extra_text: list[str] | None = None) -> Tokenizer:
@@ -324,27 +321,31 @@ def ensure_tiny_checkpoint(arch: str, root: str | os.PathLike, spec: TinySpec | 
     return out
 
 
-def tiny(
-    out: str, arch: Literal["qwen2_5_vl", "qwen2_vl", "llava"] = "qwen2_5_vl", spec: TinySpec | None = None
-) -> Path:
+@dataclass
+class TinyConfig:
     """Write a tiny, randomly initialised checkpoint of a supported architecture (config, weights, tokenizer,
-    processor, chat template), loadable with `from_pretrained` like a released one.
+    processor, chat template), loadable with `from_pretrained` like a released one."""
 
-    Args:
-        out: directory to write the checkpoint into.
-        arch: the architecture.
-        spec: its sizes, e.g. --spec.hidden_size 128 --spec.image_size 112 (None: `TinySpec()`).
-    """
-    path = write_tiny_checkpoint(arch, out, spec)
+    out: str
+    """directory to write the checkpoint into."""
+    arch: Literal["qwen2_5_vl", "qwen2_vl", "llava"] = "qwen2_5_vl"
+    """the architecture."""
+    spec: TinySpec = field(default_factory=TinySpec)
+    """its sizes, e.g. --spec.hidden_size 128 --spec.image_size 112."""
+
+
+def tiny(cfg: TinyConfig) -> Path:
+    """Write the checkpoint of `cfg` and print its size."""
+    path = write_tiny_checkpoint(cfg.arch, cfg.out, cfg.spec)
     n = sum(p.numel() for p in AutoModelForImageTextToText.from_pretrained(path).parameters())
-    print(f"wrote tiny {arch} ({n / 1e6:.2f}M parameters) to {path}")
+    print(f"wrote tiny {cfg.arch} ({n / 1e6:.2f}M parameters) to {path}")
     return path
 
 
 def main(argv: list[str] | None = None) -> Path:
-    from mbpo_lit.cli import run_function
+    from mbpo_lit import cli
 
-    return run_function(tiny, argv)
+    return cli.run(TinyConfig, tiny, argv)
 
 
 if __name__ == "__main__":

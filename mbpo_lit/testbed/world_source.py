@@ -19,7 +19,8 @@ from collections.abc import Sequence
 
 from mbpo_lit.data.sources import RecordSource
 from mbpo_lit.evaluation import evaluate_records
-from mbpo_lit.testbed.world import FAMILIES, WorldConfig, build_records, parse_mentions
+from mbpo_lit.testbed.questions import FAMILIES, build_records, parse_mentions
+from mbpo_lit.testbed.world import WorldConfig
 
 EVAL_SPLITS = ("eval_in_prior", "eval_counter_prior")
 

@@ -14,7 +14,6 @@ what trains (the LoRA weights) and the optimizer state.
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -28,6 +27,7 @@ from mbpo_lit.core.answers import CLOSED_TYPES, is_correct
 from mbpo_lit.core.errors import SettingsError
 from mbpo_lit.core.grpo import LossParts, group_advantages, grpo_loss, offline_pair_rewards
 from mbpo_lit.core.rewards import AccuracyReward, FormatReward, LengthPenalty, compose
+from mbpo_lit.train.samples import append_jsonl, format_samples, sample_rows
 from mbpo_lit.train.settings import Loss, Optimization, Rewards, Sampling
 from mbpo_lit.vlm import sampling
 from mbpo_lit.vlm import shared_prefix as prefix
@@ -402,31 +402,10 @@ class MBPOModule(L.LightningModule):
 
     def _write_samples(self, scored: Scored) -> None:
         """The sample table: printed, and appended to `samples.jsonl` in the run's log directory."""
-        rows = [
-            {
-                "step": self.global_step,
-                "question": r["question"],
-                "answer": r["answer"],
-                "completion": t,
-                "reward": float(w),
-                "advantage": float(a),
-            }
-            for r, t, w, a in zip(scored.records, scored.texts, scored.rewards, scored.advantages)
-        ][: scored.n_online]
-        self.print(
-            f"step {self.global_step} samples (question | answer | completion | reward):\n"
-            + "\n".join(
-                f"  {x['question'][:40]:<40} | {x['answer']:<8} | {x['completion'][:24]!r:<26} | {x['reward']:+.2f}"
-                for x in rows[:8]
-            )
-        )
-        log_dir = (
-            self.logger.log_dir if self.logger is not None and self.logger.log_dir else self.trainer.default_root_dir
-        )
-        path = Path(log_dir) / "samples.jsonl"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("a") as f:
-            f.writelines(json.dumps(x) + "\n" for x in rows)
+        rows = sample_rows(self.global_step, scored)
+        self.print(format_samples(rows))
+        logger_dir = self.logger.log_dir if self.logger is not None else None
+        append_jsonl(Path(logger_dir or self.trainer.default_root_dir) / "samples.jsonl", rows)
 
     # -------------------------------------------------------------------------------------- validation
     def setup(self, stage: str) -> None:

@@ -28,24 +28,22 @@ class Sampling:
     - Log-probs: every log-prob the loss uses (policy, old policy, reference) is log softmax(logits / temperature)
       of the sampled token, as in TRL. top-k / top-p only truncate the draw (also as in TRL): with their
       defaults (off) the loss scores exactly the distribution the rollout was drawn from.
-
-    Args:
-        group_size: G, completions sampled per online prompt (>= 2: a group of one has advantage 0).
-        temperature: divides the logits, when sampling and in every log-prob pass.
-        top_k: keep only the k most likely tokens when sampling (0: off).
-        top_p: nucleus sampling: keep the smallest set of most likely tokens whose mass reaches top_p (1: off).
-        max_new_tokens: longest completion.
-        seed: of the module's randomness, whatever ran before in the process: the fresh LoRA weights are drawn
-            from it, and batch k of the run on rank r (rollout draws, dropout) from (seed, k, r), so a resumed run
-            draws what the uninterrupted one drew.
     """
 
     group_size: int = 4
+    """G, completions sampled per online prompt (>= 2: a group of one has advantage 0)."""
     temperature: float = 1.0
+    """divides the logits, when sampling and in every log-prob pass."""
     top_k: int = 0
+    """keep only the k most likely tokens when sampling (0: off)."""
     top_p: float = 1.0
+    """nucleus sampling: keep the smallest set of most likely tokens whose mass reaches top_p (1: off)."""
     max_new_tokens: int = 8
+    """longest completion."""
     seed: int = 0
+    """of the module's randomness, whatever ran before in the process: the fresh LoRA weights are drawn from it,
+    and batch k of the run on rank r (rollout draws, dropout) from (seed, k, r), so a resumed run draws what the
+    uninterrupted one drew."""
 
     def __post_init__(self) -> None:
         if self.group_size < 2:
@@ -62,35 +60,30 @@ class Sampling:
 
 @dataclass
 class Loss:
-    """The training objective: hybrid GRPO (MBPO), or supervised fine-tuning as a reference line.
-
-    Args:
-        kind: "grpo" (MBPO's hybrid GRPO, the default) or "sft": maximum likelihood of the reference answers
-            on the same batches (each offline pair's chosen answer and each online prompt's ground-truth
-            answer), with no sampling; its loss is the mean negative log-likelihood per answer token, at
-            temperature 1. The GRPO settings below do not apply to it: "sft" refuses beta != 0 and mu != 1.
-        beta: KL weight to the reference policy (`model.reference`: the starting policy); 0 skips the
-            reference pass.
-        eps_low, eps_high: clipping range of the importance ratio (DAPO's clip-higher: eps_high > eps_low).
-        mu: optimisation passes over one rollout (1: on-policy, ratio 1). The old policy's log-probs are the
-            first pass's, detached: the weights have not moved yet, so no separate pass is needed.
-        scale_std: divide advantages by the group std. Unset (None): yes, except under "dr_grpo", which is
-            defined without it; setting it true together with "dr_grpo" is refused.
-        aggregation: how per-token terms become the loss (core/grpo.py):
-            "grpo": mean over each completion's tokens, then over completions;
-            "bnpo": token mean over each batch (micro-batch under accumulation), TRL's name;
-            "dapo": token mean over the whole batch of one optimizer step: all micro-batches of
-                `optim.accumulate_grad_batches` and, under DDP, all ranks (the count is all-reduced);
-            "dr_grpo": token sum / (completions x sampling.max_new_tokens), and no std scaling.
-    """
+    """The training objective: hybrid GRPO (MBPO), or supervised fine-tuning as a reference line."""
 
     kind: Literal["grpo", "sft"] = "grpo"
+    """"grpo" (MBPO's hybrid GRPO, the default) or "sft": maximum likelihood of the reference answers on the same
+    batches (each offline pair's chosen answer and each online prompt's ground-truth answer), with no sampling;
+    its loss is the mean negative log-likelihood per answer token, at temperature 1. The GRPO settings below do
+    not apply to it: "sft" refuses beta != 0 and mu != 1."""
     beta: float = 0.0
+    """KL weight to the reference policy (`model.reference`: the starting policy); 0 skips the reference pass."""
     eps_low: float = 0.2
+    """lower clipping range of the importance ratio."""
     eps_high: float = 0.2
+    """upper clipping range of the importance ratio (DAPO's clip-higher: eps_high > eps_low)."""
     mu: int = 1
+    """optimisation passes over one rollout (1: on-policy, ratio 1). The old policy's log-probs are the first
+    pass's, detached: the weights have not moved yet, so no separate pass is needed."""
     scale_std: bool | None = None
+    """divide advantages by the group std. Unset (None): yes, except under "dr_grpo", which is defined without
+    it; setting it true together with "dr_grpo" is refused."""
     aggregation: Literal["grpo", "bnpo", "dapo", "dr_grpo"] = "grpo"
+    """how per-token terms become the loss (core/grpo.py). "grpo": mean over each completion's tokens, then over
+    completions; "bnpo": token mean over each batch (micro-batch under accumulation), TRL's name; "dapo": token
+    mean over the whole batch of one optimizer step (all micro-batches of `optim.accumulate_grad_batches` and,
+    under DDP, all ranks); "dr_grpo": token sum / (completions x sampling.max_new_tokens), no std scaling."""
 
     def __post_init__(self) -> None:
         if self.beta < 0 or self.eps_low < 0 or self.eps_high < 0 or self.mu < 1:
@@ -121,39 +114,35 @@ class Loss:
 
 @dataclass
 class Rewards:
-    """Rewards of both streams.
-
-    Args:
-        chosen, rejected: rewards of an offline pair's chosen and rejected answer (MBPO: 2 and 0).
-        format_weight: weight of the format reward of online completions (a parseable answer).
-        length_coef: weight of the length penalty of online completions.
-        vocabulary: answer words for colour / phrase answers (the first one in a completion is its answer);
-            None compares whole normalized phrases.
-    """
+    """Rewards of both streams."""
 
     chosen: float = 2.0
+    """reward of an offline pair's chosen answer (MBPO: 2)."""
     rejected: float = 0.0
+    """reward of an offline pair's rejected answer (0, inferred: the paper gives the chosen one's only)."""
     format_weight: float = 0.5
+    """weight of the format reward of online completions (a parseable answer)."""
     length_coef: float = 0.1
+    """weight of the length penalty of online completions."""
     vocabulary: list[str] | None = None
+    """answer words for colour / phrase answers (the first one in a completion is its answer); None compares
+    whole normalized phrases."""
 
 
 @dataclass
 class Optimization:
-    """AdamW on the adapters.
-
-    Args:
-        lr, weight_decay: AdamW's.
-        max_grad_norm: gradient clipping (by norm).
-        accumulate_grad_batches: batches whose gradients are summed before one optimizer step (mu = 1 only).
-            Lightning refuses the Trainer's own `accumulate_grad_batches` and `gradient_clip_val` under manual
-            optimization (needed here for mu), so both live on the module.
-    """
+    """AdamW on the adapters."""
 
     lr: float = 1e-4
+    """AdamW's learning rate."""
     weight_decay: float = 0.0
+    """AdamW's decoupled weight decay."""
     max_grad_norm: float = 1.0
+    """gradient clipping (by norm). Lightning refuses the Trainer's own `gradient_clip_val` under manual
+    optimization (needed here for mu), so it lives on the module."""
     accumulate_grad_batches: int = 1
+    """batches whose gradients are summed before one optimizer step (mu = 1 only; the Trainer's own option is
+    refused under manual optimization)."""
 
     def __post_init__(self) -> None:
         if self.lr <= 0 or self.weight_decay < 0 or self.max_grad_norm <= 0 or self.accumulate_grad_batches < 1:

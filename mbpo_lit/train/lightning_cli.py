@@ -1,0 +1,71 @@
+"""LightningCLI for MBPO: the shipped recipes, a recipe's `prepare` hook, and the before/after table a fit prints
+on its eval set (`python -m mbpo_lit fit` is `MBPOCLI` on `MBPOModule` and `HybridDataModule`)."""
+
+from __future__ import annotations
+
+import importlib
+import json
+from importlib.resources import files
+from pathlib import Path
+
+from lightning.pytorch.cli import LightningCLI
+
+from mbpo_lit.evaluation import before_after, change_column, format_table
+
+DEFAULT_RECIPE = "embedded"
+
+
+def recipe(name: str) -> str:
+    """Path of a shipped recipe, e.g. recipe("embedded")."""
+    return str(files("mbpo_lit") / "recipes" / f"{name}.yaml")
+
+
+def load_hook(path: str):
+    """A `prepare` hook from its dotted path ("package.module.function")."""
+    module_name, _, name = path.rpartition(".")
+    return getattr(importlib.import_module(module_name), name)
+
+
+class MBPOCLI(LightningCLI):
+    """LightningCLI with the recipe's `prepare` hook and a before/after table on the eval set."""
+
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.add_argument(
+            "--prepare",
+            type=str | None,
+            default=None,
+            help="dotted path of a function (module, datamodule) -> None run before training, e.g. to build "
+            "a model or mine pairs the recipe names (the embedded recipe's mbpo_lit.testbed.embedded.prepare)",
+        )
+
+    def before_fit(self) -> None:
+        hook = self.config[self.subcommand].get("prepare") if self.subcommand else None
+        if hook:
+            load_hook(hook)(self.model, self.datamodule)
+
+    def after_fit(self) -> None:
+        data = self.datamodule
+        if (
+            not self.trainer.is_global_zero
+            or self.model.policy is None
+            or not self.model.evaluate_after_fit
+            or not data.eval_records
+        ):
+            return
+        model = self.model
+        results = before_after(model.model, model.processor, data.val, data.eval_records, model.vocabulary)
+        print(f"eval set: {data.val} ({len(data.eval_records)} records)")
+        columns = {"before (start)": results["before"]["summary"], "after (MBPO)": results["after"]["summary"]}
+        print(format_table(columns | {"change [95% CI]": change_column(results["change"])}))
+        out = Path(self.trainer.default_root_dir) / "before_after.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(results, indent=2))
+        print(f"results: {out}")
+
+
+def with_default_recipe(argv: list[str]) -> list[str]:
+    """`fit` options without a `--config` apply on top of the embedded recipe (`python -m mbpo_lit fit
+    --trainer.max_steps 10`); with a `--config`, the recipes given are the whole configuration."""
+    if any(a == "--config" or a.startswith("--config=") for a in argv) or any(a in ("-h", "--help") for a in argv):
+        return argv
+    return ["--config", recipe(DEFAULT_RECIPE), *argv]

@@ -1,0 +1,32 @@
+"""The sample table of a training step: what the policy answered online, with its reward and advantage."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def sample_rows(step: int, scored) -> list[dict]:
+    """One row per online completion of a scored step (`module.Scored`): question, answer, completion, reward,
+    advantage."""
+    rows = zip(scored.records, scored.texts, scored.rewards, scored.advantages)
+    return [
+        {"step": step, "question": r["question"], "answer": r["answer"], "completion": t}
+        | {"reward": float(w), "advantage": float(a)}
+        for r, t, w, a in rows
+    ][: scored.n_online]
+
+
+def format_samples(rows: list[dict], limit: int = 8) -> str:
+    """The first `limit` rows as the console shows them."""
+    head = f"step {rows[0]['step']} samples (question | answer | completion | reward):\n" if rows else ""
+    return head + "\n".join(
+        f"  {x['question'][:40]:<40} | {x['answer']:<8} | {x['completion'][:24]!r:<26} | {x['reward']:+.2f}"
+        for x in rows[:limit]
+    )
+
+
+def append_jsonl(path: Path, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as f:
+        f.writelines(json.dumps(x) + "\n" for x in rows)
