@@ -78,15 +78,3 @@ def undocumented_options(p: ArgumentParser) -> list[str]:
         if not (action.help or "").strip() or str(action.help).startswith("%("):
             missing.append(action.option_strings[-1])
     return missing
-
-
-# TEMPORARY (removed once every command is converted): the two older styles.
-def run_function(fn: Callable[..., Any], argv: list[str] | None = None) -> Any:
-    from jsonargparse import CLI
-
-    with user_errors():
-        return CLI(fn, args=argv, as_positional=False)
-
-
-def parse_dataclass(cls: type[T], description: str, argv: list[str] | None = None) -> T:
-    return parse(cls, argv, description)

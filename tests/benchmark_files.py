@@ -241,3 +241,74 @@ def vqa_jsonl(root: Path, photos) -> Path:
     path = root / "vqa.jsonl"
     path.write_text("".join(json.dumps(x) + "\n" for x in lines))
     return path
+
+
+# What `Records(format=...)` read from each layout above before the layouts became classes (data/benchmarks.py),
+# record by record: `RECORD_FIELDS`, the photograph of each record, a record's keys, and the rows skipped.
+# pope_github: the "popular" file; vqav2: with answer_types [yes_no, number]; amber: data/query/query_all.json.
+RECORD_FIELDS = ("id", "source_index", "question", "answer", "answer_type", "family", "group", "choices", "amber_type")
+_KEYS = ["image", "question", "answer", "answer_type", "id", "source_index", "family", "group"]
+_AOKVQA_PROMPT = (
+    "What is in the picture?\nA. a person\nB. a cup of coffee\nC. a cat\nD. a rocket\n"
+    "Answer with the option's letter from the given choices directly."
+)
+_CHOICES = ["a person", "a cup of coffee", "a cat", "a rocket"]
+# AMBER's queries' (family, group); the group is also the record's amber_type.
+_AMBER = [("existence", "existence")] * 2 + [
+    ("attribute-state", "attribute"),
+    ("attribute-number", "attribute"),
+    ("attribute-action", "attribute"),
+    ("relation", "relation"),
+    ("relation", "relation"),
+    ("existence", "existence"),
+]
+_GENERATIVE = "a generative query (AMBER's generative task is not scored by this evaluator)"
+_PHRASE = "answer_type 'phrase' not in answer_types=['yes_no', 'number']"
+RECORDS_BEFORE = {
+    "pope_github": (
+        [
+            (str(k + 1), k, f"Is there a {('person', 'dog')[k % 2]} in the image?", ("yes", "no")[k % 2])
+            + ("yes_no", "existence", "popular", None, None)
+            for k in range(8)
+        ],
+        [0, 0, 1, 1, 2, 2, 3, 3],
+        _KEYS,
+        [],
+    ),
+    "pope_hub": (
+        [
+            ("1", 0, "Is there a person in the image?", "yes", "yes_no", "existence", "adversarial", None, None),
+            ("2", 1, "Is there a cup in the image?", "no", "yes_no", "existence", "popular", None, None),
+            ("3", 2, "Is there a cat in the image?", "yes", "yes_no", "existence", "random", None, None),
+            ("4", 3, "Is there a car in the image?", "no", "yes_no", "existence", "random", None, None),
+        ],
+        [0, 1, 2, 3],
+        _KEYS,
+        [],
+    ),
+    "aokvqa": (
+        [(f"q{k}", k, _AOKVQA_PROMPT, "ABCD"[k], "choice", "choice", "", _CHOICES, None) for k in range(4)],
+        [0, 1, 2, 3],
+        [*_KEYS, "choices"],
+        [],
+    ),
+    "vqav2": (
+        [
+            ("100", 0, "Is there a person?", "yes", "yes_no", "yes_no", "", None, None),
+            ("101", 1, "How many cups are there?", "1", "number", "number", "", None, None),
+            ("103", 3, "Is it night?", "no", "yes_no", "yes_no", "", None, None),
+        ],
+        [0, 1, 3],
+        _KEYS,
+        [{"index": 2, "id": "102", "reason": _PHRASE, "filtered": True}],
+    ),
+    "amber": (
+        [
+            (str(1005 + j), 4 + j, query, truth, "yes_no", family, group, None, group)
+            for j, ((_, _, query, truth), (family, group)) in enumerate(zip(AMBER_QUERIES, _AMBER))
+        ],
+        [k - 1 for k, *_ in AMBER_QUERIES],
+        [*_KEYS, "amber_type"],
+        [{"index": k, "id": str(k + 1), "reason": _GENERATIVE, "filtered": True} for k in range(4)],
+    ),
+}

@@ -9,7 +9,8 @@ import pytest
 
 from mbpo_lit.core.stats import mean_ci, summarize, t_quantile_975
 from mbpo_lit.experiments import ablate
-from mbpo_lit.experiments.ablate import GRID, AblationConfig, Variant, select
+from mbpo_lit.experiments.ablate import AblationConfig
+from mbpo_lit.experiments.variants import GRID, Variant, select
 
 
 def test_mean_ci_matches_hand_computation():

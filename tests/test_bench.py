@@ -10,7 +10,7 @@ from mbpo_lit.experiments.bench import BenchConfig, format_results, run, step_st
 
 def test_bench_counts_every_image_the_vision_tower_encodes(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # the tiny checkpoint for the benchmark is written under ./runs
-    monkeypatch.setattr(bench, "trl_available", lambda: False)  # the TRL side as on a machine without trl
+    monkeypatch.setattr(bench.trl, "trl_available", lambda: False)  # the TRL side as on a machine without trl
     cfg = BenchConfig(
         group_size=2,
         prompts=2,
@@ -82,7 +82,7 @@ def test_trl_side_runs_on_the_tiny_checkpoint(tmp_path, monkeypatch):
     pytest.importorskip("trl")
     monkeypatch.chdir(tmp_path)
     cfg = BenchConfig(group_size=2, prompts=2, max_new_tokens=3, beta=0.04, steps=1, warmup=0)
-    out = bench._bench_trl(cfg, bench.checkpoint(cfg))  # in this process: the isolation only separates memory
+    out = bench.train_trl(cfg, bench.checkpoint(cfg))  # in this process: the isolation only separates memory
     assert out["step_s"] > 0 and out["generated_tokens_per_s"] > 0 and out["peak_memory_mb"] > 0
     # TRL: generation on G copies of each prompt, then the policy and the reference pass, each from pixels.
     assert out["vision_calls_per_step"] == 3
@@ -113,12 +113,10 @@ def test_sections_run_only_what_is_asked_and_image_size_sets_the_prompt_length(t
 def test_every_sweep_row_is_a_valid_bench_command_line(preset):
     """Each row's options parse into a BenchConfig with the values it names (a typo fails here, not hours into
     a GPU session)."""
-    from mbpo_lit.cli import parse_dataclass
+    from mbpo_lit import cli
 
     rows = sweep.PRESETS[preset]["rows"]
-    configs = {
-        name: parse_dataclass(BenchConfig, "", sweep.PRESETS[preset]["common"] + args) for name, args in rows.items()
-    }
+    configs = {name: cli.parse(BenchConfig, sweep.PRESETS[preset]["common"] + args) for name, args in rows.items()}
     assert all(c.sections == ("grpo",) for c in configs.values())
     if preset == "cpu":
         assert sorted({c.group_size for c in configs.values()}) == [4, 8, 16]

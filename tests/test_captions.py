@@ -5,7 +5,7 @@ from collections import Counter
 
 import pytest
 
-from mbpo_lit.experiments.captions import captions, hallucinated, mention_changes
+from mbpo_lit.experiments.captions import CaptionsConfig, captions, hallucinated, mention_changes
 from mbpo_lit.testbed.questions import parse_mentions
 from mbpo_lit.testbed.world import WorldConfig
 from mbpo_lit.testbed.world_source import WorldSource
@@ -38,10 +38,10 @@ def test_the_command_reads_an_evaluate_compare_output(tmp_path, capsys):
     answers = [{"id": r["id"], "prediction": p} for r, p in zip(records, after)]
     plain = [{"id": r["id"], "prediction": p} for r, p in zip(records, before)]
     path.write_text(json.dumps({"answers": answers, "without_adapter": {"answers": plain}}))
-    changes = captions(str(path), n=3, splits=("eval_in_prior",), world=WORLD)
+    changes = captions(CaptionsConfig(str(path), n=3, splits=("eval_in_prior",), world=WORLD))
     absent = sum("star" not in " ".join(r["objects"]) for r in records)
     assert changes["new"][("kind absent", "atypical")] == absent and not changes["gone"]
     assert "3 captions" in capsys.readouterr().out
     path.write_text(json.dumps({"answers": answers}))
     with pytest.raises(ValueError, match="not an `evaluate --compare true` output"):
-        captions(str(path), n=3, splits=("eval_in_prior",), world=WORLD)
+        captions(CaptionsConfig(str(path), n=3, splits=("eval_in_prior",), world=WORLD))

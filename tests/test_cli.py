@@ -2,8 +2,10 @@
 hub offline, user mistakes as one-line errors."""
 
 import os
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -144,3 +146,13 @@ def test_every_option_of_every_command_has_help_text(command, monkeypatch, capsy
     assert page.count("\n  --") > 3, page  # the check reads a real options listing
     missing = options_without_help(page)
     assert not missing, f"`{command} --help`: options without help text: {missing}"
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_the_command_reference_lists_every_option(command, monkeypatch, capsys):
+    """docs/reference/commands.md is generated from `--help` (docs/reference/make_commands.py): an option added
+    without regenerating it fails here."""
+    reference = (Path(__file__).parents[1] / "docs" / "reference" / "commands.md").read_text()
+    assert run_entry([command, "--help"], monkeypatch) in (0, None)
+    options = set(re.findall(r"^  (--[\w.+-]+)", capsys.readouterr().out, re.M))
+    assert options and not {o for o in options if o not in reference}, f"regenerate the reference for `{command}`"

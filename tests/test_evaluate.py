@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import benchmark_files as bf
+from mbpo_lit.data.benchmarks import AOKVQA, Amber, Pope
 from mbpo_lit.data.captions import CocoChair
 from mbpo_lit.data.sources import Records
 from mbpo_lit.evaluate import main
@@ -133,7 +134,7 @@ def test_a_perfect_caption_has_chair_recall_one_and_no_hallucination():
 def test_pope_files_read_by_glob_are_scored_per_subset(tmp_path, photos):
     for category in ("random", "popular", "adversarial"):
         bf.pope_github(tmp_path, photos[:2], category)
-    records, _ = Records(str(tmp_path / "coco_pope_*.json"), format="pope", image_root=str(tmp_path / "val2014")).load()
+    records, _ = Pope(str(tmp_path / "coco_pope_*.json"), image_root=str(tmp_path / "val2014")).load()
     # Each file: yes, no, yes, no. Qwen-style sentences; the adversarial subset answers yes to everything.
     right = ["Yes, there is a person in the image.", "No, there is no dog in the image."] * 2
     preds = ["Yes, there is a dog in the image."] * 4 + right + ["Yes.", "There is not a dog.", "No.", "No"]
@@ -149,7 +150,7 @@ def test_pope_files_read_by_glob_are_scored_per_subset(tmp_path, photos):
 
 def test_amber_is_scored_with_no_as_positive_per_type(tmp_path, photos):
     path = bf.amber(tmp_path, photos)
-    records, _ = Records(str(path), format="amber", image_root=str(tmp_path / "image")).load()
+    records, _ = Amber(str(path), image_root=str(tmp_path / "image")).load()
     # truths: yes no | yes no no | yes no | yes
     preds = [
         "Yes, there is a person in this image.",
@@ -196,7 +197,7 @@ def test_verbose_answers_to_a_generic_vqa_file_and_to_multiple_choice(tmp_path, 
     preds = ["The person is wearing a spacesuit.", "There is no coffee in the cup.", "Cats.", "It is a rocket."]
     m = score(records, preds)
     assert m["all"] == {"accuracy": 0.75, "n": 4, "unparseable": 0}
-    records, _ = Records(str(bf.aokvqa(tmp_path / "a", photos)), format="aokvqa").load()
+    records, _ = AOKVQA(str(bf.aokvqa(tmp_path / "a", photos))).load()
     preds = ["The answer is (A).", "A cup of coffee.", "C. a cat", "The answer is a cat."]
     assert score(records, preds)["by_family"]["choice"] == {"accuracy": 0.75, "n": 4, "unparseable": 0}
 
@@ -220,13 +221,11 @@ def test_evaluate_world_reports_every_split_and_metric(qwen):
 
 def test_a_pope_file_of_real_photographs_is_scored_by_category(qwen, tmp_path, photos):
     path = bf.pope_hub(tmp_path, photos)
-    result = evaluate_source(
-        qwen[1].model, qwen[1].processor, Records(str(path), format="pope"), batch_size=2, progress=False
-    )
+    result = evaluate_source(qwen[1].model, qwen[1].processor, Pope(str(path)), batch_size=2, progress=False)
     assert result["pope"]["n"] == 4 and set(result["pope_by_type"]) == {"adversarial", "popular", "random"}
     assert set(result["summary"]) >= {"accuracy", "random_accuracy", "pope_f1", "pope_yes_ratio"}
     m, preds = evaluate_records(
-        qwen[1].model, qwen[1].processor, Records(str(path), format="pope").load()[0], batch_size=4, progress=False
+        qwen[1].model, qwen[1].processor, Pope(str(path)).load()[0], batch_size=4, progress=False
     )
     assert len(preds) == 4 and m["all"]["n"] == 4
 
@@ -243,11 +242,9 @@ def test_cli_writes_json_and_lists_skipped_records(qwen, tmp_path, capsys, photo
             "--model",
             str(qwen[0]),
             "--data",
-            "Records",
+            "Pope",
             "--data.path",
             str(path),
-            "--data.format",
-            "pope",
             "--data.image_root",
             str(tmp_path / "val2014"),
             "--precision",
@@ -272,10 +269,10 @@ def test_cli_compare_scores_the_model_with_and_without_the_adapter_on_the_same_r
             if "lora_B" in name:
                 p.normal_(0, 0.5)
     adapter = save_adapter(lora.model, tmp_path / "adapter")
-    records = Records(str(bf.pope_github(tmp_path, photos)), format="pope", image_root=str(tmp_path / "val2014"))
+    records = Pope(str(bf.pope_github(tmp_path, photos)), image_root=str(tmp_path / "val2014"))
     plain = [a["prediction"] for a in evaluate_source(base.model, base.processor, records, progress=False)["answers"]]
     out = tmp_path / "compare.json"
-    args = ["--model", str(path), "--data", "Records", "--data.path", str(records.path), "--data.format", "pope"]
+    args = ["--model", str(path), "--data", "Pope", "--data.path", str(records.path)]
     args += ["--data.image_root", str(tmp_path / "val2014"), "--precision", "fp32", "--out", str(out)]
     main([*args, "--adapter", str(adapter), "--compare", "true"])
     results = json.loads(out.read_text())

@@ -11,6 +11,7 @@ from PIL import Image
 
 import benchmark_files as bf
 from mbpo_lit.core.errors import SettingsError
+from mbpo_lit.data.benchmarks import AOKVQA
 from mbpo_lit.data.hybrid import load_pairs
 from mbpo_lit.data.sources import Records, SourceError
 from mbpo_lit.mining import MineConfig, Miner, apply_iig_filter, mine_pairs
@@ -234,7 +235,7 @@ def test_mining_reads_answer_type_and_loads_4bit(qwen_path, tmp_path, photos):
 def test_multiple_choice_pairs_keep_their_options_through_mining_and_loading(qwen_path, tmp_path, photos):
     """An A-OKVQA record's options travel with its pair: the training side (`load_pairs`, and re-mining, which
     attacks the loaded pairs again) judges "C. a cat" by the option texts the source gave, not by the letter alone."""
-    source = Records(str(bf.aokvqa(tmp_path / "a", photos)), format="aokvqa")
+    source = AOKVQA(str(bf.aokvqa(tmp_path / "a", photos)))
     cfg = MineConfig(model=qwen_path, source=source, out=str(tmp_path / "m"), n=4, method="none", iig_filter="none")
     mine_pairs(cfg, progress=False)
     records = {r["id"]: r for r in source.load()[0]}

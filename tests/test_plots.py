@@ -6,7 +6,7 @@ import json
 import pytest
 
 from mbpo_lit.experiments import plots
-from mbpo_lit.experiments.ablate import GRID
+from mbpo_lit.experiments.variants import GRID
 
 
 def _write(path, columns, rows):

@@ -25,15 +25,6 @@ def sizes(records):
     return {r["image"].size for r in records}
 
 
-def test_pope_github_files_give_yes_no_records_grouped_by_the_file_name(tmp_path, photos):
-    path = bf.pope_github(tmp_path, photos, "popular")
-    records, skipped = Pope(str(path), image_root=str(tmp_path / "val2014")).load()
-    assert not skipped and len(records) == 2 * len(photos)
-    assert [r["answer"] for r in records[:2]] == ["yes", "no"] and {r["answer_type"] for r in records} == {"yes_no"}
-    assert {r["group"] for r in records} == {"popular"} and records[1]["id"] == "2"
-    assert records[0]["question"] == "Is there a person in the image?" and len(sizes(records)) == 3
-
-
 def test_pope_hub_layout_groups_by_category_and_spread_samples_every_category(tmp_path, photos):
     path = bf.pope_hub(tmp_path, photos)
     records, _ = Pope(str(path)).load()
@@ -45,13 +36,6 @@ def test_pope_hub_layout_groups_by_category_and_spread_samples_every_category(tm
     assert [r["source_index"] for r in spread] == [0, 2]
 
 
-def test_aokvqa_becomes_a_lettered_multiple_choice_prompt(tmp_path, photos):
-    records, skipped = AOKVQA(str(bf.aokvqa(tmp_path, photos))).load()
-    assert not skipped and [r["answer"] for r in records] == ["A", "B", "C", "D"]
-    assert "\nB. a cup of coffee\n" in records[0]["question"] and records[0]["answer_type"] == "choice"
-    assert len(sizes(records)) == 3
-
-
 def test_vqav2_answer_types_are_mapped_and_filtered_with_every_skip_listed(tmp_path, photos):
     path = str(bf.vqav2(tmp_path, photos))
     records, skipped = VQAv2(path).load()
@@ -61,107 +45,33 @@ def test_vqav2_answer_types_are_mapped_and_filtered_with_every_skip_listed(tmp_p
     assert [(s["index"], s["id"]) for s in skipped] == [(2, "102")] and "answer_type 'phrase'" in skipped[0]["reason"]
 
 
-# What `Records(format=...)` read from each published-layout fixture before the layouts became classes, record by
-# record: (id, source_index, question, answer, answer_type, family, group, choices, amber_type), the photograph of
-# each record, the keys of a record, and the rows skipped. The classes must read exactly this.
-AOKVQA_PROMPT = (
-    "What is in the picture?\nA. a person\nB. a cup of coffee\nC. a cat\nD. a rocket\n"
-    "Answer with the option's letter from the given choices directly."
-)
-AOKVQA_CHOICES = ["a person", "a cup of coffee", "a cat", "a rocket"]
-KEYS = ["image", "question", "answer", "answer_type", "id", "source_index", "family", "group"]
-# AMBER's queries' (family, group): the group is also the record's amber_type.
-AMBER_BEFORE = [("existence", "existence")] * 2 + [
-    ("attribute-state", "attribute"),
-    ("attribute-number", "attribute"),
-    ("attribute-action", "attribute"),
-    ("relation", "relation"),
-    ("relation", "relation"),
-    ("existence", "existence"),
-]
-GENERATIVE = "a generative query (AMBER's generative task is not scored by this evaluator)"
-BEFORE = {
-    "pope_github": (
-        lambda t, photos: Pope(str(bf.pope_github(t, photos, "popular")), image_root=str(t / "val2014")),
-        [
-            (str(k + 1), k, f"Is there a {('person', 'dog')[k % 2]} in the image?", ("yes", "no")[k % 2])
-            + ("yes_no", "existence", "popular", None, None)
-            for k in range(8)
-        ],
-        [0, 0, 1, 1, 2, 2, 3, 3],
-        KEYS,
-        [],
-    ),
-    "pope_hub": (
-        lambda t, photos: Pope(str(bf.pope_hub(t, photos))),
-        [
-            ("1", 0, "Is there a person in the image?", "yes", "yes_no", "existence", "adversarial", None, None),
-            ("2", 1, "Is there a cup in the image?", "no", "yes_no", "existence", "popular", None, None),
-            ("3", 2, "Is there a cat in the image?", "yes", "yes_no", "existence", "random", None, None),
-            ("4", 3, "Is there a car in the image?", "no", "yes_no", "existence", "random", None, None),
-        ],
-        [0, 1, 2, 3],
-        KEYS,
-        [],
-    ),
-    "aokvqa": (
-        lambda t, photos: AOKVQA(str(bf.aokvqa(t, photos))),
-        [(f"q{k}", k, AOKVQA_PROMPT, "ABCD"[k], "choice", "choice", "", AOKVQA_CHOICES, None) for k in range(4)],
-        [0, 1, 2, 3],
-        [*KEYS, "choices"],
-        [],
-    ),
-    "vqav2": (
-        lambda t, photos: VQAv2(str(bf.vqav2(t, photos)), answer_types=["yes_no", "number"]),
-        [
-            ("100", 0, "Is there a person?", "yes", "yes_no", "yes_no", "", None, None),
-            ("101", 1, "How many cups are there?", "1", "number", "number", "", None, None),
-            ("103", 3, "Is it night?", "no", "yes_no", "yes_no", "", None, None),
-        ],
-        [0, 1, 3],
-        KEYS,
-        [
-            {
-                "index": 2,
-                "id": "102",
-                "reason": "answer_type 'phrase' not in answer_types=['yes_no', 'number']",
-                "filtered": True,
-            }
-        ],
-    ),
-    "amber": (
-        lambda t, photos: Amber(str(bf.amber(t, photos).parent / "query_all.json"), image_root=str(t / "image")),
-        [
-            (str(1005 + j), 4 + j, query, truth, "yes_no", family, group, None, group)
-            for j, ((_, _, query, truth), (family, group)) in enumerate(zip(bf.AMBER_QUERIES, AMBER_BEFORE))
-        ],
-        [k - 1 for k, *_ in bf.AMBER_QUERIES],
-        [*KEYS, "amber_type"],
-        [{"index": k, "id": str(k + 1), "reason": GENERATIVE, "filtered": True} for k in range(4)],
-    ),
+# The reader of each layout of benchmark_files, as `bf.RECORDS_BEFORE` names them.
+READERS = {
+    "pope_github": lambda t, photos: Pope(str(bf.pope_github(t, photos, "popular")), image_root=str(t / "val2014")),
+    "pope_hub": lambda t, photos: Pope(str(bf.pope_hub(t, photos))),
+    "aokvqa": lambda t, photos: AOKVQA(str(bf.aokvqa(t, photos))),
+    "vqav2": lambda t, photos: VQAv2(str(bf.vqav2(t, photos)), answer_types=["yes_no", "number"]),
+    "amber": lambda t, photos: Amber(str(bf.amber(t, photos).parent / "query_all.json"), image_root=str(t / "image")),
 }
 
 
-@pytest.mark.parametrize("layout", sorted(BEFORE))
+@pytest.mark.parametrize("layout", sorted(READERS))
 def test_each_benchmark_class_reads_its_published_layout_as_records_format_did(layout, tmp_path, photos):
-    make, rows, photo_of, keys, skipped_before = BEFORE[layout]
-    records, skipped = make(tmp_path, photos).load()
-    fields = ("id", "source_index", "question", "answer", "answer_type", "family", "group", "choices", "amber_type")
-    assert [tuple(r.get(k) for k in fields) for r in records] == rows
+    rows, photo_of, keys, skipped_before = bf.RECORDS_BEFORE[layout]
+    records, skipped = READERS[layout](tmp_path, photos).load()
+    assert [tuple(r.get(k) for k in bf.RECORD_FIELDS) for r in records] == rows
     assert [r["image"].size for r in records] == [photos[k].size for k in photo_of]
     assert [list(r) for r in records] == [keys] * len(rows) and skipped == skipped_before
 
 
 @pytest.mark.parametrize("fmt, cls", [("pope", Pope), ("amber", Amber), ("aokvqa", AOKVQA), ("vqav2", VQAv2)])
 def test_the_former_format_option_is_refused_naming_the_class_to_use(fmt, cls, tmp_path):
-    path = write_jsonl(tmp_path / "d.jsonl", [{"image": "x.png", "question": "q", "answer": "yes"}])
-    name = cls.__name__
-    with pytest.raises(
-        SourceError, match=rf"^format='{fmt}' is now a class: use {name}\(\.\.\.\) / --data {name} "
-    ) as err:
+    path, name = write_jsonl(tmp_path / "d.jsonl", [{"image": "x.png", "question": "q", "answer": "yes"}]), cls.__name__
+    says = rf"^format='{fmt}' is now a class: use {name}\(\.\.\.\) / --data {name} "
+    says += rf"\(class_path mbpo_lit.data.benchmarks.{name}\) instead of Records\(format=\.\.\.\)$"
+    with pytest.raises(SourceError, match=says) as err:
         Records(path, format=fmt)
-    assert "\n" not in str(err.value) and f"mbpo_lit.data.benchmarks.{name}" in str(err.value)
-    assert getattr(benchmarks, name) is cls and issubclass(cls, Records)
+    assert "\n" not in str(err.value) and getattr(benchmarks, name) is cls and issubclass(cls, Records)
     with pytest.raises(SourceError, match="format='records' is gone"):
         Records(path, format="records")
     with pytest.raises(TypeError):  # the options after `path` are keyword-only: Records(path, split, name, format)
@@ -177,16 +87,23 @@ def test_the_former_format_option_is_refused_on_the_command_line(tmp_path, capsy
     assert exit_.value.code not in (0, None) and "Option 'format' is not accepted" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("command, option, cls", [("mine", "--source", "VQAv2"), ("evaluate", "--data", "Pope")])
-def test_the_commands_resolve_the_benchmark_classes_by_name(command, option, cls, tmp_path):
-    """`--source VQAv2` / `--data Pope` in a fresh interpreter: the command itself makes the classes known to
-    jsonargparse (here the test module has imported them already)."""
-    argv = ["--model", "m", option, cls, f"{option}.path", "x.json", "--print_config"]
+@pytest.mark.parametrize(
+    "command, option, class_path, init",
+    [
+        ("mine", "--source", "mbpo_lit.data.benchmarks.VQAv2", "path"),
+        ("evaluate", "--data", "mbpo_lit.data.benchmarks.Pope", "path"),
+        ("evaluate", "--data", "mbpo_lit.data.captions.CocoChair", "annotations"),
+    ],
+)
+def test_the_commands_resolve_the_source_classes_by_name(command, option, class_path, init, tmp_path):
+    """`--source VQAv2` / `--data Pope` / `--data CocoChair` in a fresh interpreter: the command itself makes the
+    classes known to jsonargparse (here the test module has imported them already)."""
+    argv = ["--model", "m", option, class_path.split(".")[-1], f"{option}.{init}", "x.json", "--print_config"]
     done = subprocess.run(
         [sys.executable, "-m", "mbpo_lit", command, *argv], capture_output=True, text=True, timeout=300, cwd=tmp_path
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    assert yaml.safe_load(done.stdout)[option[2:]]["class_path"] == f"mbpo_lit.data.benchmarks.{cls}"
+    assert yaml.safe_load(done.stdout)[option[2:]]["class_path"] == class_path
 
 
 def test_renamed_columns_real_style_answers_and_relative_images(tmp_path, photos):

@@ -1,8 +1,8 @@
 """`python -m mbpo_lit ablate`: a grid of MBPO variants over seeds on the embedded world, with tidy CSVs.
 
-A variant is a name, fit overrides (`python -m mbpo_lit fit` options on top of the embedded recipe,
-`mbpo_lit/recipes/embedded.yaml`) and a mining config (overrides of `MineConfig`; None trains on the online
-stream only). Each (variant, seed) is one short fit of the embedded biased base model followed by a final
+A variant (experiments/variants.py) is a name, fit overrides (`python -m mbpo_lit fit` options on top of the
+embedded recipe, `mbpo_lit/recipes/embedded.yaml`) and a mining config (overrides of `MineConfig`; None trains on
+the online stream only). Each (variant, seed) is one short fit of the embedded biased base model followed by a final
 evaluation (attribute questions, in-prior and counter-prior splits).
 
 Mined pair sets are cached by mining config under `--mined_root` (default `OUT/mined/`), one directory per
@@ -22,6 +22,7 @@ A run killed midway has no result.json; the next invocation deletes its director
 step 0. Variants belong to sweeps (`Variant.sweeps`: sweep name -> x value), e.g. "full" is the pgd point of
 the "negatives" sweep, epsilon 32 of the "epsilon" sweep and "high" of the "iig" sweep, so shared points are
 trained once and the plots (`python -m mbpo_lit plots --directory DIR`) draw each sweep from the same runs.
+What the grid has shown so far is in results/ablations.md.
 
     python -m mbpo_lit ablate --list true
     python -m mbpo_lit ablate --variants full,online_only --seeds [0,1,2] --steps 300 --out runs/ablate --plot true
@@ -40,11 +41,11 @@ import shutil
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from mbpo_lit.core.stats import summarize
+from mbpo_lit.experiments.variants import GRID, Variant, select
 
 FINAL_METRICS = ("in_prior_accuracy", "counter_prior_accuracy", "gap")
 # Every run starts from the embedded recipe; the runner's and the variant's options override it.
@@ -52,99 +53,27 @@ RECIPE = "embedded"
 
 
 @dataclass
-class Variant:
-    """One arm of the ablation.
-
-    Args:
-        name: identifier (directory name, CSV value, `--variants` entry).
-        description: one line for listings and plot legends.
-        fit_args: extra `python -m mbpo_lit fit` options, e.g. ("--data.online", "null").
-        mine: `MineConfig` overrides on top of the embedded recipe's mining (`testbed.embedded.EMBEDDED_MINING`,
-            with `--mine_n` records); None: no offline pairs (`--data.pairs null`).
-        sweeps: sweep name -> this variant's x in that sweep (a number for numeric sweeps such as epsilon).
-    """
-
-    name: str
-    description: str
-    fit_args: tuple[str, ...] = ()
-    mine: dict[str, Any] | None = field(default_factory=dict)
-    sweeps: dict[str, float | str] = field(default_factory=dict)
-
-
-def _neg(method: str, what: str) -> Variant:
-    return Variant(f"neg_{method}", f"negatives from {what}", mine={"method": method}, sweeps={"negatives": method})
-
-
-def remine_args(every_n_steps: int) -> tuple[str, ...]:
-    """Fit options that re-mine the offline pairs from the current policy every N steps (mbpo_lit/remine.py)."""
-    return ("--trainer.callbacks+=mbpo_lit.train.remine.Remine", f"--trainer.callbacks.every_n_steps={every_n_steps}")
-
-
-GRID: tuple[Variant, ...] = (
-    Variant(
-        "full",
-        "full MBPO: PGD negatives (eps 32), high-IIG filter, offline + online",
-        sweeps={
-            "stream": "hybrid",
-            "negatives": "pgd",
-            "epsilon": 32.0,
-            "iig": "high",
-            "offline_pairs": "mined once",
-            "objective": "mbpo",
-        },
-    ),
-    Variant("offline_only", "offline pairs only", fit_args=("--data.online", "null"), sweeps={"stream": "offline"}),
-    Variant("online_only", "online GRPO only", mine=None, sweeps={"stream": "online"}),
-    _neg("uniform", "uniform noise (same eps)"),
-    _neg("diffusion", "diffusion noise (POVID, t=200)"),
-    _neg("none", "the clean image (no perturbation)"),
-    _neg("gaussian", "Gaussian noise (std eps, clipped to the same eps)"),
-    *(
-        Variant(f"eps_{e}", f"PGD negatives at eps {e}/255", mine={"epsilon": float(e)}, sweeps={"epsilon": float(e)})
-        for e in (8, 16, 64)
-    ),
-    Variant("iig_low", "low-IIG filter", mine={"iig_filter": "low"}, sweeps={"iig": "low"}),
-    Variant("iig_none", "no IIG filter", mine={"iig_filter": "none"}, sweeps={"iig": "none"}),
-    Variant(
-        "remine_100",
-        "full MBPO, offline pairs re-mined from the current policy every 100 steps",
-        fit_args=remine_args(100),
-        sweeps={"offline_pairs": "re-mined every 100"},
-    ),
-    Variant(
-        "sft",
-        "supervised fine-tuning on the same data (pairs' chosen + online reference answers)",
-        fit_args=("--model.loss.kind", "sft", "--model.loss.beta", "0"),  # no KL term in maximum likelihood
-        sweeps={"objective": "sft"},
-    ),
-)
-
-
-def select(names: str, grid: tuple[Variant, ...] = GRID) -> list[Variant]:
-    """Variants by comma-separated names ("all" for the whole grid), in the order given."""
-    by_name = {v.name: v for v in grid}
-    if names.strip() == "all":
-        return list(grid)
-    wanted = [n.strip() for n in names.split(",") if n.strip()]
-    unknown = [n for n in wanted if n not in by_name]
-    if unknown or not wanted:
-        raise ValueError(f"--variants: unknown {unknown or names!r}; choose from {list(by_name)} or 'all'")
-    return [by_name[n] for n in wanted]
-
-
-@dataclass
 class AblationConfig:
     """Settings shared by every run of the grid (each is a command-line option)."""
 
     out: str = "runs/ablate"
+    """the grid's directory (runs, CSVs, settings.json)."""
     seeds: tuple[int, ...] = (0, 1, 2)
+    """seeds of every variant."""
     steps: int = 300
-    val_every: int | None = None  # validation interval in steps; None: steps // 5
-    val_n: int = 32  # validation records per split (the curves)
-    eval_n: int = 100  # final evaluation records per split
-    mine_n: int = 512  # records mined per pair set
-    mined_root: str | None = None  # None: OUT/mined
-    fit_args: tuple[str, ...] = ()  # appended to every fit, after the variant's own
+    """training steps per run."""
+    val_every: int | None = None
+    """validation interval in steps; None: steps // 5."""
+    val_n: int = 32
+    """validation records per split (the curves)."""
+    eval_n: int = 100
+    """final evaluation records per split."""
+    mine_n: int = 512
+    """records mined per pair set."""
+    mined_root: str | None = None
+    """cache of mined pair sets; None: OUT/mined."""
+    fit_args: tuple[str, ...] = ()
+    """appended to every fit, after the variant's own."""
 
 
 # ---------------------------------------------------------------------------------------------- mining
@@ -369,74 +298,75 @@ def run_grid(cfg: AblationConfig, variants: list[Variant], log: Callable[[str], 
     return collect(cfg, variants)
 
 
-def ablate(
-    variants: str = "all",
-    seeds: tuple[int, ...] = (0, 1, 2),
-    steps: int = 300,
-    val_every: int | None = None,
-    val_n: int = 32,
-    eval_n: int = 100,
-    mine_n: int = 512,
-    mined_root: str | None = None,
-    out: str = "runs/ablate",
-    fit_args: str = "",
-    plot: bool = False,
-    list: bool = False,
-) -> dict[str, Path] | None:
+@dataclass
+class AblateConfig:
     """Run an ablation grid of MBPO variants over seeds on the embedded world: mined pairs cached and shared,
-    finished runs skipped, tidy CSVs (curves, final, summary with 95% Student-t intervals) written to OUT.
+    finished runs skipped, tidy CSVs (curves, final, summary with 95% Student-t intervals) written to OUT."""
 
-    Args:
-        variants: comma-separated variant names, or "all" (see --list true).
-        seeds: seeds of every variant, e.g. [0,1,2].
-        steps: training steps per run.
-        val_every: validation interval in steps (None: steps // 5).
-        val_n: validation records per run (the curves).
-        eval_n: final evaluation records per split (in-prior, counter-prior).
-        mine_n: records mined per pair set.
-        mined_root: cache of mined pair sets (None: OUT/mined).
-        out: the grid's directory; runs of other settings there are refused.
-        fit_args: extra `python -m mbpo_lit fit` options for every run, one string, e.g.
-            --fit_args="--model.optim.lr 1e-4".
-        plot: also write the figures (as `python -m mbpo_lit plots --directory OUT`).
-        list: list the variants and their sweeps, and exit.
-    """
-    if list:
+    variants: str = "all"
+    """comma-separated variant names, or "all" (see --list true)."""
+    seeds: tuple[int, ...] = (0, 1, 2)
+    """seeds of every variant, e.g. [0,1,2]."""
+    steps: int = 300
+    """training steps per run."""
+    val_every: int | None = None
+    """validation interval in steps (None: steps // 5)."""
+    val_n: int = 32
+    """validation records per run (the curves)."""
+    eval_n: int = 100
+    """final evaluation records per split (in-prior, counter-prior)."""
+    mine_n: int = 512
+    """records mined per pair set."""
+    mined_root: str | None = None
+    """cache of mined pair sets (None: OUT/mined)."""
+    out: str = "runs/ablate"
+    """the grid's directory; runs of other settings there are refused."""
+    fit_args: str = ""
+    """extra `python -m mbpo_lit fit` options for every run, one string, e.g. --fit_args="--model.optim.lr 1e-4"."""
+    plot: bool = False
+    """also write the figures (as `python -m mbpo_lit plots --directory OUT`)."""
+    list: bool = False
+    """list the variants and their sweeps, and exit."""
+
+
+def ablate(cfg: AblateConfig) -> dict[str, Path] | None:
+    """Run the grid `cfg` asks for (or list the variants) and print the CSVs' (and figures') paths."""
+    if cfg.list:
         for v in GRID:
             print(f"{v.name:<14} {v.description}   sweeps={v.sweeps}")
         return None
-    cfg = AblationConfig(
-        out=out,
-        seeds=tuple(seeds),
-        steps=steps,
-        val_every=val_every,
-        val_n=val_n,
-        eval_n=eval_n,
-        mine_n=mine_n,
-        mined_root=mined_root,
-        fit_args=tuple(shlex.split(fit_args)),
+    grid = AblationConfig(
+        out=cfg.out,
+        seeds=tuple(cfg.seeds),
+        steps=cfg.steps,
+        val_every=cfg.val_every,
+        val_n=cfg.val_n,
+        eval_n=cfg.eval_n,
+        mine_n=cfg.mine_n,
+        mined_root=cfg.mined_root,
+        fit_args=tuple(shlex.split(cfg.fit_args)),
     )
     try:  # a user's mistake: one line, exit code 2
-        chosen = select(variants)
-        Path(cfg.out).mkdir(parents=True, exist_ok=True)
-        check_settings(cfg)
+        chosen = select(cfg.variants)
+        Path(grid.out).mkdir(parents=True, exist_ok=True)
+        check_settings(grid)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
-    paths = run_grid(cfg, chosen)
+    paths = run_grid(grid, chosen)
     print("\n".join(f"{k}: {v}" for k, v in paths.items()))
-    if plot:
+    if cfg.plot:
         from mbpo_lit.experiments.plots import plot_all
 
-        for path in plot_all(cfg.out):
+        for path in plot_all(grid.out):
             print(f"figure: {path}")
     return paths
 
 
 def main(argv: list[str] | None = None) -> dict[str, Path] | None:
-    from mbpo_lit.cli import run_function
+    from mbpo_lit import cli
 
-    return run_function(ablate, argv)
+    return cli.run(AblateConfig, ablate, argv)
 
 
 if __name__ == "__main__":

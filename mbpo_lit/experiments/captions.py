@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from mbpo_lit.core.metrics import named_objects
@@ -58,20 +59,25 @@ def mention_changes(
     return out
 
 
-def captions(
-    compare: str,
-    n: int = 1500,
-    splits: tuple[str, ...] = ("eval_in_prior", "eval_counter_prior"),
-    world: WorldConfig | None = None,
-) -> dict[str, Counter]:
-    """Sort the caption mentions that changed between the model without and with its adapter.
+@dataclass
+class CaptionsConfig:
+    """Sort the caption mentions that changed between the model without and with its adapter."""
 
-    Args:
-        compare: the `--out` JSON of `python -m mbpo_lit evaluate --compare true` on the world's descriptions.
-        n, splits, world: the settings that evaluation's `--data.n`, `--data.splits` and `--data.world` had, to
-            rebuild its records (matched by id; a record id the JSON lacks is an error).
-    """
-    world = world or WorldConfig()
+    compare: str
+    """the `--out` JSON of `python -m mbpo_lit evaluate --compare true` on the world's descriptions."""
+    n: int = 1500
+    """the `--data.n` that evaluation had (its records are rebuilt and matched by id; a record id the JSON lacks
+    is an error)."""
+    splits: tuple[str, ...] = ("eval_in_prior", "eval_counter_prior")
+    """the `--data.splits` that evaluation had."""
+    world: WorldConfig = field(default_factory=WorldConfig)
+    """the `--data.world` that evaluation had."""
+
+
+def captions(cfg: CaptionsConfig) -> dict[str, Counter]:
+    """Rebuild the evaluation's records, sort the hallucinated mentions that are new or gone with the adapter
+    (`mention_changes`), print them as a table and return them."""
+    compare, n, splits, world = cfg.compare, cfg.n, cfg.splits, cfg.world
     result = json.loads(Path(compare).read_text())
     if "without_adapter" not in result:
         raise ValueError(f"{compare}: not an `evaluate --compare true` output (no 'without_adapter')")
@@ -91,9 +97,9 @@ def captions(
 
 
 def main(argv: list[str] | None = None) -> None:
-    from mbpo_lit.cli import run_function
+    from mbpo_lit import cli
 
-    run_function(captions, argv)
+    cli.run(CaptionsConfig, captions, argv)
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ import json
 import math
 from collections import defaultdict
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from matplotlib.figure import Figure
@@ -178,28 +179,34 @@ def plot_all(directory: str | Path, out: str | Path | None = None) -> list[Path]
     return written
 
 
-def plots(directory: str, out: str | None = None) -> list[Path]:
-    """Write the PNG figures of an ablation directory (`python -m mbpo_lit ablate --out DIR`) and print their paths.
+@dataclass
+class PlotsConfig:
+    """Write the PNG figures of an ablation directory (`python -m mbpo_lit ablate --out DIR`) and print their
+    paths."""
 
-    Args:
-        directory: the ablation directory (curves.csv, final.csv, variants.json).
-        out: where the PNGs go (None: DIRECTORY/figures).
-    """
-    if not (Path(directory) / "final.csv").is_file():
+    directory: str
+    """the ablation directory (curves.csv, final.csv, variants.json)."""
+    out: str | None = None
+    """where the PNGs go (None: DIRECTORY/figures)."""
+
+
+def plots(cfg: PlotsConfig) -> list[Path]:
+    """Every figure of `cfg.directory`, written to `cfg.out`; refuses a directory that is not an ablation's."""
+    if not (Path(cfg.directory) / "final.csv").is_file():
         raise FileNotFoundError(
-            f"{Path(directory) / 'final.csv'} not found: is {directory} an ablation directory "
+            f"{Path(cfg.directory) / 'final.csv'} not found: is {cfg.directory} an ablation directory "
             "(python -m mbpo_lit ablate --out DIR)?"
         )
-    written = plot_all(directory, out)
+    written = plot_all(cfg.directory, cfg.out)
     for path in written:
         print(path)
     return written
 
 
 def main(argv: list[str] | None = None) -> list[Path]:
-    from mbpo_lit.cli import run_function
+    from mbpo_lit import cli
 
-    return run_function(plots, argv)
+    return cli.run(PlotsConfig, plots, argv)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
 One `bench` run answers "how fast at these settings"; the question a user with a bigger model asks is how the
 ratios move with model size, G and prompt length, and whether the GPU agrees with the CPU. This runs
-`experiments/bench.py` (GRPO step only: shared prefix, one row per completion, TRL's GRPOTrainer) once per row
+`experiments/bench/` (GRPO step only: shared prefix, one row per completion, TRL's GRPOTrainer) once per row
 of a preset, each in its own process, writes every run's JSON under `--out`, and prints a markdown table of step
 times, ratios and peak memory.
 
@@ -27,7 +27,8 @@ PRESETS: dict[str, dict] = {
             "tiny-g4": ["--group_size", "4", "--prompts", "4", "--steps", "10"],
             "tiny-g8": ["--group_size", "8", "--prompts", "4", "--steps", "10"],
             "tiny-g16": ["--group_size", "16", "--prompts", "4", "--steps", "10"],
-            # One prompt per step keeps the row-wise and TRL sides of the small model at minutes, not hours.
+            # One prompt per step keeps the small model's row-wise and TRL sides short enough for a CPU
+            # (their timings: results/performance.md).
             "small-g4": ["--size", "small", "--group_size", "4", "--prompts", "1", "--steps", "2"],
             "small-g8": ["--size", "small", "--group_size", "8", "--prompts", "1", "--steps", "2"],
             "small-g16": ["--size", "small", "--group_size", "16", "--prompts", "1", "--steps", "2"],
@@ -57,16 +58,15 @@ PRESETS: dict[str, dict] = {
 
 @dataclass
 class SweepConfig:
-    """Args:
-    preset: which grid ("cpu": sizes, G and prompt length on the CPU; "gpu": bf16 / 4-bit, checkpointing on
-        and off at `--size small`).
-    out: folder of the runs' JSON (one file per row) and of `sweep.md`, the table.
-    only: run just these rows of the preset (None: all).
-    """
+    """Run the GRPO step benchmark over a preset grid and print one table."""
 
     preset: Literal["cpu", "gpu"] = "cpu"
+    """which grid ("cpu": sizes, G and prompt length on the CPU; "gpu": bf16 / 4-bit, checkpointing on and off
+    at `--size small`)."""
     out: str = "runs/bench/sweep"
+    """folder of the runs' JSON (one file per row) and of `sweep.md`, the table."""
     only: list[str] | None = None
+    """run just these rows of the preset (None: all)."""
 
 
 def run_row(name: str, args: list[str], out: Path) -> dict:
@@ -99,10 +99,8 @@ def table(results: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> dict[str, dict]:
-    from mbpo_lit.cli import parse_dataclass
-
-    cfg = parse_dataclass(SweepConfig, "Run the GRPO step benchmark over a preset grid and print one table.", argv)
+def sweep(cfg: SweepConfig) -> dict[str, dict]:
+    """Run the rows of `cfg.preset` (or `cfg.only` of them), write their JSON and `sweep.md`, print the table."""
     preset = PRESETS[cfg.preset]
     if unknown := set(cfg.only or ()) - set(preset["rows"]):
         raise SystemExit(
@@ -116,6 +114,12 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
     (out / "sweep.md").write_text(text + "\n")
     print(text)
     return results
+
+
+def main(argv: list[str] | None = None) -> dict[str, dict]:
+    from mbpo_lit import cli
+
+    return cli.run(SweepConfig, sweep, argv)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
 """The embedded default's base model, shipped inside the package so no one waits for it to train.
 
-Building the biased base model (testbed/base_model.py) takes about 20 minutes on two CPU cores, longer than the
-whole default run may take. So the default build is also shipped here, small: every weight matrix stored as int8
-with one float32 scale per row (absmax rounding; about 2.9 MB for 2.8 M parameters, against 11 MB in float32),
+Building the biased base model (testbed/base_model/) takes longer on two CPU cores than the whole default run
+may take (results/base-model.md). So the default build is also shipped here, small: every weight matrix stored
+as int8 with one float32 scale per row (absmax rounding, a quarter of float32's size),
 beside the checkpoint's config, tokenizer and processor files and the build's `warmstart.json`, whose skills
 table was measured on these int8 weights after unpacking, not on the float32 ones they came from.
 

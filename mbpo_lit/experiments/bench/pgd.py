@@ -1,0 +1,150 @@
+"""PGD mining in the benchmark: PGD's time against the bare forward+backward of the same steps, and `Miner.mine`
+on photographs of mixed sizes, grouped by size against one image at a time."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from mbpo_lit.experiments.bench.config import BenchConfig
+
+
+def bench_pgd(cfg: BenchConfig, path: str) -> dict:
+    """PGD images/s and its time over the bare forward+backward of the same steps on the same batch."""
+    from mbpo_lit.core.attack import pgd
+    from mbpo_lit.mining import MineConfig, Miner
+    from mbpo_lit.testbed.world_source import WorldSource
+    from mbpo_lit.vlm.chat import answer_token_ids, append_completions, encode_prompts
+    from mbpo_lit.vlm.logprobs import completion_logprobs
+    from mbpo_lit.vlm.policy import ModelConfig, load_policy
+
+    source = WorldSource(["train"], cfg.pgd_images)
+    policy = load_policy(ModelConfig(path, precision=cfg.precision, quantization="none", lora=None))
+    mine_cfg = MineConfig(model=path, source=source, n=cfg.pgd_images, steps=cfg.pgd_steps, early_stop=False)
+    miner = Miner(policy.model, policy.processor, mine_cfg, source.vocabulary)
+    records, _ = source.load()
+    prompts = encode_prompts(policy.processor, [r["question"] for r in records], [r["image"] for r in records])
+    ids = answer_token_ids(policy.processor, [r["answer"] for r in records])
+    clean = torch.stack(miner.codec.raw_images(prompts)).to(miner.device)
+    objective = miner.objective(prompts, ids)
+    batch, mask = append_completions(prompts, ids, policy.processor.tokenizer.pad_token_id)
+    pixels = batch["pixel_values"].clone().requires_grad_(True)
+
+    def attack():
+        pgd(objective, clean, 32 / 255, 4 / 255, cfg.pgd_steps, True, "linf", False)
+
+    def bare():
+        for _ in range(cfg.pgd_steps):
+            completion_logprobs(policy.model, dict(batch, pixel_values=pixels), mask).sum().backward()
+
+    def seconds(fn) -> float:
+        t = time.perf_counter()
+        fn()
+        return time.perf_counter() - t
+
+    # One untimed step warms up the kernels and allocator; then each is timed three times, interleaved, best kept,
+    # so that neither side pays for the other's warm-up or for a burst of background load.
+    completion_logprobs(policy.model, dict(batch, pixel_values=pixels), mask).sum().backward()
+    times = [(seconds(attack), seconds(bare)) for _ in range(3)]
+    pgd_s, bare_s = min(t[0] for t in times), min(t[1] for t in times)
+    return {
+        "images_per_s": cfg.pgd_images / pgd_s,
+        "pgd_s": pgd_s,
+        "bare_forward_backward_s": bare_s,
+        "overhead_ratio": pgd_s / bare_s,
+    }
+
+
+# scikit-image's sample photographs (no download: they ship with the package) and a yes/no question each.
+PHOTOS = {
+    "astronaut": ("Is there a person in the image?", "yes"),
+    "coffee": ("Is there a cup in the image?", "yes"),
+    "chelsea": ("Is there a dog in the image?", "no"),
+    "rocket": ("Is there a rocket in the image?", "yes"),
+    "hubble_deep_field": ("Is there a car in the image?", "no"),
+    "immunohistochemistry": ("Is there a cat in the image?", "no"),
+}
+
+
+def photo_records(n: int, size: int = 160) -> list[dict]:
+    """n records cycling through `PHOTOS`, each thumbnailed to fit `size` px (so of several sizes:
+    160x160, 160x107, 160x106, 160x140)."""
+    from PIL import Image
+    from skimage import data
+
+    images = {}
+    for name in PHOTOS:
+        im = Image.fromarray(getattr(data, name)()).convert("RGB")
+        im.thumbnail((size, size))
+        images[name] = im
+    names = list(PHOTOS)
+    return [
+        {
+            "id": f"{names[i % len(names)]}-{i}",
+            "image": images[names[i % len(names)]],
+            "question": PHOTOS[names[i % len(names)]][0],
+            "answer": PHOTOS[names[i % len(names)]][1],
+            "answer_type": "yes_no",
+        }
+        for i in range(n)
+    ]
+
+
+def bench_mine_sizes(cfg: BenchConfig, path: str) -> dict:
+    """Mining throughput on photographs of mixed sizes: `Miner.mine` on `cfg.pgd_images` of them (each size
+    group attacked as one batch, as the miner does) against the same records one at a time (batches of 1).
+
+    The whole of `Miner.mine` is timed (PGD with `cfg.pgd_steps` steps and no early stop, so both ways do the
+    same steps; the clean and perturbed answers; IIG). The processor keeps each image's resolution within
+    56x56-280x280 px, as the 7B Qwen-VL processors do, so the sizes reach the vision tower."""
+    from mbpo_lit.mining import MineConfig, Miner
+    from mbpo_lit.vlm.policy import ModelConfig, load_policy
+
+    records = photo_records(cfg.pgd_images)
+    policy = load_policy(ModelConfig(path, precision=cfg.precision, quantization="none", lora=None))
+    if hasattr(policy.processor.image_processor, "merge_size"):
+        policy.processor.image_processor.size = {"shortest_edge": 56 * 56, "longest_edge": 280 * 280}
+    mine_cfg = MineConfig(
+        model=path, source="photos", n=len(records), steps=cfg.pgd_steps, early_stop=False, iig_filter="none"
+    )
+    miner = Miner(policy.model, policy.processor, mine_cfg, None)
+    sizes = sorted({r["image"].size for r in records})
+
+    def seconds(fn) -> float:
+        t = time.perf_counter()
+        fn()
+        return time.perf_counter() - t
+
+    def grouped():
+        miner.mine(records, 0)
+
+    def one_at_a_time():
+        for i, r in enumerate(records):
+            miner.mine([r], i)
+
+    # The ceiling of batching on this machine: the same photographs all at one size (one group, one batch)
+    # against those one at a time. Grouping by size cannot beat it.
+    square = [dict(r, image=r["image"].resize((160, 160))) for r in records]
+
+    def one_size():
+        miner.mine(square, 0)
+
+    def one_size_one_at_a_time():
+        for i, r in enumerate(square):
+            miner.mine([r], i)
+
+    miner.mine(records[:1], 0)  # warm-up
+    # Interleaved, best of two each, as in bench_pgd.
+    fns = (grouped, one_at_a_time, one_size, one_size_one_at_a_time)
+    times = [[seconds(fn) for fn in fns] for _ in range(2)]
+    grouped_s, single_s, same_s, same_single_s = (min(t[i] for t in times) for i in range(4))
+    return {
+        "images": len(records),
+        "image_sizes": [f"{w}x{h}" for w, h in sizes],
+        "size_groups": len(sizes),
+        "grouped_images_per_s": len(records) / grouped_s,
+        "one_at_a_time_images_per_s": len(records) / single_s,
+        "grouped_vs_one_at_a_time_speedup": single_s / grouped_s,
+        "one_size_batched_vs_one_at_a_time_speedup": same_single_s / same_s,
+    }

@@ -1,0 +1,88 @@
+"""The arms of the ablation grid (`python -m mbpo_lit ablate`): each variant is a name, fit overrides on top of
+the embedded recipe, a mining config, and the sweeps it is a point of (what the plots draw)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class Variant:
+    """One arm of the ablation.
+
+    Args:
+        name: identifier (directory name, CSV value, `--variants` entry).
+        description: one line for listings and plot legends.
+        fit_args: extra `python -m mbpo_lit fit` options, e.g. ("--data.online", "null").
+        mine: `MineConfig` overrides on top of the embedded recipe's mining (`testbed.embedded.EMBEDDED_MINING`,
+            with `--mine_n` records); None: no offline pairs (`--data.pairs null`).
+        sweeps: sweep name -> this variant's x in that sweep (a number for numeric sweeps such as epsilon).
+    """
+
+    name: str
+    description: str
+    fit_args: tuple[str, ...] = ()
+    mine: dict[str, Any] | None = field(default_factory=dict)
+    sweeps: dict[str, float | str] = field(default_factory=dict)
+
+
+def _neg(method: str, what: str) -> Variant:
+    return Variant(f"neg_{method}", f"negatives from {what}", mine={"method": method}, sweeps={"negatives": method})
+
+
+def remine_args(every_n_steps: int) -> tuple[str, ...]:
+    """Fit options that re-mine the offline pairs from the current policy every N steps (mbpo_lit/remine.py)."""
+    return ("--trainer.callbacks+=mbpo_lit.train.remine.Remine", f"--trainer.callbacks.every_n_steps={every_n_steps}")
+
+
+GRID: tuple[Variant, ...] = (
+    Variant(
+        "full",
+        "full MBPO: PGD negatives (eps 32), high-IIG filter, offline + online",
+        sweeps={
+            "stream": "hybrid",
+            "negatives": "pgd",
+            "epsilon": 32.0,
+            "iig": "high",
+            "offline_pairs": "mined once",
+            "objective": "mbpo",
+        },
+    ),
+    Variant("offline_only", "offline pairs only", fit_args=("--data.online", "null"), sweeps={"stream": "offline"}),
+    Variant("online_only", "online GRPO only", mine=None, sweeps={"stream": "online"}),
+    _neg("uniform", "uniform noise (same eps)"),
+    _neg("diffusion", "diffusion noise (POVID, t=200)"),
+    _neg("none", "the clean image (no perturbation)"),
+    _neg("gaussian", "Gaussian noise (std eps, clipped to the same eps)"),
+    *(
+        Variant(f"eps_{e}", f"PGD negatives at eps {e}/255", mine={"epsilon": float(e)}, sweeps={"epsilon": float(e)})
+        for e in (8, 16, 64)
+    ),
+    Variant("iig_low", "low-IIG filter", mine={"iig_filter": "low"}, sweeps={"iig": "low"}),
+    Variant("iig_none", "no IIG filter", mine={"iig_filter": "none"}, sweeps={"iig": "none"}),
+    Variant(
+        "remine_100",
+        "full MBPO, offline pairs re-mined from the current policy every 100 steps",
+        fit_args=remine_args(100),
+        sweeps={"offline_pairs": "re-mined every 100"},
+    ),
+    Variant(
+        "sft",
+        "supervised fine-tuning on the same data (pairs' chosen + online reference answers)",
+        fit_args=("--model.loss.kind", "sft", "--model.loss.beta", "0"),  # no KL term in maximum likelihood
+        sweeps={"objective": "sft"},
+    ),
+)
+
+
+def select(names: str, grid: tuple[Variant, ...] = GRID) -> list[Variant]:
+    """Variants by comma-separated names ("all" for the whole grid), in the order given."""
+    by_name = {v.name: v for v in grid}
+    if names.strip() == "all":
+        return list(grid)
+    wanted = [n.strip() for n in names.split(",") if n.strip()]
+    unknown = [n for n in wanted if n not in by_name]
+    if unknown or not wanted:
+        raise ValueError(f"--variants: unknown {unknown or names!r}; choose from {list(by_name)} or 'all'")
+    return [by_name[n] for n in wanted]
