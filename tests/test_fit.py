@@ -174,8 +174,8 @@ def test_a_fit_on_benchmark_files_of_real_photographs_never_touches_the_world(ti
         progress=False,
     )
     pope_source = {
-        "class_path": "mbpo_lit.data.sources.Records",
-        "init_args": {"path": str(pope), "format": "pope", "image_root": str(tmp_path / "pope" / "val2014")},
+        "class_path": "mbpo_lit.data.benchmarks.Pope",
+        "init_args": {"path": str(pope), "image_root": str(tmp_path / "pope" / "val2014")},
     }
     config = tiny_config(path, str(pairs), tmp_path / "run", {"online": [pope_source, vqa_source], "val": pope_source})
     script = (

@@ -121,8 +121,7 @@ class WarmStartConfig:
     """of the initialisation and the data order."""
     late_stage_seed: int | None = 1
     """the data order of the scenes and prior stages (None: `seed`). Their outcome depends on it more than on
-    anything else tried; the default is the order whose model leans on the prior most while still seeing the
-    objects (results/base-model.md)."""
+    anything else tried; the default is the order whose model met the skill bars (results/base-model.md)."""
     root: str = "runs/base"
     """the cache; the model lands in ROOT/ARCH-KEY/model (KEY: a hash of the fields that change the model)."""
     from_shipped: bool = True
