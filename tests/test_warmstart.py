@@ -93,6 +93,15 @@ def test_interrupted_build_resumes_from_its_last_checkpoint(tmp_path):
     assert set(info["stage_seconds"]) == {"vision", "grounding", "scenes", "prior"}  # earlier runs' times kept
 
 
+def test_a_build_killed_after_its_last_stage_finishes_from_the_kept_stages(tmp_path):
+    cfg = small(tmp_path, steps=2)
+    first = build_base_model(cfg, progress=False, evaluate_n=4)
+    (first / "warmstart.json").unlink()  # as if killed after the last stage was kept, before model/ was written
+    path = build_base_model(cfg, progress=False, evaluate_n=4)
+    assert json.loads((path / "warmstart.json").read_text())["resumed_from_step"] == {}  # nothing trained again
+    assert AutoModelForImageTextToText.from_pretrained(path) is not None
+
+
 def test_cli_defaults_are_the_cached_base_model_and_options_reach_the_config(tmp_path, monkeypatch, capsys):
     from mbpo_lit.testbed import base_model
 

@@ -233,6 +233,9 @@ def train_all(
         seconds["vision"] = time.time() - start
         save_checkpoint(policy.model, init, vision, {"vision_skills": seen, "seconds": seconds["vision"]})
     source = root / done[-1].name if done else vision if cfg.vision_steps > 0 else init
+    if len(done) == len(plan):  # killed after the last stage was kept, before `model/` was written
+        policy = load_policy(ModelConfig(str(source), precision="fp32", quantization="none", lora=None, device="cpu"))
+        return policy.model, policy.processor, resumed, seconds
     for st in plan[len(done) :]:
         t = time.time()
         policy = load_policy(ModelConfig(str(source), precision="fp32", quantization="none", lora=None, device="cpu"))
