@@ -1,6 +1,7 @@
 """The biased base model's build: a real checkpoint, cached, and resumable after an interruption."""
 
 import json
+import shutil
 
 import lightning as L
 import pytest
@@ -96,7 +97,7 @@ def test_interrupted_build_resumes_from_its_last_checkpoint(tmp_path):
 def test_a_build_killed_after_its_last_stage_finishes_from_the_kept_stages(tmp_path):
     cfg = small(tmp_path, steps=2)
     first = build_base_model(cfg, progress=False, evaluate_n=4)
-    (first / "warmstart.json").unlink()  # as if killed after the last stage was kept, before model/ was written
+    shutil.rmtree(first)  # as if killed after the last stage was kept, before model/ was written
     path = build_base_model(cfg, progress=False, evaluate_n=4)
     assert json.loads((path / "warmstart.json").read_text())["resumed_from_step"] == {}  # nothing trained again
     assert AutoModelForImageTextToText.from_pretrained(path) is not None
