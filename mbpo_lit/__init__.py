@@ -20,7 +20,12 @@ The names below are imported on first use, so `import mbpo_lit` stays fast.
 from __future__ import annotations
 
 import importlib
+import logging
 from typing import TYPE_CHECKING
+
+# bitsandbytes logs, when imported on some CPUs, that an optional kernel could not be fetched from a kernel hub; the
+# 4-bit path works without it and the message gives a user nothing to act on, so it is left out of the console.
+logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(lambda r: "kernels-community" not in r.getMessage())
 
 if TYPE_CHECKING:  # what editors and type checkers see; at run time `__getattr__` imports on first use
     from mbpo_lit.core.answers import is_correct

@@ -1,7 +1,8 @@
 """Small local copies of the public datasets the recipes name, in each dataset's own published layout, with
 real photographs of mixed sizes: what a user downloads, without the download. Each layout is read by its class
-of `mbpo_lit.data.benchmarks` (`Pope`, `Amber`, `AOKVQA`, `VQAv2`), COCO's instances by `CocoChair`, the generic
-VQA file by `Records`."""
+of `mbpo_lit.data.benchmarks` (`Pope`, `Amber`, `AOKVQA`, `VQAv2`) or `mbpo_lit.data.suites` (`MMStar`,
+`MMBench`, `AI2D`, `MME`: parquet files with the images embedded, as their hub copies are), COCO's instances by
+`CocoChair`, the generic VQA file by `Records`."""
 
 from __future__ import annotations
 
@@ -241,6 +242,116 @@ def vqa_jsonl(root: Path, photos) -> Path:
     path = root / "vqa.jsonl"
     path.write_text("".join(json.dumps(x) + "\n" for x in lines))
     return path
+
+
+def write_parquet(path: Path, rows: list[dict], features: Features) -> Path:
+    """`rows` as one parquet file with the images' bytes embedded, as a hub copy's data/<split>-*.parquet."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Dataset.from_list(rows, features=features).to_parquet(str(path))
+    return path
+
+
+# MMStar's rows (photo, question with its options inline, answer, category, l2_category), as MMStar words them.
+MMSTAR_ROWS = [
+    (0, "What is the person wearing?\nOptions: A: a spacesuit, B: a swimsuit, C: a kimono, D: a tuxedo", "A")
+    + ("coarse perception", "image scene and topic"),
+    (1, "What is in the cup?\nOptions: A: tea, B: coffee, C: milk, D: soup", "B", "fine-grained perception")
+    + ("recognition",),
+    (2, "How many cats are there?\nOptions: A: 3, B: 2, C: 1, D: 0", "C", "fine-grained perception")
+    + ("object counting",),
+    (3, "What is launching?\nOptions: A: a plane, B: a balloon, C: a bird, D: a rocket", "D", "math", "geometry"),
+    (0, "Where is the flag?\nOptions: A: on the left, B: on the right, C: behind the person, D: nowhere", "C")
+    + ("coarse perception", "image scene and topic"),
+]
+
+
+def mmstar(root: Path, photos) -> Path:
+    """Lin-Chen/MMStar's mmstar.parquet (split val): index, question (options inline), image, answer, category,
+    l2_category, meta_info {source, split, image_path} (read by `MMStar`)."""
+    rows = [
+        {"index": i, "question": q, "image": photos[k], "answer": a, "category": c, "l2_category": l2}
+        | {"meta_info": {"source": "MMBench", "split": "val", "image_path": f"images/{i}.jpg"}}
+        for i, (k, q, a, c, l2) in enumerate(MMSTAR_ROWS)
+    ]
+    meta = {"source": Value("string"), "split": Value("string"), "image_path": Value("string")}
+    columns = {"index": Value("int64"), "question": Value("string"), "image": Image(), "answer": Value("string")}
+    columns |= {"category": Value("string"), "l2_category": Value("string"), "meta_info": meta}
+    return write_parquet(root / "mmstar.parquet", rows, Features(columns))
+
+
+# MMBench's questions: (photo, hint, question, options, right option, category, L2-category); each appears once per
+# circular shift of its options (index i + k * 1,000,000), the right letter shifting with them.
+MMBENCH_QUESTIONS = [
+    (0, None, "What is the person wearing?", ["a spacesuit", "a swimsuit", "a kimono", "a tuxedo"], 0, "attribute")
+    + ("finegrained_perception (instance-level)",),
+    (2, "The cat is on a blanket.", "Is the cat sleeping?", ["yes", "no"], 0, "action_recognition")
+    + ("finegrained_perception (instance-level)",),
+    (1, "nan", "What is in the cup?", ["tea", "coffee", "milk"], 1, "image_topic", "coarse_perception"),
+]
+
+
+def mmbench(root: Path, photos) -> Path:
+    """lmms-lab/MMBench, config en, split dev: index (a string), question, hint ("nan" or empty when none),
+    answer, A, B, C, D (None past the question's options), category, image, source, L2-category, comment, split;
+    main rows first, then the shifted copies (read by `MMBench`)."""
+    rows = []
+    for k in range(4):
+        for i, (p, hint, q, options, right, category, l2) in enumerate(MMBENCH_QUESTIONS):
+            if k < len(options):
+                shifted = options[k:] + options[:k]
+                rows.append(
+                    {
+                        "index": str(i + k * 1_000_000),
+                        "question": q,
+                        "hint": hint,
+                        "answer": "ABCD"[(right - k) % len(options)],
+                    }
+                    | {c: (shifted[j] if j < len(shifted) else None) for j, c in enumerate("ABCD")}
+                    | {"category": category, "image": photos[p], "source": "MMBench", "L2-category": l2}
+                    | {"comment": None, "split": "dev"}
+                )
+    features = {c: Value("string") for c in rows[0]} | {"image": Image()}
+    return write_parquet(root / "en" / "dev-00000-of-00001.parquet", rows, Features(features))
+
+
+def ai2d(root: Path, photos) -> Path:
+    """lmms-lab/ai2d (split test): question, options (the options' texts), answer (the right one's index as a
+    string), image (read by `AI2D`)."""
+    qa = [
+        ("What does the diagram show?", ["a person", "a planet", "a leaf"], "0"),
+        ("Which stage comes after the egg?", ["adult", "larva", "pupa", "egg"], "1"),
+        ("What is the animal?", ["dog", "bird", "cat", "fish"], "2"),
+        ("Which part gives thrust?", ["nose cone", "fins", "payload", "engine"], "3"),
+    ]
+    rows = [{"question": q, "options": o, "answer": a, "image": photo} for photo, (q, o, a) in zip(photos, qa)]
+    features = {"question": Value("string"), "options": Sequence(Value("string")), "answer": Value("string")}
+    return write_parquet(root / "ai2d.parquet", rows, Features(features | {"image": Image()}))
+
+
+# MME's questions: (photo, sub-task, question without " Please answer yes or no.", answer); two per image.
+MME_ROWS = [
+    (0, "existence", "Is there a person in this image?", "Yes"),
+    (0, "existence", "Is there a dog in this image?", "No"),
+    (2, "existence", "Is there a cat in this image?", "Yes"),
+    (2, "existence", "Is there a giraffe in this image?", "No"),
+    (1, "count", "Is there one cup in the image?", "Yes"),
+    (1, "count", "Are there three cups in the image?", "No"),
+    (3, "code_reasoning", "Does the rocket point up?", "Yes"),
+    (3, "code_reasoning", "Does the rocket point down?", "No"),
+]
+
+
+def mme(root: Path, photos) -> Path:
+    """lmms-lab/MME (split test): question_id (the image, "<sub-task>/<file>", shared by its two questions),
+    image, question, answer ("Yes" / "No"), category (read by `MME`)."""
+    rows = [
+        {"question_id": f"{task}/{k:04d}.jpg", "image": photos[k], "question": f"{q} Please answer yes or no."}
+        | {"answer": a, "category": task}
+        for k, task, q, a in MME_ROWS
+    ]
+    features = {"question_id": Value("string"), "image": Image(), "question": Value("string")}
+    features |= {"answer": Value("string"), "category": Value("string")}
+    return write_parquet(root / "data" / "test-00000-of-00001.parquet", rows, Features(features))
 
 
 # What `Records(format=...)` read from each layout above before the layouts became classes (data/benchmarks.py),

@@ -13,8 +13,8 @@ from mbpo_lit.testbed.questions import build_records
 from mbpo_lit.testbed.tiny import ensure_tiny_checkpoint
 from mbpo_lit.testbed.world import WorldConfig
 from mbpo_lit.vlm.arch import load_processor
-from mbpo_lit.vlm.chat import answer_token_ids, append_completions, encode_prompts
-from mbpo_lit.vlm.codec import PixelCodec, to_pil, to_raw
+from mbpo_lit.vlm.chat import answer_token_ids, append_completions, encode_prompts, take_rows
+from mbpo_lit.vlm.codec import PixelCodec, pad_stack, to_pil, to_raw, unpad
 from mbpo_lit.vlm.logprobs import completion_scores
 from mbpo_lit.vlm.policy import ModelConfig, load_policy
 
@@ -58,13 +58,30 @@ def test_pgd_minimises_a_simple_objective_within_budget():
     raw = torch.rand(2, 3, 8, 8)
     target = torch.zeros_like(raw)
 
-    def objective(x):  # distance to black: PGD should darken every pixel by epsilon
-        return -((x - target) ** 2).flatten(1).sum(1) * -1, torch.ones(2, dtype=torch.bool)
+    def objective(x, index):  # distance to black: PGD should darken every pixel by epsilon
+        return ((x - target[index]) ** 2).flatten(1).sum(1), torch.ones(len(index), dtype=torch.bool)
 
     res = pgd(objective, raw, epsilon=0.1, step_size=0.05, steps=5, random_start=False, early_stop=False)
     assert (res.logp_after < res.logp_before).all()
     assert (res.images - raw).abs().max() <= 0.1 + 1e-6
     assert torch.allclose(res.images, (raw - 0.1).clamp(0, 1), atol=1e-6)
+
+
+def test_pgd_runs_each_sample_only_for_the_steps_it_needs():
+    """Early stop: a sample that succeeded leaves the batch; it is never evaluated again and keeps its image."""
+    raw = torch.full((3, 3, 4, 4), 0.5)
+    succeeds_at = torch.tensor([0, 2, 5])  # sample i is done once it has moved succeeds_at[i] steps
+    calls: list[list[int]] = []
+
+    def objective(x, index):
+        calls.append(index.tolist())
+        moved = ((raw[index] - x).mean((1, 2, 3)) / 0.01).round()  # steps taken (step 0.01, darkening)
+        return x.flatten(1).sum(1), moved < succeeds_at[index]
+
+    res = pgd(objective, raw, epsilon=0.1, step_size=0.01, steps=8, random_start=False)
+    assert calls == [[0, 1, 2], [1, 2], [1, 2], [2], [2], [2]]  # 10 evaluations, not 3 x 6
+    assert res.steps_used.tolist() == [0, 2, 5]
+    assert torch.allclose((raw - res.images).mean((1, 2, 3)), torch.tensor([0.0, 0.02, 0.05]))
 
 
 @pytest.mark.parametrize("method", ["uniform", "gaussian", "none"])
@@ -130,7 +147,7 @@ def seeing_model(tiny_root, request):
     model.requires_grad_(True)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     for _ in range(300):
-        logp, greedy = completion_scores(model, batch, mask)
+        logp, greedy, _ = completion_scores(model, batch, mask)
         loss = -logp.sum() / mask.sum()
         if greedy.all() and loss < 0.1:  # right, with some margin
             break
@@ -181,3 +198,42 @@ def test_to_uint8_grid_gives_the_saved_picture_inside_the_ball(norm):
         assert (delta.flatten(1).norm(dim=1) <= eps + 1e-5).all()
     # Rounding moves each pixel by at most half a step, except where that would leave the ball.
     assert (grid - moved).abs().max() <= 1 / 255 + 1e-6
+
+
+def test_taking_samples_from_a_batch_slices_each_image_whole(tiny_path, photos):
+    """Qwen's pixel rows belong to images by their grids: the samples taken are those of a batch built alone."""
+    processor = load_processor(tiny_path, AutoConfig.from_pretrained(tiny_path).model_type)
+    qs = ["What is this?", "Is it a cat?", "How many?"]
+    batch = encode_prompts(processor, qs, photos[:3])
+    taken = take_rows(batch, torch.tensor([2, 0]))
+    alone = encode_prompts(processor, [qs[2], qs[0]], [photos[2], photos[0]])
+    assert torch.equal(taken["pixel_values"], alone["pixel_values"])
+    assert set(taken) == set(batch) and all(len(taken[k]) == 2 for k in taken if k != "pixel_values")
+    if "image_grid_thw" in batch:
+        assert torch.equal(taken["image_grid_thw"], alone["image_grid_thw"])
+
+
+def test_images_of_mixed_sizes_are_attacked_padded_and_their_padding_never_moves():
+    small, large = torch.rand(3, 4, 6), torch.rand(3, 8, 8)
+    batch, sizes = pad_stack([small, large])
+    assert batch.shape == (2, 3, 8, 8) and sizes == [(4, 6), (8, 8)]
+    assert [x.shape for x in unpad(batch, sizes)] == [small.shape, large.shape] and torch.equal(
+        unpad(batch, sizes)[0], small
+    )
+    valid = torch.zeros(2, 1, 8, 8)
+    valid[0, :, :4, :6] = valid[1] = 1
+
+    def objective(x, index):  # darker is better, inside each image only
+        return (x * valid[index]).flatten(1).sum(1), torch.ones(len(index), dtype=torch.bool)
+
+    gen = torch.Generator().manual_seed(0)
+    res = pgd(
+        objective, batch, 0.1, 0.05, 3, random_start=True, norm="l2", early_stop=False, generator=gen, valid=valid
+    )
+    assert torch.equal(res.images[0, :, 4:], batch[0, :, 4:]) and torch.equal(
+        res.images[0, :, :, 6:], batch[0, :, :, 6:]
+    )
+    assert ((res.images - batch).flatten(1).norm(dim=1) <= 0.1 + 1e-5).all()
+    assert (
+        torch.equal(pad_stack([small, small])[0], torch.stack([small, small])) and pad_stack([small, small])[1] is None
+    )

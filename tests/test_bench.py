@@ -41,12 +41,16 @@ def test_bench_counts_every_image_the_vision_tower_encodes(tmp_path, monkeypatch
     # Without trl: the TRL side says how to get it, and every ratio against it says "unavailable".
     assert results["trl"] == {"unavailable": "unavailable: pip install mbpo_lit[bench]"}
     assert r["step_time_vs_trl"] == r["trl_images_encoded_per_distinct_image"] == "unavailable"
-    # Mixed-size photographs (astronaut 160x160, coffee 160x107): two size groups, timed both ways.
+    # Mixed-size photographs (astronaut 160x160, coffee 160x107) in one batch, against one size and one at a time.
     mine = results["mine_sizes"]
-    assert mine["images"] == 2 and mine["size_groups"] == 2 and mine["image_sizes"] == ["160x107", "160x160"]
-    assert mine["grouped_images_per_s"] > 0 and mine["one_at_a_time_images_per_s"] > 0
-    assert r["mining_mixed_sizes_grouped_vs_one_at_a_time"] == mine["grouped_vs_one_at_a_time_speedup"]
+    assert mine["images"] == 2 and mine["image_sizes"] == ["160x107", "160x160"]
+    assert mine["mixed_sizes_images_per_s"] > 0 and mine["one_at_a_time_images_per_s"] > 0
+    assert r["mining_mixed_sizes_vs_one_size"] == mine["mixed_vs_one_size_throughput"] > 0
     assert mine["one_size_batched_vs_one_at_a_time_speedup"] > 0
+    # The default mining config on the world's base model: PGD executes only the sample-steps the samples need.
+    mining = results["mining"]
+    assert mining["executed_sample_steps"] == mining["needed_sample_steps"] >= mining["images"] == cfg.pgd_images
+    assert r["mining_sample_steps_needed_vs_executed"] == 1.0 and mining["pgd_vs_bare_forward_backward"] > 0
     assert json.loads((tmp_path / "bench.json").read_text())["mbpo_lit"] == fast
     assert not (tmp_path / "adapter").exists()  # the GRPO sides' fits export their adapters to a temporary folder
     table = format_results(results)
@@ -96,7 +100,7 @@ def test_sections_run_only_what_is_asked_and_image_size_sets_the_prompt_length(t
     monkeypatch.chdir(tmp_path)
     cfg = BenchConfig(sections=("padding",), image_size=56, out=str(tmp_path / "bench.json"))
     results = run(cfg)
-    for side in ("mbpo_lit", "rowwise", "trl", "pgd", "mine_sizes"):
+    for side in ("mbpo_lit", "rowwise", "trl", "pgd", "mining", "mine_sizes"):
         assert results[side] == {"unavailable": "skipped (--sections)"}
     assert results["padding"]["plain_padding_fraction"] > 0
     assert set(results["ratios"]) == {"padding_length_grouped_vs_plain"}
@@ -117,15 +121,17 @@ def test_every_sweep_row_is_a_valid_bench_command_line(preset):
 
     rows = sweep.PRESETS[preset]["rows"]
     configs = {name: cli.parse(BenchConfig, sweep.PRESETS[preset]["common"] + args) for name, args in rows.items()}
-    assert all(c.sections == ("grpo",) for c in configs.values())
+    steps = {name: c for name, c in configs.items() if c.sections == ("grpo",)}
     if preset == "cpu":
+        assert steps == configs
         assert sorted({c.group_size for c in configs.values()}) == [4, 8, 16]
         assert {c.size for c in configs.values()} == {"tiny", "small"} and configs["small-224px-g8"].image_size == 224
         assert configs["small-g8-checkpointing"].gradient_checkpointing
     else:
-        assert {(c.quantization, c.gradient_checkpointing) for c in configs.values()} == {
+        assert {(c.quantization, c.gradient_checkpointing) for c in steps.values()} == {
             (q, gc) for q in ("none", "4bit") for gc in (False, True)
         }
+        assert configs["mining-bf16"].sections == ("pgd", "mining", "mine_sizes")
         assert all(c.precision == "bf16" and c.size == "small" for c in configs.values())
 
 
@@ -141,9 +147,16 @@ def test_sweep_table_has_one_row_per_run_with_the_ratios(tmp_path, monkeypatch):
             "ratios": {"images_encoded_per_distinct_image": 1.0, "trl_images_encoded_per_distinct_image": 24.0},
         }
 
-    text = sweep.table({"a": fake_result(4, True), "b": fake_result(8, False)})
+    mining = {
+        "config": {"precision": "bf16"},
+        "mbpo_lit": {"unavailable": "skipped"},
+        "pgd": {"overhead_ratio": 1.5},
+        "mining": {"images_per_s": 12.25, "efficiency": 1.0, "pgd_vs_bare_forward_backward": 1.2},
+        "mine_sizes": {"mixed_vs_one_size_throughput": 0.9},
+    }
+    text = sweep.table({"a": fake_result(4, True), "b": fake_result(8, False), "m": mining})
     lines = text.splitlines()
-    assert len(lines) == 4
+    assert len(lines) == 8 and lines[-1] == "| m | bf16 | 1.50 | 12.2 | 1.00 | 1.20 | 0.90 |"
     assert "| a | 4 | 1 x 41 | off | 4.000 | 16.000 | 20.000 | 0.25x | 0.20x | 1, 24 | 100, 200, 300 |" == lines[2]
     assert lines[3].startswith("| b | 8 |") and "| - |" in lines[3]
     monkeypatch.setattr(sweep, "run_row", lambda name, args, out: fake_result(4, True))

@@ -132,9 +132,10 @@ def test_adversarial_negatives_follow_the_prior_far_more_than_uniform_noise(bias
     assert pgd["mean_logp_drop"] > 0 and pgd["max_linf"] <= 32 + 1e-3
 
 
-def test_a_chunk_of_mixed_image_sizes_is_mined_one_size_at_a_time(qwen_path, tmp_path, photos):
-    """Real photographs of three sizes in one chunk: each size is attacked as its own batch, the rows come back
-    in record order, and (without a random start) they equal mining each record on its own."""
+def test_a_chunk_of_mixed_image_sizes_is_mined_as_one_batch(qwen_path, tmp_path, photos, monkeypatch):
+    """Real photographs of three sizes in one chunk: attacked as one batch (one objective call per step for all
+    four), the rows come back in record order, and (without a random start) they equal mining each record on
+    its own."""
     from mbpo_lit.data.sources import Records
 
     for i, photo in enumerate(photos):
@@ -146,7 +147,18 @@ def test_a_chunk_of_mixed_image_sizes_is_mined_one_size_at_a_time(qwen_path, tmp
     (tmp_path / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     source = Records(str(tmp_path / "d.jsonl"))
     kw = dict(model=qwen_path, source=source, n=4, steps=2, random_start=False, iig_filter="none")
+    calls: list[int] = []
+    objective = Miner.objective
+
+    def counting(self, *args, **kwargs):
+        value = objective(self, *args, **kwargs)
+        step = lambda images, index: calls.append(len(index)) or value(images, index)  # noqa: E731
+        step.answers = value.answers
+        return step
+
+    monkeypatch.setattr(Miner, "objective", counting)
     together = load_from_disk(str(mine_pairs(MineConfig(out=str(tmp_path / "a"), batch_size=4, **kw), progress=False)))
+    assert calls[0] == 4  # the first step evaluates all four photographs together
     alone = load_from_disk(str(mine_pairs(MineConfig(out=str(tmp_path / "b"), batch_size=1, **kw), progress=False)))
     assert len({p.size for p in photos}) == 3 and together["source_index"] == [0, 1, 2, 3]
     assert together["attack_steps"] == alone["attack_steps"] and together["rejected"] == alone["rejected"]
@@ -291,3 +303,31 @@ def test_bad_records_error_lists_every_unusable_record_and_mines_nothing(qwen_pa
     assert "id blank): empty question" in str(err.value) and "id lost): unreadable image" in str(err.value)
     assert [json.loads(x)["id"] for x in (out / "skipped.jsonl").read_text().splitlines()] == ["blank", "lost"]
     assert not list((out / "shards").glob("*.parquet"))
+
+
+def test_a_step_proven_correct_by_the_forward_pass_is_not_decoded_and_changes_nothing(biased_model, monkeypatch):
+    """PGD decodes a sample's answer only when the teacher-forced pass on its 8-bit image does not prove the ground
+    truth is the greedy answer: the pairs are those of decoding at every step, with far fewer decodes."""
+    from mbpo_lit.vlm.policy import ModelConfig, load_policy
+
+    policy = load_policy(ModelConfig(biased_model, precision="fp32", quantization="none", lora=None))
+    source = WorldSource(["train"], 24)
+    records = source.load()[0]
+    cfg = MineConfig(model=biased_model, source=source, n=24, batch_size=24, iig_filter="none")
+    decoded: list[int] = []
+    answer = Miner.answer
+
+    def counting(self, prompts, images, *args, **kwargs):
+        decoded.append(len(images))
+        return answer(self, prompts, images, *args, **kwargs)
+
+    monkeypatch.setattr(Miner, "answer", counting)
+    proven = Miner(policy.model, policy.processor, cfg, source.vocabulary).mine(records, 0)
+    with_proof = sum(decoded)
+    decoded.clear()
+    monkeypatch.setattr(Miner, "provable", lambda self: False)  # decode every sample at every step
+    always = Miner(policy.model, policy.processor, cfg, source.vocabulary).mine(records, 0)
+    for key in ("attack_steps", "rejected", "kept", "clean_answer"):
+        assert [r[key] for r in proven] == [r[key] for r in always], key
+    assert sum(r["attack_steps"] for r in always) > len(records)  # the attack took steps: there was work to skip
+    assert with_proof < sum(decoded) / 2

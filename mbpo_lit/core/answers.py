@@ -10,7 +10,9 @@ sentences: "Yes, there is a cat in the image.", "The answer is (B).", "There are
 * yes_no, POPE's rule (RUCAIBox/POPE's evaluate.py, LLaVA's eval_pope.py): only the first sentence counts; a
   negation in it ("no", "not", a "n't" contraction, "cannot", "nope", "false") makes the answer "no", else a
   "yes" word ("yes", "yeah", "yep", "true") makes it "yes". POPE scores a first sentence with neither as
-  "yes"; here it is unparseable, hence wrong whatever the label.
+  "yes"; here it is unparseable, hence wrong whatever the label. MME's records are read by MME's own rule
+  instead (`parse_yes_no_mme`, its eval_tool/calculation.py): the whole answer "yes" or "no", else "yes", then
+  "no", searched in its first four characters ("Yes, there is no dog." is yes; "There is no dog." is neither).
 * number: the first number, as digits or a word from zero to ten ("There are three cats." -> 3).
 * choice: a letter A-D ("(B)", "B.", "B", "The answer is B", "Answer: B", "Option B"); failing a letter, and
   given the record's `choices` (the options' texts, A first), the one option whose text the completion
@@ -233,6 +235,15 @@ def parse_yes_no(text: str) -> str | None:
     if any(w in _YES for w in said):
         return "yes"
     return None
+
+
+def parse_yes_no_mme(text: str) -> str | None:
+    """ "yes" or "no" by MME's rule (its eval_tool/calculation.py): the answer, stripped and in lower case, is
+    "yes" or "no"; else its first four characters hold "yes" (then "yes") or "no" (then "no"); else None."""
+    said = str(text).strip().lower()
+    if said in ("yes", "no"):
+        return said
+    return "yes" if "yes" in said[:4] else "no" if "no" in said[:4] else None
 
 
 def parse_count(text: str) -> int | None:

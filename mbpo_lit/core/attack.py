@@ -49,7 +49,7 @@ def project(raw: torch.Tensor, delta: torch.Tensor, epsilon: float, norm: str = 
 
 
 def pgd(
-    objective: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
+    objective: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
     raw: torch.Tensor,
     epsilon: float,
     step_size: float,
@@ -58,43 +58,51 @@ def pgd(
     norm: str = "linf",
     early_stop: bool = True,
     generator: torch.Generator | None = None,
+    valid: torch.Tensor | None = None,
 ) -> AttackResult:
     """Projected gradient descent on `objective` within the epsilon ball around `raw`.
 
-    `objective(images)` returns (per-sample value to minimise, per-sample bool "attack not yet
-    successful"). With `early_stop`, a sample stops moving once it is successful (its flag is False);
-    its steps_used is the step at which that happened.
+    `valid` ([batch, 1, H, W], 1 inside each image) marks the pixels of a batch of images of mixed sizes padded
+    to one (`codec.pad_stack`): the padding never moves (no random start, and the objective gives it no
+    gradient), so it adds nothing to an L2 norm.
+
+    `objective(images, index)` is called with the images of the samples at `index` (positions in the batch) and
+    returns, for those samples, (value to minimise, bool "attack not yet successful"). With `early_stop`, a
+    sample leaves the batch once it is successful (its flag is False): it is neither run forward nor backward
+    again, so the attack costs the steps each sample needs, not the slowest sample's steps for all. Its
+    `steps_used` is the step at which it succeeded, and its image and value stay those of that step.
     """
     raw = raw.detach()
     delta = torch.zeros_like(raw)
     if random_start:
         noise = torch.rand(raw.shape, generator=generator, device="cpu").to(raw) * 2 - 1
-        delta = project(raw, noise * epsilon, epsilon, norm)
+        delta = project(raw, noise * epsilon * (1 if valid is None else valid.to(raw)), epsilon, norm)
     n = raw.shape[0]
-    active = torch.ones(n, dtype=torch.bool, device=raw.device)
+    active = torch.arange(n, device=raw.device)  # the samples still attacked
     steps_used = torch.full((n,), steps, dtype=torch.long)
+    value_now = torch.zeros(n)
     trace: list[torch.Tensor] = []
     before = None
     for step in range(steps + 1):
-        delta.requires_grad_(True)
-        value, not_done = objective(raw + delta)
+        part = delta[active].requires_grad_(True)
+        value, not_done = objective(raw[active] + part, active)
+        value_now[active.cpu()] = value.detach().float().cpu()
         if before is None:
-            before = value.detach().cpu()
-        trace.append(value.detach().cpu())
-        if early_stop:
-            newly_done = active & ~not_done.to(active.device)
-            steps_used[newly_done.cpu()] = step
-            active &= not_done.to(active.device)
-        if step == steps or not active.any():
+            before = value_now.clone()
+        trace.append(value_now.clone())
+        keep = not_done.to(raw.device) if early_stop else torch.ones_like(active, dtype=torch.bool)
+        steps_used[active[~keep].cpu()] = step
+        if step == steps or not keep.any():
             break
-        (grad,) = torch.autograd.grad(value.sum(), delta)
+        (grad,) = torch.autograd.grad(value[keep].sum(), part)
         with torch.no_grad():
+            grad, moving = grad[keep], active[keep]
             if norm == "linf":
                 move = grad.sign()
             else:
                 move = grad / grad.flatten(1).norm(dim=1).clamp(min=1e-12).view(-1, 1, 1, 1)
-            move = move * active.view(-1, 1, 1, 1).to(move)  # finished samples keep their image
-            delta = project(raw, delta.detach() - step_size * move, epsilon, norm)
+            delta[moving] = project(raw[moving], delta[moving] - step_size * move, epsilon, norm)
+        active = moving
     return AttackResult((raw + delta).detach(), steps_used, before, trace[-1], trace)
 
 

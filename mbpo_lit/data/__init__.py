@@ -1,5 +1,6 @@
 """Where records come from (`sources`: files, hub datasets; `benchmarks`: POPE, AMBER, A-OKVQA, VQAv2 in their
-published layouts; `captions`: COCO images to describe) and the hybrid data module (`hybrid`)."""
+published layouts; `suites`: MMStar, MMBench, AI2D, MME, the paper's table; `captions`: COCO images to describe)
+and the hybrid data module (`hybrid`)."""
 
-# The benchmark layouts and CocoChair, so that a command resolves `--data Pope` / `--source VQAv2` by class name.
-from mbpo_lit.data import benchmarks, captions  # noqa: F401
+# The benchmark layouts and CocoChair, so that a command resolves `--data Pope` / `--data MMStar` by class name.
+from mbpo_lit.data import benchmarks, captions, suites  # noqa: F401

@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from mbpo_lit.data.sources import Record
+from mbpo_lit.evaluation.official import resample_units
 from mbpo_lit.evaluation.scoring import score, summarize
 
 
@@ -30,6 +31,10 @@ def paired_change(
     decidable: both models fail on the same hard records, so the change varies far less than either score.
     results/chair.md shows it resolving CHAIR_i changes of under 0.01 on world captions.
 
+    Records that a benchmark scores together are drawn together (`official.resample_units`): an MME image's two
+    questions (acc+) and an MMBench question's rotations (circular accuracy) are one unit each, and each drawn
+    copy of a unit is scored as a unit of its own; every other record is a unit alone (rows are drawn).
+
     Returns {metric: {before, after, change, ci95_low, ci95_high}}; a metric missing from some resample (a group
     it never drew) gets NaN bounds.
     """
@@ -43,11 +48,14 @@ def paired_change(
     end = summarize(score(records, after, vocabulary, mentions))
     draws: dict[str, list[float]] = defaultdict(list)
     rng = np.random.default_rng(seed)
+    units = resample_units(records)
     for _ in range(n_boot):
-        idx = rng.integers(0, len(records), len(records))
+        drawn = rng.integers(0, len(units), len(units))
+        idx = [i for u in drawn for i in units[u]]
+        copies = [k for k, u in enumerate(drawn) for _ in units[u]]  # which draw each record belongs to
         pick = [records[i] for i in idx]
-        b = summarize(score(pick, [before[i] for i in idx], vocabulary, mentions))
-        a = summarize(score(pick, [after[i] for i in idx], vocabulary, mentions))
+        b = summarize(score(pick, [before[i] for i in idx], vocabulary, mentions, draws=copies))
+        a = summarize(score(pick, [after[i] for i in idx], vocabulary, mentions, draws=copies))
         for k in a.keys() & b.keys():
             draws[k].append(a[k] - b[k])
     out = {}

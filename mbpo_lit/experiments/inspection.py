@@ -86,7 +86,7 @@ def perturb(
     for name, x in {"clean": clean, **images}.items():
         answers[name] = miner.answer(prompts, x)
         with torch.no_grad():
-            logp[name] = objective(x)[0].cpu()
+            logp[name] = objective(x, torch.arange(len(x)))[0].cpu()
     return Perturbations(records, clean.cpu(), {k: v.cpu() for k, v in images.items()}, answers, logp, trace)
 
 

@@ -51,7 +51,10 @@ PRESETS: dict[str, dict] = {
             ]
             for q in ("none", "4bit")
             for gc in (False, True)
-        },
+        }
+        # Mining at a 7B model's precision: PGD against a bare forward+backward, the default mining config's
+        # sample-steps, and mixed image sizes in one batch against one size.
+        | {"mining-bf16": ["--sections", "[pgd,mining,mine_sizes]", "--precision", "bf16", "--quantization", "none"]},
     },
 }
 
@@ -77,7 +80,37 @@ def run_row(name: str, args: list[str], out: Path) -> dict:
 
 
 def table(results: dict[str, dict]) -> str:
-    """Markdown: per row its settings, step time of each side, the ratios and the peak memory."""
+    """Markdown: the GRPO step rows (settings, step time of each side, the ratios, peak memory), then the mining
+    rows."""
+    steps = {k: r for k, r in results.items() if "step_s" in r["mbpo_lit"]}
+    mining = {k: r for k, r in results.items() if "step_s" not in r["mbpo_lit"]}
+    return "\n\n".join(t for t in (step_table(steps) if steps else "", mining_table(mining) if mining else "") if t)
+
+
+def mining_table(results: dict[str, dict]) -> str:
+    """Markdown: per mining row, PGD's time against a bare forward+backward, the default config's images/s and
+    sample-step efficiency, and mixed sizes against one size."""
+    lines = [
+        "| run | precision | PGD / bare fwd+bwd (fixed steps) | default config images/s | needed / executed "
+        "sample-steps | default config PGD / bare fwd+bwd | mixed sizes / one size |",
+        "|" + " --- |" * 7,
+    ]
+    for name, r in results.items():
+        pgd, mining, sizes = r["pgd"], r["mining"], r["mine_sizes"]
+
+        def cell(d, k, fmt="{:.2f}"):
+            return fmt.format(d[k]) if k in d else "-"
+
+        lines.append(
+            f"| {name} | {r['config']['precision']} | {cell(pgd, 'overhead_ratio')} | "
+            f"{cell(mining, 'images_per_s', '{:.1f}')} | {cell(mining, 'efficiency')} | "
+            f"{cell(mining, 'pgd_vs_bare_forward_backward')} | {cell(sizes, 'mixed_vs_one_size_throughput')} |"
+        )
+    return "\n".join(lines)
+
+
+def step_table(results: dict[str, dict]) -> str:
+    """Markdown: per GRPO row its settings, step time of each side, the ratios and the peak memory."""
     head = (
         "| run | G | prompts x tokens | checkpointing | shared s | row-wise s | TRL s | shared / row-wise "
         "| shared / TRL | images encoded per distinct image (shared, TRL) | peak MB (shared, row-wise, TRL) |"

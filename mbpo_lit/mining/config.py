@@ -56,6 +56,10 @@ class MineConfig:
     """how the rejected answer is decoded: "greedy" or "sample" (temperature 1)."""
     max_new_tokens: int = 16
     """longest rejected answer decoded from the perturbed image."""
+    judge_margin: float | None = 0.5
+    """with early_stop, a PGD step whose differentiable pass shows the ground truth leading every answer position
+    by this many logits counts as still correct without a pass on the 8-bit image (rounding moves the lead by
+    about a hundredth of a logit: results/mining.md); None judges every step on the 8-bit image."""
     iig_filter: Literal["high", "low", "none"] = "high"
     """keep the "high" or "low" Image Information Gain pairs, or "none" (no filter)."""
     iig_fraction: float = 0.5
@@ -96,6 +100,8 @@ def check(cfg: MineConfig) -> None:
         )
     if not 0 < cfg.iig_fraction <= 1:
         problems.append(f"--iig_fraction {cfg.iig_fraction} must be in (0, 1]")
+    if cfg.judge_margin is not None and cfg.judge_margin < 0:
+        problems.append(f"--judge_margin {cfg.judge_margin} must be >= 0 (or null: judge every step on 8 bits)")
     if cfg.bad_records not in ("skip", "error"):
         problems.append(f"--bad_records {cfg.bad_records!r} is not 'skip' or 'error'")
     if problems:

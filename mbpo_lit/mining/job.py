@@ -22,7 +22,8 @@ import os
 import shutil
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -56,10 +57,11 @@ def mine_pairs(cfg: MineConfig, on_chunk: Callable[[int], None] | None = None, p
         )
     )
     miner = Miner(policy.model, policy.processor, cfg, source.vocabulary)
-    started = time.time()
-    mined = mine_shards(miner, records, out / "shards", on_chunk, progress)
-    seconds = time.time() - started
-    candidates, dataset = write_dataset(out, cfg)
+    with datasets_quiet():  # one progress bar, the miner's: none per shard written or read
+        started = time.time()
+        mined = mine_shards(miner, records, out / "shards", on_chunk, progress)
+        seconds = time.time() - started
+        candidates, dataset = write_dataset(out, cfg)
     counts = {"source_records_read": read, "skipped": len(skipped), "usable_records": usable}
     summary = summarize(cfg, candidates, len(dataset), miner.vocabulary)
     summary |= counts | {
@@ -118,6 +120,20 @@ def job_source(cfg: MineConfig) -> RecordSource:
     return source
 
 
+@contextmanager
+def datasets_quiet() -> Iterator[None]:
+    """`datasets`' own progress bars off for a while (and back on after, if they were)."""
+    import datasets
+
+    was = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if was:
+            datasets.enable_progress_bars()
+
+
 def shard_name(start: int, end: int) -> str:
     return f"{start:08d}-{end:08d}.parquet"
 
@@ -136,16 +152,20 @@ def mine_shards(
     done = {p.name for p in shards.glob("*.parquet")}
     chunks = [(s, min(s + size, len(records))) for s in range(0, len(records), size)]
     todo = [(s, e) for s, e in chunks if shard_name(s, e) not in done]
-    initial, desc = len(chunks) - len(todo), f"mining ({miner.cfg.method})"
-    for s, e in tqdm(todo, desc=desc, unit="chunk", disable=not progress, initial=initial, total=len(chunks)):
+    initial = len(records) - sum(e - s for s, e in todo)
+    desc = f"mining ({miner.cfg.method})"
+    bar = tqdm(total=len(records), initial=initial, desc=desc, unit="record", disable=not progress)
+    for s, e in todo:
         rows = miner.mine(records[s:e], s)
         for r, rec in zip(rows, records[s:e]):
             r["source_index"] = rec.get("source_index", r["source_index"])
         tmp = shards / (shard_name(s, e) + ".tmp")
         Dataset.from_list(rows).to_parquet(str(tmp))
         os.replace(tmp, shards / shard_name(s, e))  # atomic: a shard is whole or absent
+        bar.update(e - s)
         if on_chunk:
             on_chunk(s)
+    bar.close()
     return sum(e - s for s, e in todo)
 
 

@@ -19,13 +19,14 @@ from mbpo_lit.core.answers import CLOSED_TYPES, is_correct, normalize_phrase
 from mbpo_lit.core.attack import pgd, random_perturbation, to_uint8_grid
 from mbpo_lit.data.sources import Record
 from mbpo_lit.mining.config import MineConfig
-from mbpo_lit.vlm.chat import answer_token_ids, append_completions, encode_prompts, user_message
-from mbpo_lit.vlm.codec import PixelCodec, to_pil
+from mbpo_lit.vlm.chat import answer_token_ids, append_completions, encode_prompts, take_rows, user_message
+from mbpo_lit.vlm.codec import PixelCodec, pad_stack, to_pil, unpad
 from mbpo_lit.vlm.iig import image_information_gain
-from mbpo_lit.vlm.logprobs import completion_scores
+from mbpo_lit.vlm.logprobs import CompletionScores, completion_scores
 from mbpo_lit.vlm.sampling import SamplingRule, answer_texts
 
 Message = list[dict[str, Any]]
+Sizes = list[tuple[int, int]] | None  # (height, width) of each image of a padded batch; None: one size
 
 
 class MinedRow(TypedDict):
@@ -67,28 +68,49 @@ class Miner:
         self.device = next(model.parameters()).device
         model.requires_grad_(False)  # PGD needs gradients for the pixels only
 
-    def loglik(self, prompts, answers_ids) -> Callable[[torch.Tensor], torch.Tensor]:
-        """images -> the ground-truth answer's log-likelihood per sample (differentiable in the images)."""
+    def pixels(self, images: torch.Tensor, sizes: Sizes = None, index: torch.Tensor | None = None) -> torch.Tensor:
+        """The pixel inputs of raw images (the samples at `index` of a batch whose image sizes are `sizes`)."""
+        part = sizes if sizes is None or index is None else [sizes[i] for i in index.tolist()]
+        return self.codec.encode(images, part)[0]
+
+    def scorer(self, prompts, answers_ids, sizes: Sizes = None) -> Callable[..., CompletionScores]:
+        """(images, index) -> for the samples at `index` (all when None): the ground-truth answer's per-token
+        log-likelihood, differentiable in the images, whether every answer token (its end token included) is the
+        argmax given the tokens before it, and by what margin (`completion_scores`)."""
         batch, mask = append_completions(prompts, answers_ids, self.processor.tokenizer.pad_token_id)
         batch, mask = batch.to(self.device), mask.to(self.device)
 
-        def value(images: torch.Tensor) -> torch.Tensor:
-            pixel_values, _ = self.codec.encode(images)
-            inputs = dict(batch, pixel_values=pixel_values.to(batch["pixel_values"].dtype))
-            return completion_scores(self.model, inputs, mask)[0].sum(1)
+        def value(images: torch.Tensor, index: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+            rows, part = (batch, mask) if index is None else (take_rows(batch, index), mask[index])
+            inputs = dict(rows, pixel_values=self.pixels(images, sizes, index).to(batch["pixel_values"].dtype))
+            return completion_scores(self.model, inputs, part, margins=True)
 
         return value
 
+    def loglik(self, prompts, answers_ids, sizes: Sizes = None) -> Callable[..., torch.Tensor]:
+        """(images, index) -> the ground-truth answer's log-likelihood for the samples at `index` (all when None),
+        differentiable in the images."""
+        score = self.scorer(prompts, answers_ids, sizes)
+        return lambda images, index=None: score(images, index)[0].sum(1)
+
     @torch.no_grad()
-    def answer(self, prompts, images: torch.Tensor, sample: bool = False) -> list[str]:
-        """The model's answers given raw images: greedy, or sampled at temperature 1.
+    def answer(
+        self,
+        prompts,
+        images: torch.Tensor,
+        sample: bool = False,
+        index: torch.Tensor | None = None,
+        sizes: Sizes = None,
+    ) -> list[str]:
+        """The model's answers given raw images (of the prompts at `index`, or all): greedy, or sampled at
+        temperature 1.
 
         Decoding applies none of the checkpoint's `generation_config` processors (Qwen's repetition penalty,
         say): only vision tokens are suppressed, and it stops at any of the model's end ids
         (`sampling.answer_texts`). A mined answer is the model's own distribution on every checkpoint.
         """
-        pixel_values, _ = self.codec.encode(images)
-        batch = dict(prompts.to(self.device), pixel_values=pixel_values.to(prompts["pixel_values"].dtype))
+        rows = prompts.to(self.device) if index is None else take_rows(prompts.to(self.device), index)
+        batch = dict(rows, pixel_values=self.pixels(images, sizes, index).to(prompts["pixel_values"].dtype))
         rule = SamplingRule.of(self.model, self.processor, temperature=1.0 if sample else 0.0)
         return answer_texts(self.model, self.processor, batch, self.cfg.max_new_tokens, rule)
 
@@ -104,63 +126,82 @@ class Miner:
         return normalize_phrase(text) != normalize_phrase(rec["answer"])
 
     def objective(
-        self, prompts, answers_ids, records: list[Record] | None = None, raw: torch.Tensor | None = None
-    ) -> Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
-        """PGD's objective: images -> (ground-truth log-likelihood, whether the model still answers correctly).
+        self,
+        prompts,
+        answers_ids,
+        records: list[Record] | None = None,
+        raw: torch.Tensor | None = None,
+        sizes: Sizes = None,
+    ) -> Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+        """PGD's objective: (images, index) -> (ground-truth log-likelihood, whether the model still answers
+        correctly) for the samples at `index` (positions in the batch; PGD drops the finished ones).
 
-        "Still correct" is the verifier's judgement of the greedy answer decoded from the images rounded to
-        8 bits inside the ball around `raw` (the picture that will be saved), so an answer worded unlike the
-        ground truth ("Yes." for "yes") is not mistaken for a successful attack. Without `records` (or with
-        early_stop off) nothing is decoded and every sample counts as not yet successful.
+        "Still correct" is the verifier's judgement of the greedy answer from the images rounded to 8 bits inside
+        the ball around `raw` (the picture that will be saved, `read`), so an answer worded unlike the ground truth
+        ("Yes." for "yes") is not mistaken for a successful attack. Where the differentiable pass itself shows the
+        ground truth leading every answer position by `MineConfig.judge_margin` logits or more, far beyond what
+        rounding to 8 bits moves them (results/mining.md), that answer stands for the 8-bit one and nothing else
+        runs. The greedy answer of each sample's last judged image is kept in the function's `answers` (batch
+        position -> text): it is the rejected answer. Without `records` (or with early_stop off) nothing is judged
+        and every sample counts as not yet successful.
         """
-        loglik, eps = self.loglik(prompts, answers_ids), self.cfg.epsilon / 255
+        score, eps, cfg = self.scorer(prompts, answers_ids, sizes), self.cfg.epsilon / 255, self.cfg
+        truths = self.processor.batch_decode(answers_ids, skip_special_tokens=True)
+        fits = torch.tensor([len(ids) <= cfg.max_new_tokens for ids in answers_ids], dtype=torch.bool)
+        answers: dict[int, str] = {}
 
-        def value(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            logp = loglik(images)
-            if records is None or not self.cfg.early_stop:
-                return logp, torch.ones(len(logp), dtype=torch.bool)
-            base = raw if raw is not None else images.detach()
-            texts = self.answer(prompts, to_uint8_grid(images.detach(), base, eps, self.cfg.norm))
-            return logp, torch.tensor([not self.is_wrong(r, t) for r, t in zip(records, texts)])
+        def value(images: torch.Tensor, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            scores = score(images, index)
+            if records is None or not cfg.early_stop:
+                return scores.logp.sum(1), torch.ones(len(index), dtype=torch.bool)
+            lead = float("inf") if cfg.judge_margin is None else cfg.judge_margin
+            sure = (scores.greedy & (scores.margin >= lead)).cpu()
+            sure &= fits[index.cpu()] & self.provable()
+            texts = [truths[i] if s else "" for i, s in zip(index.tolist(), sure.tolist())]
+            if not sure.all():  # the others are judged on their 8-bit images
+                unsure = (~sure).nonzero().squeeze(1).to(images.device)
+                base = raw[index[unsure]] if raw is not None else images[unsure].detach()
+                rounded = to_uint8_grid(images[unsure].detach(), base, eps, cfg.norm)
+                read = self.read(score, prompts, rounded, index[unsure], answers_ids, truths, sizes)[1]
+                for j, t in zip(unsure.tolist(), read):
+                    texts[j] = t
+            answers.update(zip(index.tolist(), texts))
+            correct = torch.tensor([not self.is_wrong(records[i], t) for i, t in zip(index.tolist(), texts)])
+            return scores.logp.sum(1), correct
 
+        value.answers = answers
         return value
 
+    def read(self, score, prompts, images: torch.Tensor, index: torch.Tensor, answers_ids, truths, sizes: Sizes):
+        """(ground-truth log-likelihood, greedy answer) of the samples at `index` given 8-bit `images`.
+
+        One teacher-forced pass gives both the log-likelihood and, where every ground-truth token (the end token
+        included) is the argmax given the ones before it, the greedy answer itself: decoding would reproduce the
+        ground truth's tokens (`truths`, decoded as `answer_texts` decodes), as long as they fit in
+        `max_new_tokens`. Only the other samples are decoded (`answer`)."""
+        with torch.no_grad():
+            logp, greedy, _ = score(images, index)
+        fits = [len(answers_ids[i]) <= self.cfg.max_new_tokens for i in index.tolist()]
+        proven = [bool(g) and f and self.provable() for g, f in zip(greedy.tolist(), fits)]
+        texts = [truths[i] if p else "" for i, p in zip(index.tolist(), proven)]
+        todo = [j for j, p in enumerate(proven) if not p]
+        if todo:
+            picked = torch.tensor(todo, device=images.device)
+            decoded = self.answer(prompts, images[picked], index=index[picked.to(index.device)], sizes=sizes)
+            for j, t in zip(todo, decoded):
+                texts[j] = t
+        return logp.sum(1), texts
+
+    def provable(self) -> bool:
+        """Whether a teacher-forced pass may stand for a greedy decode (`read`, `objective`); False decodes every
+        answer, the reference the tests compare to."""
+        return True
+
     def mine(self, records: list[Record], start: int) -> list[MinedRow]:
-        """Candidate pairs (kept or not, with the reason) for one chunk of records, in their order.
-
-        PGD perturbs a batch of images of one size, so a chunk of mixed sizes (real photographs under Qwen's
-        processor, which keeps each image's resolution) is mined one size at a time; a chunk of one size (the
-        synthetic world) is one batch.
-        """
-        by_size: dict[tuple[int, int], list[int]] = {}
-        for i, rec in enumerate(records):
-            by_size.setdefault(tuple(rec["image"].size), []).append(i)
-        if len(by_size) == 1:
-            return self.mine_batch(records, start)
-        rows: list[MinedRow | None] = [None] * len(records)
-        for indices in by_size.values():
-            # Each size group is seeded by its first record's position, so the result does not depend on the
-            # other records of the chunk.
-            for i, row in zip(indices, self.mine_batch([records[i] for i in indices], start + indices[0])):
-                rows[i] = row | {"source_index": start + i}
-        return rows
-
-    def perturb(self, prompts, answer_ids, records: list[Record], raw: torch.Tensor, gen: torch.Generator):
-        """(perturbed images rounded to 8 bits, PGD steps per sample) by the configured method."""
-        cfg, eps, step = self.cfg, self.cfg.epsilon / 255, self.cfg.step_size / 255
-        if cfg.method == "pgd":
-            objective = self.objective(prompts, answer_ids, records, raw)
-            res = pgd(objective, raw, eps, step, cfg.steps, cfg.random_start, cfg.norm, cfg.early_stop, gen)
-            perturbed, steps_used = res.images, res.steps_used
-        else:
-            perturbed = random_perturbation(cfg.method, raw, eps, cfg.diffusion_t, gen)
-            steps_used = torch.zeros(len(records), dtype=torch.long)
-        # The diffusion baseline is not bounded by epsilon: round it without projecting.
-        bound = eps if cfg.method != "diffusion" else 1.0
-        return to_uint8_grid(perturbed, raw, bound, cfg.norm if cfg.method == "pgd" else "linf"), steps_used
-
-    def mine_batch(self, records: list[Record], start: int) -> list[MinedRow]:
-        """`mine` for records whose images have one size (PGD runs on them as one batch).
+        """Candidate pairs (kept or not, with the reason) for one chunk of records, in their order, attacked as one
+        batch: images of mixed sizes (real photographs under Qwen's processor, which keeps each image's
+        resolution) are padded to one tensor (`codec.pad_stack`) and each is encoded at its own size, as Qwen-VL's
+        vision tower takes images of several sizes in one call; LLaVA's processor resizes every image to one size.
 
         Every image the model answers from, and every score recorded, is the 8-bit one (`to_uint8_grid`): the
         saved `perturbed_image` reproduces the recorded rejected answer and `logp_after`.
@@ -171,20 +212,25 @@ class Miner:
         qs, answers = [r["question"] for r in records], [r["answer"] for r in records]
         images = [r["image"] for r in records]
         prompts = encode_prompts(self.processor, qs, images, record_ids=[r["id"] for r in records])
-        raw = torch.stack(self.codec.raw_images(prompts)).to(self.device)
-        raw = to_uint8_grid(raw, raw, 0.0)
+        raw, sizes = pad_stack(self.codec.raw_images(prompts))
+        raw = to_uint8_grid(raw.to(self.device), raw.to(self.device), 0.0)
         answer_ids = answer_token_ids(self.processor, answers)
-        loglik = self.loglik(prompts, answer_ids)
-        with torch.no_grad():  # the ground truth's log-likelihood on the clean image
-            before = loglik(raw).cpu()
-        clean = self.answer(prompts, raw)
-        perturbed, steps_used = self.perturb(prompts, answer_ids, records, raw, gen)
+        score = self.scorer(prompts, answer_ids, sizes)
+        truths = self.processor.batch_decode(answer_ids, skip_special_tokens=True)
+        everyone = torch.arange(len(records))
+        # the ground truth's log-likelihood on the clean image, and the clean greedy answer
+        before, clean = self.read(score, prompts, raw, everyone, answer_ids, truths, sizes)
+        perturbed, steps_used, judged = self.perturb(prompts, answer_ids, records, raw, gen, sizes)
         with torch.no_grad():
-            after = loglik(perturbed).cpu()
-        rejected = self.answer(prompts, perturbed, sample=cfg.decode == "sample")
+            after = score(perturbed)[0].sum(1).cpu()
+        if cfg.decode == "greedy" and len(judged) == len(records):  # PGD judged each final image: its answer
+            rejected = [judged[i] for i in range(len(records))]
+        else:
+            rejected = self.answer(prompts, perturbed, sample=cfg.decode == "sample", sizes=sizes)
         iig = image_information_gain(
             self.model, self.processor, qs, answers, images, cfg.iig_baseline, batch_size=cfg.batch_size
         )
+        perturbed, raw = unpad(perturbed, sizes), unpad(raw, sizes)
         return [
             self.row(
                 rec,
@@ -199,6 +245,23 @@ class Miner:
             )
             for i, rec in enumerate(records)
         ]
+
+    def perturb(self, prompts, answer_ids, records: list[Record], raw: torch.Tensor, gen, sizes: Sizes = None):
+        """(perturbed images rounded to 8 bits, PGD steps per sample, the greedy answer PGD judged on each final
+        image by batch position: empty for the baselines and without early stop) by the configured method."""
+        cfg, eps, step = self.cfg, self.cfg.epsilon / 255, self.cfg.step_size / 255
+        if cfg.method == "pgd":
+            objective = self.objective(prompts, answer_ids, records, raw, sizes)
+            valid = None if sizes is None else valid_pixels(raw, sizes)
+            res = pgd(objective, raw, eps, step, cfg.steps, cfg.random_start, cfg.norm, cfg.early_stop, gen, valid)
+            perturbed, steps_used, judged = res.images, res.steps_used, objective.answers
+        else:
+            perturbed = random_perturbation(cfg.method, raw, eps, cfg.diffusion_t, gen)
+            steps_used, judged = torch.zeros(len(records), dtype=torch.long), {}
+        # The diffusion baseline is not bounded by epsilon: round it without projecting.
+        bound = eps if cfg.method != "diffusion" else 1.0
+        rounded = to_uint8_grid(perturbed, raw, bound, cfg.norm if cfg.method == "pgd" else "linf")
+        return rounded, steps_used, judged
 
     def row(self, rec: Record, source_index: int, *, clean, rejected, perturbed, raw, iig, steps, logp) -> MinedRow:
         """One record's candidate pair, with what the summary and the filter read."""
@@ -249,3 +312,11 @@ def apply_iig_filter(rows: list[dict], cfg: MineConfig) -> list[dict]:
     ranked = sorted(rows, key=lambda r: (r["iig_mean"], r["source_index"]), reverse=high)
     keep = {r["source_index"] for r in ranked[: max(1, round(cfg.iig_fraction * len(rows)))]}
     return [r for r in rows if r["source_index"] in keep]
+
+
+def valid_pixels(batch: torch.Tensor, sizes: list[tuple[int, int]]) -> torch.Tensor:
+    """[batch, 1, H, W]: 1 on each image's own pixels of a `pad_stack`, 0 on its padding."""
+    valid = torch.zeros(len(sizes), 1, *batch.shape[2:], device=batch.device)
+    for i, (h, w) in enumerate(sizes):
+        valid[i, :, :h, :w] = 1
+    return valid

@@ -139,3 +139,19 @@ def answer_token_ids(processor: ProcessorMixin, answers: Sequence[str]) -> list[
     """Token ids of answers as the assistant would write them, ending with the end-of-turn token."""
     tok = processor.tokenizer
     return [tok(a, add_special_tokens=False)["input_ids"] + [tok.eos_token_id] for a in answers]
+
+
+def take_rows(batch: BatchFeature, index: torch.Tensor) -> BatchFeature:
+    """The samples at `index` of a batch of one image per prompt: every per-sample tensor sliced, and Qwen's
+    `pixel_values`, whose rows belong to images by `image_grid_thw`, sliced image by image (not row by row)."""
+    n = batch["input_ids"].shape[0]
+    out = {}
+    for key, value in batch.items():
+        if key == "pixel_values" and "image_grid_thw" in batch:
+            sizes = batch["image_grid_thw"].prod(-1).tolist()
+            out[key] = torch.cat([value.split(sizes)[i] for i in index.tolist()])
+        elif torch.is_tensor(value) and value.shape[:1] == (n,):
+            out[key] = value[index.to(value.device)]
+        else:
+            out[key] = value
+    return BatchFeature(out)

@@ -53,12 +53,17 @@ class PixelCodec:
     def _unnorm(self, x: torch.Tensor) -> torch.Tensor:
         return x * self.std.to(x).view(-1, 1, 1) + self.mean.to(x).view(-1, 1, 1)
 
-    def encode(self, raw: list[torch.Tensor] | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def encode(
+        self, raw: list[torch.Tensor] | torch.Tensor, sizes: list[tuple[int, int]] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Raw images ([3, H, W] each, values in [0, 1]) -> (pixel_values, image_grid_thw or None).
 
         A [batch, 3, H, W] tensor (images of one size, as PGD attacks them) is encoded in one set of tensor
-        operations; a list may mix sizes and is encoded image by image. Both give the same values.
+        operations; a list may mix sizes and is encoded image by image. Both give the same values. With `sizes`
+        (height, width per image), `raw` is a `pad_stack` of images of mixed sizes, each cropped back first.
         """
+        if sizes is not None:
+            return self.encode(unpad(raw, sizes))
         if self.kind == "llava":
             return (self._norm(raw) if torch.is_tensor(raw) else torch.stack([self._norm(x) for x in raw])), None
         if torch.is_tensor(raw) and raw.dim() == 4:
@@ -97,6 +102,24 @@ class PixelCodec:
     def raw_images(self, batch: BatchFeature) -> list[torch.Tensor]:
         """The raw (resized) images of a processor batch, in [0, 1]."""
         return [x.clamp(0, 1) for x in self.decode(batch["pixel_values"].float(), batch.get("image_grid_thw"))]
+
+
+def pad_stack(images: list[torch.Tensor]) -> tuple[torch.Tensor, list[tuple[int, int]] | None]:
+    """Raw images of mixed sizes as one [batch, 3, H, W] tensor, each zero-padded at the bottom and right to the
+    largest, and their (height, width); images of one size are stacked as they are, with sizes None."""
+    sizes = [tuple(x.shape[1:]) for x in images]
+    if len(set(sizes)) == 1:
+        return torch.stack(images), None
+    h, w = max(s[0] for s in sizes), max(s[1] for s in sizes)
+    out = images[0].new_zeros(len(images), 3, h, w)
+    for i, x in enumerate(images):
+        out[i, :, : x.shape[1], : x.shape[2]] = x
+    return out, sizes
+
+
+def unpad(batch: torch.Tensor, sizes: list[tuple[int, int]] | None) -> list[torch.Tensor] | torch.Tensor:
+    """The images of a `pad_stack`, each cropped to its own size (the batch itself when sizes is None)."""
+    return batch if sizes is None else [x[:, :h, :w] for x, (h, w) in zip(batch, sizes)]
 
 
 def to_pil(raw: torch.Tensor) -> Image.Image:

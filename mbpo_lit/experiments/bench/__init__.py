@@ -10,12 +10,15 @@
    samples/s, generated tokens/s, peak memory, and the vision tower's calls and images encoded per step (a forward
    hook on the architecture's vision module). Each side runs in its own process, so the peak memory is its own.
    `trl_unmatched` lists what could not be set the same on the TRL side.
-2. PGD mining: images/s, and its time relative to the bare forward+backward of the same number of steps on the
-   same batch (PGD adds the projection, the codec and the greedy-match flag on top of that).
-3. Mining on real image sizes: `Miner.mine` on scikit-image's sample photographs (thumbnailed to 160 px, several
-   sizes), each size group attacked as one batch as the miner does, against one image at a time; and the
-   ceiling of batching on the machine: the same photographs at one size, one batch against one at a time.
-4. Padding: the share of prompt tokens that are padding in batches of mixed image sizes, drawn plainly and
+2. PGD: images/s at a fixed number of steps (no early stop), and its time relative to the bare forward+backward of
+   the same steps on the same batch (PGD adds the projection and the codec on top of that).
+3. Mining with the default config (`mining`): `Miner.mine` on the world's shipped base model with early stop, its
+   images/s, the sample-steps PGD executed against those the samples needed, and PGD's time against a bare
+   forward+backward of the same batches (the answer checks are what PGD adds).
+4. Mining on real image sizes: `Miner.mine` on scikit-image's sample photographs (thumbnailed to 160 px, several
+   sizes) in one batch, as the miner attacks a chunk, against the same photographs at one size (the ceiling of
+   batching on the machine) and against one image at a time.
+5. Padding: the share of prompt tokens that are padding in batches of mixed image sizes, drawn plainly and
    with length grouping (`HybridDataModule(length_group_batches=...)`).
 
 Results print as a table with the ratios and go to `--out` as JSON; the measured numbers are in
@@ -32,7 +35,7 @@ from __future__ import annotations
 
 from mbpo_lit.experiments.bench.config import BENCH_LORA, BenchConfig
 from mbpo_lit.experiments.bench.padding import bench_padding
-from mbpo_lit.experiments.bench.pgd import PHOTOS, bench_mine_sizes, bench_pgd, photo_records
+from mbpo_lit.experiments.bench.pgd import PHOTOS, bench_mine_sizes, bench_mining, bench_pgd, photo_records
 from mbpo_lit.experiments.bench.run import checkpoint, format_results, main, prompt_tokens, ratios, run
 from mbpo_lit.experiments.bench.step import bench_mbpo, count_vision_calls, peak_memory_mb, step_stats
 from mbpo_lit.experiments.bench.trl import TRL_MISSING, TRL_UNMATCHED, bench_trl, train_trl, trl_available
@@ -45,6 +48,7 @@ __all__ = [
     "BenchConfig",
     "bench_mbpo",
     "bench_mine_sizes",
+    "bench_mining",
     "bench_padding",
     "bench_pgd",
     "bench_trl",

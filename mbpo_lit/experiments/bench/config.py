@@ -53,8 +53,15 @@ class BenchConfig:
     trl_lora_dtype: Literal["match", "trl"] = "match"
     """"match" casts the LoRA weights that TRL turns to bf16 on a quantized model back to the dtype mbpo_lit
     trains them in (fp32); "trl" keeps TRL's bf16 (then listed as unmatched)."""
-    sections: tuple[Literal["grpo", "pgd", "mine_sizes", "padding"], ...] = ("grpo", "pgd", "mine_sizes", "padding")
-    """the measurements to run (a sweep over G or sizes wants only "grpo"); a skipped one reports "skipped"."""
+    sections: tuple[Literal["grpo", "pgd", "mining", "mine_sizes", "padding"], ...] = (
+        "grpo",
+        "pgd",
+        "mining",
+        "mine_sizes",
+        "padding",
+    )
+    """the measurements to run (a sweep over G or sizes wants only "grpo"); a skipped one reports "skipped".
+    "mining" runs the default mining config on the world's shipped base model, whatever `size` is."""
     image_size: int | None = None
     """side of the random checkpoint's images in pixels (None: the size's own, 112 tiny, 448 small); it sets the
     prompt length (Qwen-VL: (image_size / 28)^2 image tokens per prompt)."""

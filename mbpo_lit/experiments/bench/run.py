@@ -10,14 +10,14 @@ import torch
 
 from mbpo_lit.experiments.bench.config import BenchConfig
 from mbpo_lit.experiments.bench.padding import bench_padding
-from mbpo_lit.experiments.bench.pgd import bench_mine_sizes, bench_pgd
+from mbpo_lit.experiments.bench.pgd import bench_mine_sizes, bench_mining, bench_pgd
 from mbpo_lit.experiments.bench.step import bench_mbpo, isolated
 from mbpo_lit.experiments.bench.trl import bench_trl
 
 
 def ratios(results: dict) -> dict:
     """The headline numbers as ratios: step time against the rowwise layout and TRL, vision-tower encodings
-    per distinct image, PGD's overhead, mixed-size mining grouped against one at a time, padding saved by
+    per distinct image, PGD's overhead, mining's efficiency, mixed-size mining against one size, padding saved by
     length grouping (a side that did not run gives "unavailable"; a skipped section, no ratio)."""
     fast, rowwise, trl, pad = results["mbpo_lit"], results["rowwise"], results["trl"], results["padding"]
     out = {}
@@ -35,8 +35,11 @@ def ratios(results: dict) -> dict:
         }
     if "overhead_ratio" in results["pgd"]:
         out["pgd_overhead_vs_bare_forward_backward"] = results["pgd"]["overhead_ratio"]
-    if "grouped_vs_one_at_a_time_speedup" in results["mine_sizes"]:
-        out["mining_mixed_sizes_grouped_vs_one_at_a_time"] = results["mine_sizes"]["grouped_vs_one_at_a_time_speedup"]
+    if "efficiency" in results["mining"]:
+        out["mining_sample_steps_needed_vs_executed"] = results["mining"]["efficiency"]
+        out["mining_pgd_vs_bare_forward_backward"] = results["mining"]["pgd_vs_bare_forward_backward"]
+    if "mixed_vs_one_size_throughput" in results["mine_sizes"]:
+        out["mining_mixed_sizes_vs_one_size"] = results["mine_sizes"]["mixed_vs_one_size_throughput"]
     if "plain_padding_fraction" in pad:
         out["padding_length_grouped_vs_plain"] = (
             pad["length_grouped_padding_fraction"] / pad["plain_padding_fraction"]
@@ -102,6 +105,7 @@ def run(cfg: BenchConfig) -> dict:
         "rowwise": isolated(bench_mbpo, cfg, path, False) if grpo else skipped,
         "trl": bench_trl(cfg, path) if grpo else skipped,
         "pgd": isolated(bench_pgd, cfg, path) if "pgd" in cfg.sections else skipped,
+        "mining": isolated(bench_mining, cfg) if "mining" in cfg.sections else skipped,
         "mine_sizes": isolated(bench_mine_sizes, cfg, path) if "mine_sizes" in cfg.sections else skipped,
         "padding": bench_padding(cfg, path) if "padding" in cfg.sections else skipped,
     }
@@ -153,7 +157,7 @@ def format_results(results: dict) -> str:
         lines.append(f"trl {trl['trl_version']}, LoRA trained in {', '.join(trl['lora_dtype_trained'])}")
     lines.append("")
     lines.append(f"{'path':<11} {'metric':<44} value")
-    for side in ("pgd", "mine_sizes", "padding", "ratios"):
+    for side in ("pgd", "mining", "mine_sizes", "padding", "ratios"):
         for k, v in results[side].items():
             lines.append(f"{side:<11} {k:<44} {_cell(v)}")
     if "trl_unmatched" in trl:
