@@ -13,7 +13,8 @@ import os
 import sys
 from pathlib import Path
 
-from mbpo_lit.__main__ import COMMANDS, GROUPS, main
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # this checkout's package, whatever is installed
+from mbpo_lit.__main__ import COMMANDS, GROUPS, main  # noqa: E402
 
 
 def help_page(command: str) -> str:
