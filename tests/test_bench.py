@@ -8,6 +8,7 @@ from mbpo_lit.experiments import bench, sweep
 from mbpo_lit.experiments.bench import BenchConfig, format_results, run, step_stats
 
 
+@pytest.mark.slow
 def test_bench_counts_every_image_the_vision_tower_encodes(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # the tiny checkpoint for the benchmark is written under ./runs
     monkeypatch.setattr(bench.trl, "trl_available", lambda: False)  # the TRL side as on a machine without trl

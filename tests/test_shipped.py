@@ -66,6 +66,7 @@ def test_a_shipped_build_is_unpacked_for_its_own_config_and_any_other_config_tra
     assert (rebuilt.parent / "init").is_dir()  # asked to train, it trains
 
 
+@pytest.mark.slow
 def test_the_shipped_base_model_is_the_default_build_small_and_as_skilled_as_recorded(tmp_path):
     """The default config's build ships; unpacked, it reproduces the skills table it records, which meets the
     testbed's bars: it sees (existence), answers yes and no alike, and leans on the colour prior."""

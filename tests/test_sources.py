@@ -87,6 +87,7 @@ def test_the_former_format_option_is_refused_on_the_command_line(tmp_path, capsy
     assert exit_.value.code not in (0, None) and "Option 'format' is not accepted" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "command, option, class_path, init",
     [

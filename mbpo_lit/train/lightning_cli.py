@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import importlib
 import json
+import logging
 from importlib.resources import files
 from pathlib import Path
 
 from lightning.pytorch.cli import LightningCLI
 
 from mbpo_lit.evaluation import before_after, change_column, format_table
+
+# Lightning advertises a hosted logger at every fit; it says nothing about the run, so the console leaves it out.
+logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(lambda r: "litlogger" not in r.getMessage())
 
 DEFAULT_RECIPE = "embedded"
 

@@ -60,9 +60,10 @@ def bench_mining(cfg: BenchConfig) -> dict:
     """The default mining config (`testbed.embedded.EMBEDDED_MINING`, early stop on) on the world's base model
     (shipped, unpacked in seconds): `Miner.mine` on `cfg.pgd_images` train records, timed whole; the sample-steps
     PGD executed against those the samples needed (each sample's steps until it succeeded, plus the step that
-    saw it succeed); and PGD's time against a bare forward+backward of the gradient steps it took (the same
-    number of samples at each step), the floor of any attack of these steps: the rest is judging each step's
-    8-bit image and projecting."""
+    saw it succeed); and PGD's time per executed sample-step against a bare forward+backward per sample-step,
+    batched as PGD's steps were: what PGD adds is judging each step's answer (on the 8-bit image where the
+    differentiable pass does not decide it, and decoding where a teacher-forced pass does not either) and the
+    projection. `moved_sample_steps` counts the sample-steps that took a gradient step."""
     from mbpo_lit.mining import MineConfig, Miner
     from mbpo_lit.testbed.base_model import WarmStartConfig, build_base_model
     from mbpo_lit.testbed.embedded import EMBEDDED_MINING
@@ -109,9 +110,8 @@ def bench_mining(cfg: BenchConfig) -> dict:
     loglik = miner.loglik(prompts, answer_token_ids(policy.processor, [r["answer"] for r in records]))
     clean = torch.stack(miner.codec.raw_images(prompts)).to(miner.device)
     start = time.perf_counter()
-    for k in moved:  # PGD's gradient passes: the samples that took a step
-        if k:
-            loglik(clean[:k].clone().requires_grad_(True), torch.arange(k)).sum().backward()
+    for k in batches:  # a forward+backward per executed sample-step, batched as PGD's steps were
+        loglik(clean[:k].clone().requires_grad_(True), torch.arange(k)).sum().backward()
     bare_s = time.perf_counter() - start
     needed = sum(r["attack_steps"] + 1 for r in rows)
     return {
@@ -119,6 +119,7 @@ def bench_mining(cfg: BenchConfig) -> dict:
         "images_per_s": len(records) / mine_s,
         "executed_sample_steps": sum(batches),
         "needed_sample_steps": needed,
+        "moved_sample_steps": sum(moved),
         "efficiency": needed / sum(batches),
         "pgd_s": pgd_seconds[0],
         "bare_forward_backward_s": bare_s,
