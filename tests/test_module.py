@@ -12,6 +12,7 @@ from mbpo_lit.data.hybrid import HybridDataModule
 from mbpo_lit.testbed.questions import build_records
 from mbpo_lit.testbed.world import WorldConfig
 from mbpo_lit.testbed.world_source import WorldSource
+from mbpo_lit.core.rewards import Reward
 from mbpo_lit.train.module import MBPOModule
 from mbpo_lit.train.settings import Loss, Optimization, Rewards, Sampling
 from mbpo_lit.vlm.policy import (
@@ -128,11 +129,12 @@ def test_non_finite_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoin
     m = module(path, {"mu": 1, "beta": 0.0})
     calls = {"n": 0}
 
-    def poisoned(completions, records):
-        calls["n"] += 1
-        return [float("nan") if calls["n"] > 1 else 1.0 for _ in completions]
+    class Poisoned(Reward):
+        def __call__(self, prompts, completions, records):
+            calls["n"] += 1
+            return [float("nan") if calls["n"] > 1 else 1.0 for _ in completions]
 
-    m.rewards["accuracy"] = (poisoned, 1.0)
+    m.rewards["accuracy"] = Poisoned()
     ckpt = L.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path, save_last=True, every_n_train_steps=1)
     trainer = L.Trainer(
         max_steps=3,
@@ -281,7 +283,7 @@ def gradients_at_each_step(m: MBPOModule, micro_batches: list) -> list[list[torc
     """`training_step` over fixed rollouts, without a Trainer: the gradients each optimizer step would apply
     (the step itself is left out, so every micro-batch sees the same weights)."""
     params = list(trainable_parameters(m.model).values())
-    opt = m.configure_optimizers()
+    opt = m.configure_optimizers()["optimizer"]
     grads = []
     opt.step = lambda *a, **k: grads.append([p.grad.detach().clone() for p in params])
     rollouts = iter(micro_batches)

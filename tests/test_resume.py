@@ -38,6 +38,7 @@ def recipe(tiny_pairs, root: Path, killer: str | None = None) -> Path:
     config["trainer"] |= {"log_every_n_steps": 1}
     config["model"]["evaluate_after_fit"] = False
     config["model"]["model"]["lora"]["dropout"] = 0.1  # dropout draws random numbers too: they must repeat
+    config["model"]["optim"] |= {"schedule": "cosine", "warmup_steps": 2}  # the schedule's position resumes too
     config["ckpt_path"] = "last"  # as `--ckpt_path last`: the same command continues the last run of this recipe
     if killer:
         config["trainer"]["callbacks"].append({"class_path": f"killer.{killer}", "init_args": {"step": 2}})

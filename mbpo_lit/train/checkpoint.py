@@ -10,12 +10,18 @@ from __future__ import annotations
 
 import os
 import shutil
+import warnings
 from pathlib import Path
 
 import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from mbpo_lit.vlm.policy import save_adapter
+
+# Lightning warns at every checkpoint of a manually optimised module that it holds the weights after the step's
+# optimizer update. That is what a checkpoint of step N is here (the weights after N updates, which a resumed run
+# continues from), so the warning says nothing a user can act on.
+warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization")
 
 
 def adapter_dir(checkpoint: str | os.PathLike) -> Path:

@@ -15,7 +15,8 @@ what trains (the LoRA weights) and the optimizer state.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, replace
+import time
+from dataclasses import replace
 from pathlib import Path
 
 import lightning as L
@@ -26,9 +27,12 @@ from torchmetrics import MeanMetric
 from mbpo_lit.core.answers import CLOSED_TYPES, is_correct
 from mbpo_lit.core.errors import SettingsError
 from mbpo_lit.core.grpo import LossParts, group_advantages, grpo_loss, offline_pair_rewards
-from mbpo_lit.core.rewards import AccuracyReward, FormatReward, LengthPenalty, compose
-from mbpo_lit.train.samples import append_jsonl, format_samples, sample_rows
+from mbpo_lit.core.rewards import compose, keyed
+from mbpo_lit.train.samples import append_jsonl, format_samples, log_samples, sample_rows
+from mbpo_lit.train.schedule import LrCurve, lr_scheduler, total_optimizer_steps
+from mbpo_lit.train.scored import Scored
 from mbpo_lit.train.settings import Loss, Optimization, Rewards, Sampling
+from mbpo_lit.train.step_logs import PROGRESS_BAR, gradient_norm, peak_memory_gb, step_metrics
 from mbpo_lit.vlm import sampling
 from mbpo_lit.vlm import shared_prefix as prefix
 from mbpo_lit.vlm.chat import answer_token_ids, append_completions, encode_prompts
@@ -41,37 +45,6 @@ from mbpo_lit.vlm.sampling import SamplingRule
 torch.serialization.add_safe_globals([ModelConfig, LoraSettings, Sampling, Loss, Rewards, Optimization])
 
 
-@dataclass
-class Scored:
-    """One training batch after roll-out and scoring: one entry per sequence, online rows first (G per prompt,
-    in prompt order), then offline rows (chosen, rejected per pair)."""
-
-    records: list[dict]
-    texts: list[str]
-    ids: list[list[int]]  # completion token ids, ending with an end token or max_new_tokens long
-    rewards: torch.Tensor  # [sequences]: composed verified reward online, chosen/rejected reward offline
-    advantages: torch.Tensor  # [sequences], group-relative
-    parts: dict[str, list[float]]  # the online rewards' components (accuracy, format, length)
-    n_online: int
-    group_size: int
-    prompts: prefix.Prompts | None = None  # the step's distinct prompts, online then offline (share_prefix)
-
-    @property
-    def repeats(self) -> list[int]:
-        """Sequences per distinct prompt: G for each online prompt, then 2 (chosen, rejected) per pair."""
-        n_offline = (len(self.records) - self.n_online) // 2
-        return [self.group_size] * (self.n_online // self.group_size) + [2] * n_offline
-
-    def stream(self, i: int) -> str:
-        return "online" if i < self.n_online else "offline"
-
-    def group(self, i: int) -> int:
-        """Index of sequence i's group: online prompts first, then offline pairs."""
-        if i < self.n_online:
-            return i // self.group_size
-        return self.n_online // self.group_size + (i - self.n_online) // 2
-
-
 class MBPOModule(L.LightningModule):
     """Hybrid GRPO over offline pairs and online prompts (see the module docstring).
 
@@ -79,8 +52,8 @@ class MBPOModule(L.LightningModule):
         model: how to load the policy (hub id or directory, quantization, LoRA).
         sampling: the online rollout (G, temperature, top-k, top-p, completion length) and its rule.
         loss: the objective (GRPO, or "sft"), and GRPO's KL weight, clipping, mu, advantage scaling, aggregation.
-        rewards: offline pair rewards, online format / length terms, answer vocabulary.
-        optim: AdamW, gradient clipping and accumulation.
+        rewards: offline pair rewards, the online reward plug-ins (core/rewards.py), answer vocabulary.
+        optim: AdamW, its learning-rate schedule, gradient clipping and accumulation.
         sample_table_every: every N steps, print a table of sample completions and append them to
             `samples.jsonl` in the log directory (0: never).
         share_prefix: encode each distinct image once per step and prefill each prompt once for all its
@@ -128,11 +101,7 @@ class MBPOModule(L.LightningModule):
         """Answer words for colour/phrase answers (e.g. a synthetic world's colours), and the rewards using them."""
         self.vocabulary = vocabulary
         self.reward_settings.vocabulary = vocabulary
-        self.rewards = {
-            "accuracy": (AccuracyReward(vocabulary), 1.0),
-            "format": (FormatReward(vocabulary=vocabulary), self.reward_settings.format_weight),
-            "length": (LengthPenalty(coef=self.reward_settings.length_coef), 1.0),
-        }
+        self.rewards = keyed(self.reward_settings.online())  # log key -> Reward
 
     # ------------------------------------------------------------------------------------------ model
     def configure_model(self) -> None:
@@ -157,6 +126,13 @@ class MBPOModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         trainable = set(trainable_parameters(self))
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
+        # The reward plug-ins may be a user's classes, which weights-only loading refuses: the checkpoint keeps
+        # their description (the recipe, config.yaml, keeps them whole).
+        hp = checkpoint.get("hyper_parameters", {})
+        if isinstance(hp.get("rewards"), Rewards):
+            described = [repr(r) for r in self.rewards.values()]
+            hp["rewards"] = replace(hp["rewards"], functions=None, extra=[])
+            hp["reward_functions"] = described
 
     def on_train_end(self) -> None:
         """The trained adapters as a peft folder, `<default_root_dir>/adapter` (see train/checkpoint.py)."""
@@ -166,8 +142,18 @@ class MBPOModule(L.LightningModule):
             export_adapter(self, Path(self.trainer.default_root_dir) / "adapter")
 
     def configure_optimizers(self):
+        """AdamW on the adapters, and the learning-rate schedule (`optim.schedule`), which `_optimizer_step`
+        steps after every optimizer step; Lightning saves and restores both with the checkpoint."""
         params = list(trainable_parameters(self).values())
-        return torch.optim.AdamW(params, lr=self.optim.lr, weight_decay=self.optim.weight_decay)
+        opt = torch.optim.AdamW(params, lr=self.optim.lr, weight_decay=self.optim.weight_decay)
+        o, total = self.optim, 1
+        if o.schedule != "constant":  # decay needs the run's length
+            t = self.trainer
+            total = total_optimizer_steps(
+                t.max_steps, t.estimated_stepping_batches, self.loss.mu, o.accumulate_grad_batches
+            )
+        curve = LrCurve(o.warmup_steps, total, o.schedule, o.min_lr_ratio)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": lr_scheduler(opt, curve), "interval": "step"}}
 
     # ---------------------------------------------------------------------------------------- rollout
     def sampling_rule(self) -> SamplingRule:
@@ -242,7 +228,11 @@ class MBPOModule(L.LightningModule):
         on_records, on_ids, on_texts = self.rollout(online, online_prompts)
         off_records = [r for r in offline for _ in range(2)]
         off_texts = [t for r in offline for t in (r["answer"], r["rejected"])]
-        on_rewards, parts = compose(self.rewards, on_texts, on_records) if on_records else ([], {})
+        on_rewards, parts = (
+            ([], {})
+            if not on_records
+            else compose(self.rewards, [r["question"] for r in on_records], on_texts, on_records)
+        )
         rewards, adv = [], []
         if on_records:
             r = torch.tensor(on_rewards, dtype=torch.float32).view(-1, g)
@@ -269,6 +259,7 @@ class MBPOModule(L.LightningModule):
         self._seed_step()  # 0. this step's randomness, a function of (seed, step): resumable exactly
         if loss.kind == "sft":  # the supervised reference line: no rollout, no rewards
             return self.sft_step(batch, batch_idx)
+        start = time.perf_counter()
         # 1-3. Roll out (G samples per online prompt; chosen and rejected per offline pair), score, advantages.
         scored = self.score(batch)
         advantages = scored.advantages.to(self.device)
@@ -302,7 +293,7 @@ class MBPOModule(L.LightningModule):
             self.manual_backward(out.loss * self._backward_weight(mask))
             if (batch_idx + 1) % optim.accumulate_grad_batches == 0:
                 self._optimizer_step(opt)
-        self._log_step(out, scored, mask)
+        self._log_step(out, scored, mask, time.perf_counter() - start)
         return out.loss.detach()
 
     def reference_logprobs(self, records: list[dict]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -330,7 +321,7 @@ class MBPOModule(L.LightningModule):
         if (batch_idx + 1) % self.optim.accumulate_grad_batches == 0:
             self._optimizer_step(self.optimizers())
         logs = {"loss": nll.item(), "completion_length": mask.sum(1).float().mean().item()}
-        self.log_dict(logs, prog_bar=False, batch_size=max(1, len(records)))
+        self._log(logs | self._optimizer_logs(), len(records))
         return nll.detach()
 
     def _seed_step(self) -> None:
@@ -370,9 +361,15 @@ class MBPOModule(L.LightningModule):
             for p in trainable_parameters(self).values():
                 if p.grad is not None:
                     p.grad.mul_(scale)
+        params = list(trainable_parameters(self).values())
+        self._last_grad_norm = gradient_norm(params)  # before clipping: how far the step wanted to go
         self.clip_gradients(opt, gradient_clip_val=self.optim.max_grad_norm, gradient_clip_algorithm="norm")
+        self._last_lr = opt.param_groups[0]["lr"]  # the rate this step used (the scheduler moves it next)
         opt.step()
         opt.zero_grad()
+        scheduler = self.lr_schedulers() if self._trainer is not None else None  # unit tests step by hand
+        if scheduler is not None:
+            scheduler.step()
 
     def _summed_over_ranks(self, value: float) -> tuple[float, int]:
         """(`value` summed over the distributed ranks, number of ranks); (value, 1) outside a Trainer."""
@@ -381,24 +378,27 @@ class MBPOModule(L.LightningModule):
         total = self.trainer.strategy.reduce(torch.tensor(value, device=self.device), reduce_op="sum")
         return float(total), self.trainer.world_size
 
-    def _log_step(self, out: LossParts, scored: Scored, mask: torch.Tensor) -> None:
-        n = scored.n_online
-        logs = {
-            "loss": out.loss.item(),
-            "kl": out.kl.item(),
-            "clip_fraction": out.clip_fraction.item(),
-            "completion_length": mask.sum(1).float().mean().item(),
-        }
-        for stream, r in (("online", scored.rewards[:n]), ("offline", scored.rewards[n:])):
-            if len(r):
-                logs[f"{stream}/reward_mean"] = r.mean().item()
-                logs[f"{stream}/reward_std"] = r.std().item() if len(r) > 1 else 0.0
-        if n:
-            logs["online/accuracy"] = sum(scored.parts["accuracy"]) / n
-        self.log_dict(logs, prog_bar=False, batch_size=max(1, len(scored.records)))
+    def _log_step(self, out: LossParts, scored: Scored, mask: torch.Tensor, seconds: float) -> None:
+        logs = step_metrics(out, scored, mask, seconds) | self._optimizer_logs()
+        self._log(logs, len(scored.records))
         every = self.hparams.sample_table_every
-        if every and self.global_step % every == 0 and n and self.global_rank == 0:
+        if every and self.global_step % every == 0 and scored.n_online and self.global_rank == 0:
             self._write_samples(scored)
+
+    def _optimizer_logs(self) -> dict[str, float]:
+        """The last optimizer step's learning rate and gradient norm (none before the first step of an
+        accumulating run), and peak memory."""
+        logs = {"perf/peak_memory_gb": peak_memory_gb(self.device)}
+        if hasattr(self, "_last_lr"):
+            logs |= {"lr": self._last_lr, "grad_norm": self._last_grad_norm}
+        return logs
+
+    def _log(self, logs: dict[str, float], batch_size: int) -> None:
+        """Log a step's metrics; the `PROGRESS_BAR` ones are shown in the progress bar too."""
+        bar = {k: v for k, v in logs.items() if k in PROGRESS_BAR}
+        rest = {k: v for k, v in logs.items() if k not in PROGRESS_BAR}
+        self.log_dict(bar, prog_bar=True, batch_size=max(1, batch_size))
+        self.log_dict(rest, prog_bar=False, batch_size=max(1, batch_size))
 
     def _write_samples(self, scored: Scored) -> None:
         """The sample table: printed, and appended to `samples.jsonl` in the run's log directory."""
@@ -406,6 +406,7 @@ class MBPOModule(L.LightningModule):
         self.print(format_samples(rows))
         logger_dir = self.logger.log_dir if self.logger is not None else None
         append_jsonl(Path(logger_dir or self.trainer.default_root_dir) / "samples.jsonl", rows)
+        log_samples(self.loggers, rows, self.global_step)
 
     # -------------------------------------------------------------------------------------- validation
     def setup(self, stage: str) -> None:

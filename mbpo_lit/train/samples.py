@@ -30,3 +30,18 @@ def append_jsonl(path: Path, rows: list[dict]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a") as f:
         f.writelines(json.dumps(x) + "\n" for x in rows)
+
+
+def log_samples(loggers: list, rows: list[dict], step: int) -> None:
+    """The sample table to each logger that shows tables or text: Weights & Biases gets a table, TensorBoard a
+    markdown table under "samples". Others (CSV) have no place for it: `samples.jsonl` holds the rows."""
+    if not rows:
+        return
+    columns = list(rows[0])
+    for logger in loggers:
+        if hasattr(logger, "log_table"):  # WandbLogger
+            logger.log_table(key="samples", columns=columns, data=[[r[c] for c in columns] for r in rows], step=step)
+        elif hasattr(getattr(logger, "experiment", None), "add_text"):  # TensorBoardLogger's SummaryWriter
+            lines = ["| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
+            lines += ["| " + " | ".join(str(r[c]).replace("|", "\\|") for c in columns) + " |" for r in rows]
+            logger.experiment.add_text("samples", "\n".join(lines), global_step=step)

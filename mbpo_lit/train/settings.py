@@ -6,10 +6,11 @@ before a model is loaded.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from mbpo_lit.core.errors import SettingsError
+from mbpo_lit.core.rewards import Reward, shipped_rewards, with_vocabulary
 
 
 @dataclass
@@ -114,27 +115,35 @@ class Loss:
 
 @dataclass
 class Rewards:
-    """Rewards of both streams."""
+    """Rewards of both streams: offline pairs' fixed rewards, and the online rewards, plug-ins a recipe names by
+    `class_path` (core/rewards.py)."""
 
     chosen: float = 2.0
     """reward of an offline pair's chosen answer (MBPO: 2)."""
     rejected: float = 0.0
     """reward of an offline pair's rejected answer (0, inferred: the paper gives the chosen one's only)."""
-    format_weight: float = 0.5
-    """weight of the format reward of online completions (a parseable answer)."""
-    length_coef: float = 0.1
-    """weight of the length penalty of online completions."""
+    functions: list[Reward] | None = None
+    """the online rewards, each a `mbpo_lit.core.rewards.Reward` given by class_path and init_args (its `weight`
+    among them); None: the shipped set, AccuracyReward (weight 1), FormatReward (0.5) and LengthPenalty (1,
+    coef 0.1)."""
+    extra: list[Reward] = field(default_factory=list)
+    """rewards added to `functions` (or to the shipped set): a recipe's own, by class_path."""
     vocabulary: list[str] | None = None
-    """answer words for colour / phrase answers (the first one in a completion is its answer); None compares
-    whole normalized phrases."""
+    """answer words for colour / phrase answers (the first one in a completion is its answer), given to every
+    reward with an unset `vocabulary`; None compares whole normalized phrases."""
+
+    def online(self) -> list[Reward]:
+        """The online rewards: `functions` (or the shipped set) then `extra`, with this vocabulary where unset."""
+        chosen = shipped_rewards() if self.functions is None else list(self.functions)
+        return [with_vocabulary(r, self.vocabulary) for r in [*chosen, *self.extra]]
 
 
 @dataclass
 class Optimization:
-    """AdamW on the adapters."""
+    """AdamW on the adapters, and its learning-rate schedule."""
 
     lr: float = 1e-4
-    """AdamW's learning rate."""
+    """AdamW's learning rate (the peak, after warmup)."""
     weight_decay: float = 0.0
     """AdamW's decoupled weight decay."""
     max_grad_norm: float = 1.0
@@ -143,10 +152,24 @@ class Optimization:
     accumulate_grad_batches: int = 1
     """batches whose gradients are summed before one optimizer step (mu = 1 only; the Trainer's own option is
     refused under manual optimization)."""
+    schedule: Literal["constant", "linear", "cosine"] = "constant"
+    """the learning rate after warmup: "constant", "linear" decay or "cosine" decay to `min_lr_ratio` x lr at the
+    run's last optimizer step (train/schedule.py). Stepped by the module after every optimizer step and saved in
+    checkpoints, so a resumed run continues the same curve."""
+    warmup_steps: int = 0
+    """optimizer steps over which the learning rate rises linearly from lr / (warmup_steps + 1) to lr."""
+    min_lr_ratio: float = 0.0
+    """where "linear" and "cosine" end, as a fraction of lr."""
 
     def __post_init__(self) -> None:
         if self.lr <= 0 or self.weight_decay < 0 or self.max_grad_norm <= 0 or self.accumulate_grad_batches < 1:
             raise SettingsError(
                 f"optim: lr={self.lr} and max_grad_norm={self.max_grad_norm} must be > 0, "
                 f"weight_decay={self.weight_decay} >= 0, accumulate_grad_batches >= 1"
+            )
+        if self.schedule not in ("constant", "linear", "cosine"):
+            raise SettingsError(f"optim.schedule={self.schedule!r}: must be one of constant, linear, cosine")
+        if self.warmup_steps < 0 or not 0 <= self.min_lr_ratio <= 1:
+            raise SettingsError(
+                f"optim: warmup_steps={self.warmup_steps} must be >= 0 and min_lr_ratio={self.min_lr_ratio} in [0, 1]"
             )

@@ -121,7 +121,7 @@ def train_trl(cfg: BenchConfig, path: str) -> dict:
     rewards = trl_rewards(settings, online.vocabulary, tokens)
     with tempfile.TemporaryDirectory() as out_dir:
         args = _trl_config(cfg, out_dir, vision_token_ids(policy.processor))
-        args.reward_weights = [1.0, settings.format_weight, 1.0]
+        args.reward_weights = [fn.weight for fn in settings.online()]
         timer = _TrlStepTimer(TrainerCallback)
         trainer = GRPOTrainer(
             model=policy.model,
@@ -195,9 +195,8 @@ def trl_lora(policy):
 
 
 def trl_rewards(settings, vocabulary, tokens: list[int]) -> list:
-    """mbpo_lit's online rewards (accuracy, format, length penalty) as TRL reward functions; the accuracy one
-    also adds the completions' token count to `tokens[0]`."""
-    from mbpo_lit.core.rewards import AccuracyReward, FormatReward, LengthPenalty
+    """mbpo_lit's online rewards (`settings.online()`: accuracy, format, length penalty) as TRL reward functions;
+    the first one also adds the completions' token count to `tokens[0]`."""
 
     def as_reward(fn, name: str, count_tokens: bool = False):
         def reward(prompts, completions, completion_ids, answer, answer_type, choices, **kwargs):
@@ -208,16 +207,12 @@ def trl_rewards(settings, vocabulary, tokens: list[int]) -> list:
                 {"answer": a, "answer_type": t, "choices": c}
                 for a, t, c in zip(answer, answer_type, choices, strict=True)
             ]
-            return fn(texts, recs)
+            return fn(prompts, texts, recs)
 
         reward.__name__ = name
         return reward
 
-    return [
-        as_reward(AccuracyReward(vocabulary), "accuracy", count_tokens=True),
-        as_reward(FormatReward(vocabulary=vocabulary), "format"),
-        as_reward(LengthPenalty(coef=settings.length_coef), "length"),
-    ]
+    return [as_reward(fn, fn.key, count_tokens=i == 0) for i, fn in enumerate(settings.online())]
 
 
 def _TrlStepTimer(base):
