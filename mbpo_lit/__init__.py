@@ -10,7 +10,7 @@ Layers, each importing only the ones before it (tests/test_layout.py):
     evaluation/   scoring, paired intervals, tables, the evaluator
     mining/       adversarial negative mining: settings, the miner, the resumable job
     train/        the LightningModule, its settings, checkpoints, the re-mining callback
-    fit, mine, evaluate, cli   the commands (`python -m mbpo_lit <command>`), thin wrappers
+    fit, mine, evaluate, export, clithe commands (`python -m mbpo_lit <command>`), thin wrappers
     testbed/      the synthetic world, its biased base model, tiny checkpoints, the embedded default
     experiments/  ablations, benchmarks, plots, notebook helpers
 

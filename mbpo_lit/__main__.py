@@ -12,6 +12,7 @@ COMMANDS = {
     "fit": ("mbpo_lit.fit", "method", "train with hybrid GRPO (LightningCLI); no options: the embedded default"),
     "mine": ("mbpo_lit.mine", "method", "mine adversarial hard-negative pairs (PGD or a noise baseline)"),
     "evaluate": ("mbpo_lit.evaluate", "method", "judge-free evaluation of a model (+ adapter) on an eval set"),
+    "export": ("mbpo_lit.export", "method", "merge a fit's adapters into its base model: a checked checkpoint + card"),
     "base-model": ("mbpo_lit.testbed.base_model", "testbed", "build the synthetic world's biased base model"),
     "tiny": ("mbpo_lit.testbed.tiny", "testbed", "write a tiny random checkpoint of a supported architecture"),
     "ablate": ("mbpo_lit.experiments.ablate", "experiments", "the ablation grid on the synthetic world, with CIs"),

@@ -13,7 +13,7 @@ import mbpo_lit
 PACKAGE = Path(mbpo_lit.__file__).parent
 # Lower layers first; a module may import its own layer and the ones before it.
 LAYERS = ["core", "vlm", "data", "evaluation", "mining", "train", "commands", "testbed", "experiments"]
-COMMANDS = {"mine", "evaluate", "fit", "cli"}
+COMMANDS = {"mine", "evaluate", "export", "fit", "cli"}
 # Size limits: a module a person reads in one sitting, a function on one screen, a command that only wires.
 MAX_MODULE_LINES, MAX_FUNCTION_LINES, MAX_COMMAND_LINES = 450, 80, 100
 
