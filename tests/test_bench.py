@@ -6,6 +6,7 @@ import pytest
 
 from mbpo_lit.experiments import bench, sweep
 from mbpo_lit.experiments.bench import BenchConfig, format_results, run, step_stats
+from mbpo_lit.experiments.bench import ratios as run_ratios
 
 
 @pytest.mark.slow
@@ -133,6 +134,8 @@ def test_every_sweep_row_is_a_valid_bench_command_line(preset):
             (q, gc) for q in ("none", "4bit") for gc in (False, True)
         }
         assert configs["mining-bf16"].sections == ("pgd", "mining", "mine_sizes")
+        gc4 = configs["precision-4bit-gc"]  # as the 7B recipes train
+        assert gc4.sections == ("precision",) and gc4.quantization == "4bit" and gc4.gradient_checkpointing
         assert all(c.precision == "bf16" and c.size == "small" for c in configs.values())
 
 
@@ -165,3 +168,27 @@ def test_sweep_table_has_one_row_per_run_with_the_ratios(tmp_path, monkeypatch):
         sweep.main(["--only", "[tiny-g5]", "--out", str(tmp_path)])
     assert list(sweep.main(["--only", "[tiny-g8]", "--out", str(tmp_path)])) == ["tiny-g8"]
     assert (tmp_path / "sweep.md").read_text().count("| tiny-g8 |") == 1
+
+
+def test_the_precision_section_trains_the_adapters_in_each_modes_dtype(tmp_path, monkeypatch):
+    """fp32 and bf16-mixed train fp32 adapters, bf16-true casts them to bf16; each mode under its trainer precision
+    (in this process: the isolation only separates the peak memory)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(bench.precision, "isolated", lambda fn, *args: fn(*args))
+    cfg = BenchConfig(group_size=2, prompts=2, max_new_tokens=3, steps=1, warmup=0, sections=("precision",))
+    out = bench.bench_precision(cfg, bench.checkpoint(cfg))
+    dtypes = {mode: out[mode]["trainable_dtypes"] for mode in bench.PRECISIONS}
+    assert dtypes == {"fp32": ["torch.float32"], "bf16-true": ["torch.bfloat16"], "bf16-mixed": ["torch.float32"]}
+    assert [out[m]["trainer_precision"] for m in bench.PRECISIONS] == ["32-true", "bf16-true", "bf16-mixed"]
+    assert [out[m]["load_precision"] for m in bench.PRECISIONS] == ["fp32", "bf16", "bf16"]
+    assert all(out[m]["step_s"] > 0 and out[m]["peak_memory_mb"] > 0 for m in bench.PRECISIONS)
+    vs = out["bf16_mixed_vs_bf16_true"]
+    assert vs["step_time"] == out["bf16-mixed"]["step_s"] / out["bf16-true"]["step_s"]
+    assert vs["peak_memory"] == out["bf16-mixed"]["peak_memory_mb"] / out["bf16-true"]["peak_memory_mb"]
+    results = {k: {"unavailable": "skipped"} for k in ("mbpo_lit", "rowwise", "trl", "pgd", "mining", "mine_sizes")}
+    results |= {"padding": {}, "precision": out}
+    assert set(run_ratios(results)) == {
+        f"bf16_mixed_vs_{b}_{m}" for b in ("bf16_true", "fp32") for m in ("step_time", "peak_memory")
+    }
+    text = sweep.table({"p": {"config": {}, "mbpo_lit": {"unavailable": "skipped"}, "precision": out}})
+    assert text.count("| p |") == 3 and "| bf16-true |" in text and "x time" in text.splitlines()[-1]

@@ -21,10 +21,12 @@ import torch
 from tqdm.auto import tqdm
 
 from mbpo_lit.core.errors import SettingsError
+from mbpo_lit.data.lazy import Images
 from mbpo_lit.data.sources import Record, RecordSource, SourceError, as_source, report_skipped
 from mbpo_lit.evaluation.intervals import paired_change
 from mbpo_lit.evaluation.scoring import score, summarize
 from mbpo_lit.evaluation.tables import change_column, format_table
+from mbpo_lit.vlm.arch import budget_problems
 from mbpo_lit.vlm.chat import encode_prompts
 from mbpo_lit.vlm.policy import ModelConfig, load_policy, reference_mode
 from mbpo_lit.vlm.sampling import SamplingRule, answer_texts
@@ -72,7 +74,7 @@ def evaluate_records(
         model,
         processor,
         [r["question"] for r in records],
-        [r["image"] for r in records],
+        Images(records),  # decoded a batch at a time, not all at once
         batch_size,
         max_new_tokens,
         desc,
@@ -160,6 +162,13 @@ class EvalConfig:
     """how to load `model`: "auto" is bf16 on a GPU and fp32 on the CPU."""
     quantization: Literal["4bit", "8bit", "none"] = "none"
     """load `model` quantized by bitsandbytes, or not."""
+    min_pixels: int | None = None
+    """the image budget's floor, in pixels per image (Qwen-VL upscales smaller images to it; None: the
+    checkpoint's own)."""
+    max_pixels: int | None = None
+    """the image budget's cap, in pixels per image: Qwen-VL downscales larger images to at most this area, at most
+    max_pixels / 784 tokens each (None: the checkpoint's own). Evaluate a fit under its training budget (the 7B
+    recipes: 1003520). LLaVA's one image size (336x336) ignores a budget it meets and refuses one it breaks."""
     bad_records: Literal["skip", "error"] = "skip"
     """unusable records: "skip" (list them and go on) or "error" (list them all and stop)."""
     compare: bool = False
@@ -173,11 +182,19 @@ def evaluate_model(cfg: EvalConfig) -> dict:
     """Evaluate a model on an eval set and print the summary table (`python -m mbpo_lit evaluate`)."""
     if cfg.compare and cfg.adapter is None:
         raise SettingsError("--compare true compares a model with and without an adapter: give --adapter")
+    if problems := budget_problems(cfg.min_pixels, cfg.max_pixels, cli=True):
+        raise SettingsError("; ".join(problems))
     source = as_source(cfg.data)
     loaded = load_eval_set(source, cfg.bad_records)  # before the model: a data mistake should not wait for a 7B load
     policy = load_policy(
         ModelConfig(
-            cfg.model, precision=cfg.precision, quantization=cfg.quantization, lora=None, adapter_path=cfg.adapter
+            cfg.model,
+            precision=cfg.precision,
+            quantization=cfg.quantization,
+            lora=None,
+            adapter_path=cfg.adapter,
+            min_pixels=cfg.min_pixels,
+            max_pixels=cfg.max_pixels,
         )
     )
     model, processor, settings = policy.model, policy.processor, (None, cfg.batch_size, cfg.max_new_tokens)

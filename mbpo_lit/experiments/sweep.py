@@ -7,7 +7,8 @@ of a preset, each in its own process, writes every run's JSON under `--out`, and
 times, ratios and peak memory.
 
     python -m mbpo_lit bench-sweep --preset cpu   # tiny at G 4/8/16; small at G 4/8/16, 89 and 281 prompt tokens
-    python -m mbpo_lit bench-sweep --preset gpu   # small in bf16 and 4-bit, with and without checkpointing
+    python -m mbpo_lit bench-sweep --preset gpu   # small in bf16 and 4-bit, with and without checkpointing;
+                                                  # mining in bf16; bf16-mixed against bf16-true training
 """
 
 from __future__ import annotations
@@ -54,7 +55,13 @@ PRESETS: dict[str, dict] = {
         }
         # Mining at a 7B model's precision: PGD against a bare forward+backward, the default mining config's
         # sample-steps, and mixed image sizes in one batch against one size.
-        | {"mining-bf16": ["--sections", "[pgd,mining,mine_sizes]", "--precision", "bf16", "--quantization", "none"]},
+        | {"mining-bf16": ["--sections", "[pgd,mining,mine_sizes]", "--precision", "bf16", "--quantization", "none"]}
+        # The 7B recipes' trainer precision: bf16-mixed (fp32 adapters and AdamW state) against bf16-true and fp32,
+        # step time and CUDA peak memory, in 4-bit with gradient checkpointing as the recipes train.
+        | {
+            "precision-4bit-gc": ["--sections", "[precision]", "--precision", "bf16", "--quantization", "4bit"]
+            + ["--gradient_checkpointing", "true"]
+        },
     },
 }
 
@@ -81,10 +88,30 @@ def run_row(name: str, args: list[str], out: Path) -> dict:
 
 def table(results: dict[str, dict]) -> str:
     """Markdown: the GRPO step rows (settings, step time of each side, the ratios, peak memory), then the mining
-    rows."""
+    rows, then the precision rows."""
     steps = {k: r for k, r in results.items() if "step_s" in r["mbpo_lit"]}
-    mining = {k: r for k, r in results.items() if "step_s" not in r["mbpo_lit"]}
-    return "\n\n".join(t for t in (step_table(steps) if steps else "", mining_table(mining) if mining else "") if t)
+    precision = {k: r for k, r in results.items() if "bf16-mixed" in r.get("precision", {})}
+    mining = {k: r for k, r in results.items() if k not in steps and k not in precision}
+    tables = (step_table(steps), mining_table(mining), precision_table(precision))
+    return "\n\n".join(t for t, rows in zip(tables, (steps, mining, precision)) if rows)
+
+
+def precision_table(results: dict[str, dict]) -> str:
+    """Markdown: per precision row and trainer precision, the step time, the peak memory and the trained dtypes,
+    and bf16-mixed against bf16-true."""
+    lines = ["| run | trainer precision | step s (min-max) | peak MB | trained dtypes | bf16-mixed / bf16-true |"]
+    lines.append("|" + " --- |" * 6)
+    for name, r in results.items():
+        prec = r["precision"]
+        vs = prec["bf16_mixed_vs_bf16_true"]
+        for mode in ("fp32", "bf16-true", "bf16-mixed"):
+            m = prec[mode]
+            ratio = f"{vs['step_time']:.2f}x time, {vs['peak_memory']:.2f}x memory" if mode == "bf16-mixed" else ""
+            lines.append(
+                f"| {name} | {m['trainer_precision']} | {m['step_s']:.3f} ({m['step_s_min']:.3f}-{m['step_s_max']:.3f})"
+                f" | {m['peak_memory_mb']:,.0f} | {', '.join(m['trainable_dtypes'])} | {ratio} |"
+            )
+    return "\n".join(lines)
 
 
 def mining_table(results: dict[str, dict]) -> str:

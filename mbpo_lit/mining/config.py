@@ -5,11 +5,13 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 from mbpo_lit.core.attack import METHODS
 from mbpo_lit.core.errors import SettingsError
 from mbpo_lit.data.sources import RecordSource
+from mbpo_lit.vlm.arch import budget_problems
 
 
 @dataclass
@@ -77,6 +79,14 @@ class MineConfig:
     quantization: Literal["none", "4bit", "8bit"] = "none"
     """"4bit" / "8bit" load the model quantized (bitsandbytes), as a 7B model fits a workstation GPU; "none"
     keeps `precision`. PGD needs no trainable weights, only pixel gradients."""
+    min_pixels: int | None = None
+    """the image budget's floor, in pixels per image (Qwen-VL upscales smaller images to it; None: the
+    checkpoint's own). Mine under the budget the fit trains with (`model.model.min_pixels`)."""
+    max_pixels: int | None = None
+    """the image budget's cap, in pixels per image: Qwen-VL downscales larger images to at most this area, at most
+    max_pixels / 784 tokens each (None: the checkpoint's own; the 7B recipes train at 1003520). The attack
+    perturbs the resized image, so pairs mined under one budget and trained under another are resized again.
+    LLaVA's one image size (336x336) ignores a budget it meets and refuses one it breaks."""
     overwrite: bool = False
     """discard the shards and settings of an earlier job in `out` (with other settings) and start over."""
     bad_records: Literal["skip", "error"] = "skip"
@@ -104,6 +114,7 @@ def check(cfg: MineConfig) -> None:
         problems.append(f"--judge_margin {cfg.judge_margin} must be >= 0 (or null: judge every step on 8 bits)")
     if cfg.bad_records not in ("skip", "error"):
         problems.append(f"--bad_records {cfg.bad_records!r} is not 'skip' or 'error'")
+    problems += budget_problems(cfg.min_pixels, cfg.max_pixels, cli=True)
     if problems:
         raise SettingsError("; ".join(problems))
 
@@ -114,6 +125,23 @@ def settings_json(cfg: MineConfig) -> str:
     def plain(o):
         return {"class": type(o).__name__, **vars(o)} if isinstance(o, RecordSource) else str(o)
 
-    # `overwrite` is how to start over, not a property of the job's data.
-    settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "overwrite"}
+    # `overwrite` is how to start over, not a property of the job's data. An unset image budget is left out, so a
+    # job started before the budget existed resumes as it was.
+    unset = {"min_pixels": None, "max_pixels": None}
+    settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "overwrite" and not (k in unset and v is None)}
     return json.dumps(settings, sort_keys=True, default=plain)
+
+
+def budget_mismatch(folder: str | Path, budget: dict[str, int]) -> str | None:
+    """How the image budget the pairs in a mining output `folder` were mined under (its summary.json) differs
+    from `budget` (`vlm.arch.pixel_budget` of the processor in use), in one line; None when the same, or when the
+    folder records none (mined before the budget was recorded)."""
+    summary = Path(folder) / "summary.json"
+    saved = json.loads(summary.read_text()) if summary.is_file() else {}
+    mined = {k: saved[k] for k in ("min_pixels", "max_pixels") if k in saved}
+    if not mined or mined == {k: budget[k] for k in mined}:
+        return None
+    return (
+        f"the pairs in {folder} were mined under the image budget {mined}, this model's processor applies {budget}: "
+        f"their images are resized again (set min_pixels / max_pixels as the mining did, or mine again)"
+    )

@@ -6,7 +6,7 @@ Output (`MineConfig.out`):
   dataset/                           the final pairs: `datasets.load_from_disk(OUT/dataset)`; columns prompt,
                                      chosen, rejected, images (as TRL's DPOTrainer expects for vision data) plus
                                      perturbed_image and the per-pair statistics
-  summary.json                       counts, settings and rates (`summarize`)
+  summary.json                       counts, settings, rates (`summarize`) and the image budget applied
   config.json                        the settings that produced the shards
 
 A killed job, restarted with the same settings, continues with the first chunk that has no shard: no duplicates,
@@ -33,6 +33,7 @@ from mbpo_lit.core.errors import SettingsError
 from mbpo_lit.data.sources import Record, Records, RecordSource, SourceError, as_source, report_skipped
 from mbpo_lit.mining.config import MineConfig, check, settings_json
 from mbpo_lit.mining.miner import Miner, apply_iig_filter
+from mbpo_lit.vlm.arch import pixel_budget
 
 OUTPUTS = ("shards", "dataset", "config.json", "summary.json", "skipped.jsonl")
 
@@ -53,7 +54,13 @@ def mine_pairs(cfg: MineConfig, on_chunk: Callable[[int], None] | None = None, p
         raise SourceError(f"{source}: no usable records to mine")
     policy = load_policy(
         ModelConfig(
-            cfg.model, precision=cfg.precision, quantization=cfg.quantization, lora=None, adapter_path=cfg.adapter
+            cfg.model,
+            precision=cfg.precision,
+            quantization=cfg.quantization,
+            lora=None,
+            adapter_path=cfg.adapter,
+            min_pixels=cfg.min_pixels,
+            max_pixels=cfg.max_pixels,
         )
     )
     miner = Miner(policy.model, policy.processor, cfg, source.vocabulary)
@@ -64,11 +71,16 @@ def mine_pairs(cfg: MineConfig, on_chunk: Callable[[int], None] | None = None, p
         candidates, dataset = write_dataset(out, cfg)
     counts = {"source_records_read": read, "skipped": len(skipped), "usable_records": usable}
     summary = summarize(cfg, candidates, len(dataset), miner.vocabulary)
-    summary |= counts | {
-        "mined_records": len(records),
-        "seconds_this_run": seconds,
-        "images_per_second": mined / seconds if mined else None,
-    }
+    budget = pixel_budget(policy.processor)  # the image budget the pairs were mined under
+    summary |= (
+        counts
+        | budget
+        | {
+            "mined_records": len(records),
+            "seconds_this_run": seconds,
+            "images_per_second": mined / seconds if mined else None,
+        }
+    )
     (out / "summary.json").write_text(json.dumps(summary_order(summary), indent=2))
     if len(dataset) == 0:
         warnings.warn(
@@ -156,8 +168,9 @@ def mine_shards(
     desc = f"mining ({miner.cfg.method})"
     bar = tqdm(total=len(records), initial=initial, desc=desc, unit="record", disable=not progress)
     for s, e in todo:
-        rows = miner.mine(records[s:e], s)
-        for r, rec in zip(rows, records[s:e]):
+        chunk = list(records[s:e])  # one chunk's records: each decodes its image once, when the miner reads it
+        rows = miner.mine(chunk, s)
+        for r, rec in zip(rows, chunk):
             r["source_index"] = rec.get("source_index", r["source_index"])
         tmp = shards / (shard_name(s, e) + ".tmp")
         Dataset.from_list(rows).to_parquet(str(tmp))

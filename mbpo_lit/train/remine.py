@@ -51,7 +51,8 @@ from lightning.pytorch.callbacks import Callback
 
 from mbpo_lit.data.hybrid import HybridDataModule
 from mbpo_lit.mining import MineConfig, Miner
-from mbpo_lit.mining.config import check
+from mbpo_lit.mining.config import budget_mismatch, check
+from mbpo_lit.vlm.arch import pixel_budget
 
 # The MineConfig fields that define the attack (the rest name the job: model, source, out, n, ...).
 ATTACK_FIELDS = (
@@ -145,8 +146,14 @@ class Remine(Callback):
         saved = mining_folder(pairs_path) / "config.json"
         settings = json.loads(saved.read_text()) if saved.is_file() else {}
         settings = {k: v for k, v in settings.items() if k in ATTACK_FIELDS} | self.overrides
-        model = str(getattr(getattr(pl_module, "model_config", None), "name_or_path", "policy"))
-        cfg = MineConfig(model=model, source=pairs_path, out="", **settings)
+        model_config = getattr(pl_module, "model_config", None)
+        model = str(getattr(model_config, "name_or_path", "policy"))
+        # The attack runs through the fit's processor, so the re-mined pairs have the fit's image budget.
+        budget = {k: getattr(model_config, k, None) for k in ("min_pixels", "max_pixels")}
+        processor = getattr(pl_module, "processor", None)  # None before the model is loaded
+        if processor is not None and (note := budget_mismatch(mining_folder(pairs_path), pixel_budget(processor))):
+            warnings.warn(f"Remine: {note}; re-mining uses the fit's budget", stacklevel=2)
+        cfg = MineConfig(model=model, source=pairs_path, out="", **(settings | budget))
         cfg = dataclasses.replace(cfg, seed=cfg.seed + step)
         check(cfg)
         return cfg

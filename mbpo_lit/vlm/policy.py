@@ -64,6 +64,14 @@ class ModelConfig:
         gradient_checkpointing: recompute activations in backward to save memory.
         device: where to put the model; `None` picks the current CUDA device or the CPU.
         revision: hub revision (branch, tag or commit) for hub ids.
+        min_pixels: the image budget's floor, in pixels per image: Qwen-VL upscales a smaller image to this area
+            (None: the checkpoint's own, 3136 = 56x56 for the released Qwen-VL models).
+        max_pixels: the image budget's cap, in pixels per image: Qwen-VL downscales a larger image to at most
+            this area, so an image costs at most max_pixels / 784 tokens (None: the checkpoint's own, about
+            12.8 M pixels for the released Qwen2.5-VL: a 4K photograph is then about 10,000 tokens). The Qwen
+            7B recipes set 1003520 (1280 tokens). Mining, training and evaluation of one model should use the same
+            budget. LLaVA resizes every image to one size (336x336): a budget it meets has no effect, one it
+            breaks is refused.
     """
 
     name_or_path: str
@@ -76,6 +84,8 @@ class ModelConfig:
     gradient_checkpointing: bool = False
     device: str | None = None
     revision: str | None = None
+    min_pixels: int | None = None
+    max_pixels: int | None = None
 
 
 @dataclass
@@ -186,6 +196,8 @@ def load_policy(cfg: ModelConfig) -> Policy:
         raise ValueError(f"reference={cfg.reference!r} is not one of ['start', 'base']")
     check_quantization(cfg, config, device)
     path = str(Path(cfg.name_or_path).expanduser()) if looks_local(cfg.name_or_path) else cfg.name_or_path
+    # Before the model: a budget the checkpoint's processor cannot take should not wait for a 7B load.
+    processor = load_processor(path, arch.model_type, cfg.min_pixels, cfg.max_pixels, **hub_kwargs)
 
     model = AutoModelForImageTextToText.from_pretrained(
         path,
@@ -217,7 +229,6 @@ def load_policy(cfg: ModelConfig) -> Policy:
             task_type="CAUSAL_LM",
         )
         model = get_peft_model(model, lora)
-    processor = load_processor(path, arch.model_type, **hub_kwargs)
     return Policy(model=model, processor=processor, arch=arch)
 
 

@@ -20,15 +20,18 @@
    batching on the machine) and against one image at a time.
 5. Padding: the share of prompt tokens that are padding in batches of mixed image sizes, drawn plainly and
    with length grouping (`HybridDataModule(length_group_batches=...)`).
+6. Precision (`--sections '[precision]'`, not run by default): the shared-prefix GRPO step's time and peak memory
+   under Lightning's "bf16-true" and "bf16-mixed" (the 7B recipes' setting) and fp32, each in its own process.
 
 Results print as a table with the ratios and go to `--out` as JSON; the measured numbers are in
 results/performance.md. One module per side: `config` (the settings), `step` (the mbpo_lit GRPO step and what
-both sides measure with), `trl` (TRL's GRPOTrainer), `pgd` (PGD and mining on mixed sizes), `padding`, and
+both sides measure with), `trl` (TRL's GRPOTrainer), `pgd` (PGD and mining on mixed sizes), `padding`, `precision`, and
 `run` (every measurement, the ratios, the table, the command).
 
     python -m mbpo_lit bench --group_size 8 --steps 5
     python -m mbpo_lit bench --size small --precision bf16 --out runs/bench/gpu.json
     python -m mbpo_lit bench --gradient_checkpointing true --trl false   # as the 7B recipes train
+    python -m mbpo_lit bench --sections '[precision]'   # bf16-mixed against bf16-true and fp32
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from __future__ import annotations
 from mbpo_lit.experiments.bench.config import BENCH_LORA, BenchConfig
 from mbpo_lit.experiments.bench.padding import bench_padding
 from mbpo_lit.experiments.bench.pgd import PHOTOS, bench_mine_sizes, bench_mining, bench_pgd, photo_records
+from mbpo_lit.experiments.bench.precision import PRECISIONS, bench_precision
 from mbpo_lit.experiments.bench.run import checkpoint, format_results, main, prompt_tokens, ratios, run
 from mbpo_lit.experiments.bench.step import bench_mbpo, count_vision_calls, peak_memory_mb, step_stats
 from mbpo_lit.experiments.bench.trl import TRL_MISSING, TRL_UNMATCHED, bench_trl, train_trl, trl_available
@@ -43,6 +47,7 @@ from mbpo_lit.experiments.bench.trl import TRL_MISSING, TRL_UNMATCHED, bench_trl
 __all__ = [
     "BENCH_LORA",
     "PHOTOS",
+    "PRECISIONS",
     "TRL_MISSING",
     "TRL_UNMATCHED",
     "BenchConfig",
@@ -51,6 +56,7 @@ __all__ = [
     "bench_mining",
     "bench_padding",
     "bench_pgd",
+    "bench_precision",
     "bench_trl",
     "checkpoint",
     "count_vision_calls",

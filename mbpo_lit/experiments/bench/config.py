@@ -13,7 +13,8 @@ BENCH_LORA = LoraSettings(r=8, alpha=16)  # both GRPO sides' adapters (dropout 0
 @dataclass
 class BenchConfig:
     """Time a hybrid GRPO step (shared prefix, rowwise, and TRL's GRPOTrainer when installed), PGD mining (also
-    on photographs of mixed sizes) and padding with length grouping, on a tiny or small random checkpoint."""
+    on photographs of mixed sizes) and padding with length grouping, on a tiny or small random checkpoint; with
+    `--sections '[precision]'`, the step under Lightning's bf16-true, bf16-mixed and fp32."""
 
     model: str | None = None
     """a checkpoint directory; None writes a random one of `size` under runs/checkpoints."""
@@ -53,7 +54,7 @@ class BenchConfig:
     trl_lora_dtype: Literal["match", "trl"] = "match"
     """"match" casts the LoRA weights that TRL turns to bf16 on a quantized model back to the dtype mbpo_lit
     trains them in (fp32); "trl" keeps TRL's bf16 (then listed as unmatched)."""
-    sections: tuple[Literal["grpo", "pgd", "mining", "mine_sizes", "padding"], ...] = (
+    sections: tuple[Literal["grpo", "pgd", "mining", "mine_sizes", "padding", "precision"], ...] = (
         "grpo",
         "pgd",
         "mining",
@@ -61,7 +62,9 @@ class BenchConfig:
         "padding",
     )
     """the measurements to run (a sweep over G or sizes wants only "grpo"); a skipped one reports "skipped".
-    "mining" runs the default mining config on the world's shipped base model, whatever `size` is."""
+    "mining" runs the default mining config on the world's shipped base model, whatever `size` is. "precision"
+    (not run unless named) times the shared-prefix GRPO step and its peak memory under Lightning's "bf16-true"
+    and "bf16-mixed" (weights loaded in bf16) and "32-true" (fp32), whatever `precision` is."""
     image_size: int | None = None
     """side of the random checkpoint's images in pixels (None: the size's own, 112 tiny, 448 small); it sets the
     prompt length (Qwen-VL: (image_size / 28)^2 image tokens per prompt)."""

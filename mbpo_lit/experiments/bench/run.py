@@ -11,14 +11,16 @@ import torch
 from mbpo_lit.experiments.bench.config import BenchConfig
 from mbpo_lit.experiments.bench.padding import bench_padding
 from mbpo_lit.experiments.bench.pgd import bench_mine_sizes, bench_mining, bench_pgd
+from mbpo_lit.experiments.bench.precision import bench_precision, precision_lines
 from mbpo_lit.experiments.bench.step import bench_mbpo, isolated
 from mbpo_lit.experiments.bench.trl import bench_trl
 
 
 def ratios(results: dict) -> dict:
     """The headline numbers as ratios: step time against the rowwise layout and TRL, vision-tower encodings
-    per distinct image, PGD's overhead, mining's efficiency, mixed-size mining against one size, padding saved by
-    length grouping (a side that did not run gives "unavailable"; a skipped section, no ratio)."""
+    per distinct image, PGD's overhead, mining's efficiency, mixed-size mining against one size, bf16-mixed's step
+    time and peak memory against bf16-true and fp32, padding saved by length grouping (a side that did not run
+    gives "unavailable"; a skipped section, no ratio)."""
     fast, rowwise, trl, pad = results["mbpo_lit"], results["rowwise"], results["trl"], results["padding"]
     out = {}
     if "step_s" in fast:
@@ -40,6 +42,11 @@ def ratios(results: dict) -> dict:
         out["mining_pgd_vs_bare_forward_backward"] = results["mining"]["pgd_vs_bare_forward_backward"]
     if "mixed_vs_one_size_throughput" in results["mine_sizes"]:
         out["mining_mixed_sizes_vs_one_size"] = results["mine_sizes"]["mixed_vs_one_size_throughput"]
+    for base in ("bf16_true", "fp32"):
+        if f"bf16_mixed_vs_{base}" in results["precision"]:
+            mixed = results["precision"][f"bf16_mixed_vs_{base}"]
+            out[f"bf16_mixed_vs_{base}_step_time"] = mixed["step_time"]
+            out[f"bf16_mixed_vs_{base}_peak_memory"] = mixed["peak_memory"]
     if "plain_padding_fraction" in pad:
         out["padding_length_grouped_vs_plain"] = (
             pad["length_grouped_padding_fraction"] / pad["plain_padding_fraction"]
@@ -108,6 +115,7 @@ def run(cfg: BenchConfig) -> dict:
         "mining": isolated(bench_mining, cfg) if "mining" in cfg.sections else skipped,
         "mine_sizes": isolated(bench_mine_sizes, cfg, path) if "mine_sizes" in cfg.sections else skipped,
         "padding": bench_padding(cfg, path) if "padding" in cfg.sections else skipped,
+        "precision": bench_precision(cfg, path) if "precision" in cfg.sections else skipped,
     }
     results["ratios"] = ratios(results)
     out = Path(cfg.out)
@@ -160,6 +168,8 @@ def format_results(results: dict) -> str:
     for side in ("pgd", "mining", "mine_sizes", "padding", "ratios"):
         for k, v in results[side].items():
             lines.append(f"{side:<11} {k:<44} {_cell(v)}")
+    if precision := precision_lines(results["precision"]):
+        lines += ["", *precision]
     if "trl_unmatched" in trl:
         lines.append("")
         lines.append("not matched on the TRL side:")

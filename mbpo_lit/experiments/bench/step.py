@@ -68,8 +68,9 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def bench_mbpo(cfg: BenchConfig, path: str, share_prefix: bool = True) -> dict:
-    """Time `cfg.steps` hybrid GRPO steps of MBPOModule on online prompts of the embedded world."""
+def bench_mbpo(cfg: BenchConfig, path: str, share_prefix: bool = True, trainer_precision: str = "32-true") -> dict:
+    """Time `cfg.steps` hybrid GRPO steps of MBPOModule on online prompts of the embedded world, the policy loaded
+    in `cfg.precision` and trained under Lightning's `trainer_precision` ("32-true", "bf16-true", "bf16-mixed")."""
     from mbpo_lit.data.hybrid import HybridDataModule
     from mbpo_lit.testbed.world_source import WorldSource
     from mbpo_lit.train.module import MBPOModule
@@ -118,11 +119,16 @@ def bench_mbpo(cfg: BenchConfig, path: str, share_prefix: bool = True) -> dict:
             enable_model_summary=False,
             callbacks=[timer],
             default_root_dir=root,
+            precision=trainer_precision,
         )
         trainer.fit(module, data)
     stats = step_stats(timer.times, cfg.warmup)
     out = step_results(cfg, stats, tokens[0], calls, peak_memory_mb(module.device))
-    return out | {"gradient_checkpointing": module.model.get_base_model().is_gradient_checkpointing}
+    return out | {
+        "gradient_checkpointing": module.model.get_base_model().is_gradient_checkpointing,
+        "trainer_precision": trainer_precision,
+        "trainable_dtypes": sorted({str(p.dtype) for p in module.model.parameters() if p.requires_grad}),
+    }
 
 
 def step_results(cfg: BenchConfig, stats: dict, tokens: int, calls: dict, peak_mb: float) -> dict:
