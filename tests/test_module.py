@@ -8,11 +8,11 @@ import torch
 from datasets import load_from_disk
 
 from mbpo_lit.core.grpo import grpo_loss
+from mbpo_lit.core.rewards import Reward
 from mbpo_lit.data.hybrid import HybridDataModule
 from mbpo_lit.testbed.questions import build_records
 from mbpo_lit.testbed.world import WorldConfig
 from mbpo_lit.testbed.world_source import WorldSource
-from mbpo_lit.core.rewards import Reward
 from mbpo_lit.train.module import MBPOModule
 from mbpo_lit.train.settings import Loss, Optimization, Rewards, Sampling
 from mbpo_lit.vlm.policy import (

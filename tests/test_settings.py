@@ -15,6 +15,11 @@ from mbpo_lit.train.settings import Loss, Optimization, Sampling
         (lambda: Loss(beta=-0.1), "beta=-0.1"),
         (lambda: Optimization(lr=-1), "lr=-1 and max_grad_norm=1.0 must be > 0"),
         (lambda: Optimization(accumulate_grad_batches=0), "accumulate_grad_batches >= 1"),
+        (lambda: Loss(offline_loss="dpo"), "offline_loss=dpo needs loss.streams=separate"),
+        (lambda: Loss(streams="separate", aggregation="dapo"), "streams=separate with loss.aggregation=dapo"),
+        (lambda: Loss(streams="both"), "loss.streams='both' must be joint or separate"),
+        (lambda: Loss(streams="separate", offline_weight=-1.0), "offline_weight=-1.0 must be >= 0"),
+        (lambda: Loss(streams="separate", offline_loss="dpo", dpo_beta=0.0), "dpo_beta=0.0 > 0"),
     ],
 )
 def test_out_of_range_settings_are_refused_by_name(make, says):

@@ -86,3 +86,34 @@ def test_combinations_that_do_not_exist_are_refused():
         stream_loss(logp, logp.detach(), ADV, MASK, None, n_online=2, streams="separate", normalizer=6.0)
     with pytest.raises(ValueError, match="needs ref_logp"):
         stream_loss(logp, logp.detach(), ADV, MASK, None, n_online=2, streams="separate", offline_loss="dpo")
+
+
+def test_the_modules_step_under_separate_streams_and_dpo_is_the_loss_assembled_by_hand(tiny_pairs):
+    """`training_step` with `streams: separate`, `offline_loss: dpo` (and beta 0, so only DPO asks for the
+    reference pass) applies the gradient of GRPO's online term + 0.5 x DPO's term on the offline pairs."""
+    import dataclasses
+
+    from test_module import WORLD, gradients_at_each_step, unquantized_module
+
+    from mbpo_lit.testbed.questions import build_records
+    from mbpo_lit.vlm.policy import reference_mode, trainable_parameters
+
+    path, _ = tiny_pairs
+    m = unquantized_module(path, {"streams": "separate", "offline_loss": "dpo", "offline_weight": 0.5})
+    recs = build_records(WORLD, "train", 3)
+    pairs = [dict(r, rejected=next(c for c in WORLD.colors if c != r["answer"])) for r in recs]
+    torch.manual_seed(0)
+    scored = m.score({"online": recs[:1], "offline": pairs[1:3]})
+    n = scored.n_online
+    scored = dataclasses.replace(scored, prompts=None, advantages=torch.linspace(-1.0, 1.0, len(scored.ids)))
+    (got,) = gradients_at_each_step(m, [scored])
+
+    with reference_mode(m.model):
+        ref, _ = m.logprobs(scored)
+    logp, mask = m.logprobs(scored)
+    online = grpo_loss(logp[:n], logp[:n].detach(), scored.advantages[:n], mask[:n]).loss
+    offline = dpo_pair_loss(logp[n:], ref[n:], mask[n:], beta=0.1)
+    assert offline.item() != pytest.approx(math.log(2))  # the adapters moved the policy off the reference
+    want = torch.autograd.grad(online + 0.5 * offline, list(trainable_parameters(m.model).values()))
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, atol=1e-6, rtol=1e-5)

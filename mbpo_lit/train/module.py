@@ -26,8 +26,9 @@ from torchmetrics import MeanMetric
 
 from mbpo_lit.core.answers import CLOSED_TYPES, is_correct
 from mbpo_lit.core.errors import SettingsError
-from mbpo_lit.core.grpo import LossParts, group_advantages, grpo_loss, offline_pair_rewards
+from mbpo_lit.core.grpo import LossParts, group_advantages, offline_pair_rewards
 from mbpo_lit.core.rewards import compose, keyed
+from mbpo_lit.core.streams import stream_loss
 from mbpo_lit.train.samples import append_jsonl, format_samples, log_samples, sample_rows
 from mbpo_lit.train.schedule import LrCurve, lr_scheduler, total_optimizer_steps
 from mbpo_lit.train.scored import Scored
@@ -265,7 +266,7 @@ class MBPOModule(L.LightningModule):
         advantages = scored.advantages.to(self.device)
         # 4. Loss, mu times over the same rollout.
         ref = None
-        if loss.beta != 0:
+        if loss.beta != 0 or (loss.offline_loss == "dpo" and len(scored.records) > scored.n_online):
             with reference_mode(self.model):
                 ref, _ = self.logprobs(scored)
         opt, old = self.optimizers(), None
@@ -273,16 +274,14 @@ class MBPOModule(L.LightningModule):
             logp, mask = self.logprobs(scored)
             if old is None:  # the weights that sampled the rollout: the first pass's, before any update
                 old = logp.detach()
-            out = grpo_loss(
+            out, terms = stream_loss(
                 logp,
                 old,
                 advantages,
                 mask,
                 ref,
-                beta=loss.beta,
-                eps_low=loss.eps_low,
-                eps_high=loss.eps_high,
-                aggregation=loss.aggregation,
+                scored.n_online,
+                **loss.terms(),
                 max_tokens=self.sampling.max_new_tokens,
             )
             if not torch.isfinite(out.loss):
@@ -293,7 +292,7 @@ class MBPOModule(L.LightningModule):
             self.manual_backward(out.loss * self._backward_weight(mask))
             if (batch_idx + 1) % optim.accumulate_grad_batches == 0:
                 self._optimizer_step(opt)
-        self._log_step(out, scored, mask, time.perf_counter() - start)
+        self._log_step(out, scored, mask, time.perf_counter() - start, terms)
         return out.loss.detach()
 
     def reference_logprobs(self, records: list[dict]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -378,8 +377,11 @@ class MBPOModule(L.LightningModule):
         total = self.trainer.strategy.reduce(torch.tensor(value, device=self.device), reduce_op="sum")
         return float(total), self.trainer.world_size
 
-    def _log_step(self, out: LossParts, scored: Scored, mask: torch.Tensor, seconds: float) -> None:
+    def _log_step(
+        self, out: LossParts, scored: Scored, mask: torch.Tensor, seconds: float, terms: dict[str, torch.Tensor]
+    ) -> None:
         logs = step_metrics(out, scored, mask, seconds) | self._optimizer_logs()
+        logs |= {k: v.item() for k, v in terms.items()}  # each stream's policy term, under streams "separate"
         self._log(logs, len(scored.records))
         every = self.hparams.sample_table_every
         if every and self.global_step % every == 0 and scored.n_online and self.global_rank == 0:

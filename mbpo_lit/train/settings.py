@@ -86,7 +86,22 @@ class Loss:
     mean over the whole batch of one optimizer step (all micro-batches of `optim.accumulate_grad_batches` and,
     under DDP, all ranks); "dr_grpo": token sum / (completions x sampling.max_new_tokens), no std scaling."""
 
+    streams: Literal["joint", "separate"] = "joint"
+    """how the online and offline rows share the loss (core/streams.py). "joint" (MBPO as published): one
+    aggregation over all rows, so adding offline rows dilutes the online term; "separate": each stream aggregated
+    over its own rows, L = L_online + offline_weight x L_offline."""
+    offline_weight: float = 1.0
+    """lambda, the offline term's weight under streams "separate"."""
+    offline_loss: Literal["grpo", "dpo"] = "grpo"
+    """the offline term: "grpo" (the pair as a group of two, rewards 2 / 0) or "dpo" (bounded: -log sigmoid of
+    dpo_beta x the policy-vs-reference margin of chosen over rejected; needs streams "separate")."""
+    dpo_beta: float = 0.1
+    """DPO's inverse temperature, for offline_loss "dpo"."""
+    offline_kl: bool = True
+    """include the offline rows in the KL term (false: KL on the online rows only)."""
+
     def __post_init__(self) -> None:
+        self._check_streams()
         if self.beta < 0 or self.eps_low < 0 or self.eps_high < 0 or self.mu < 1:
             raise SettingsError(
                 f"loss: beta={self.beta}, eps_low={self.eps_low}, eps_high={self.eps_high} must be "
@@ -106,6 +121,29 @@ class Loss:
                 "loss.aggregation=dr_grpo with loss.scale_std=true: Dr. GRPO is defined without the std "
                 "scaling of advantages; leave scale_std unset (or false), or pick another aggregation"
             )
+
+    def _check_streams(self) -> None:
+        if self.streams not in ("joint", "separate") or self.offline_loss not in ("grpo", "dpo"):
+            raise SettingsError(
+                f"loss.streams={self.streams!r} must be joint or separate, loss.offline_loss={self.offline_loss!r} "
+                "grpo or dpo"
+            )
+        if self.offline_loss == "dpo" and self.streams != "separate":
+            raise SettingsError("loss.offline_loss=dpo needs loss.streams=separate (DPO's term is not per token)")
+        if self.streams == "separate" and self.aggregation == "dapo":
+            raise SettingsError(
+                "loss.streams=separate with loss.aggregation=dapo: dapo normalises over every token of the step, "
+                "both streams together; use bnpo for a token mean per stream"
+            )
+        if self.offline_weight < 0 or self.dpo_beta <= 0:
+            raise SettingsError(
+                f"loss: offline_weight={self.offline_weight} must be >= 0 and dpo_beta={self.dpo_beta} > 0"
+            )
+
+    def terms(self) -> dict:
+        """The settings `core.streams.stream_loss` takes, by name."""
+        names = ("streams", "offline_weight", "offline_loss", "offline_kl", "dpo_beta", "beta", "eps_low", "eps_high")
+        return {n: getattr(self, n) for n in (*names, "aggregation")}
 
     @property
     def divides_by_std(self) -> bool:
