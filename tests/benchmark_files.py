@@ -95,8 +95,9 @@ def aokvqa(root: Path, photos) -> Path:
 
 
 def vqav2(root: Path, photos) -> Path:
-    """HuggingFaceM4/VQAv2's layout: question_type, multiple_choice_answer, answers, image_id, answer_type,
-    question_id, question, image (read by `VQAv2`)."""
+    """VQAv2's layout on the hub (lmms-lab/VQAv2, parquet, splits validation / testdev / test; the same columns
+    as HuggingFaceM4/VQAv2's loading script gave): question_type, multiple_choice_answer, answers, image_id,
+    answer_type, question_id, question, image (read by `VQAv2`)."""
     qa = [
         ("is there a", "yes", "yes/no", "Is there a person?"),
         ("how many", "1", "number", "How many cups are there?"),

@@ -183,7 +183,9 @@ def data_sections(name: str) -> dict:
     return yaml.safe_load(open(recipe(name)))["data"]
 
 
-LOCAL_COPIES = {"HuggingFaceM4/A-OKVQA": bf.aokvqa, "lmms-lab/POPE": bf.pope_hub, "HuggingFaceM4/VQAv2": bf.vqav2}
+# Every hub id a recipe names, with its local copy in that dataset's schema: each is plain parquet on the hub, which
+# `datasets` 4 and later load (HuggingFaceM4/VQAv2, a loading script, they refuse).
+LOCAL_COPIES = {"HuggingFaceM4/A-OKVQA": bf.aokvqa, "lmms-lab/POPE": bf.pope_hub, "lmms-lab/VQAv2": bf.vqav2}
 # The class each shipped recipe's data sections name (and the mining commands in their headers).
 RECIPE_CLASSES = {"online": AOKVQA, "val": Pope, "mine": VQAv2}
 
@@ -240,6 +242,7 @@ def test_the_mining_command_in_each_real_recipe_parses_and_its_source_reads_the_
     local = LOCAL_COPIES[config["source"]["init_args"]["path"]](tmp_path, photos)
     source = instantiate(config["source"], path=str(local))
     assert type(source) is RECIPE_CLASSES["mine"] and source.answer_types == ["yes_no", "number"]
+    assert not source.spread and source.n is None  # `mine --n` sets it: the first n rows are streamed, no more
     records, skipped = source.load()
     assert len(records) == 3 and [s["id"] for s in skipped] == ["102"]  # the "other" question is listed
     assert [r["answer_type"] for r in records] == ["yes_no", "number", "yes_no"]

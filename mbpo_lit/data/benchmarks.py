@@ -159,8 +159,9 @@ class AOKVQA(Records):
 
 
 class VQAv2(Records):
-    """VQAv2 (Goyal et al., 2017; the hub's HuggingFaceM4/VQAv2: question_id, question, multiple_choice_answer,
-    answers, answer_type, image): open questions about COCO images.
+    """VQAv2 (Goyal et al., 2017; the hub's lmms-lab/VQAv2, parquet, splits validation / testdev / test:
+    question_id, question, multiple_choice_answer, answers, answer_type, image; HuggingFaceM4/VQAv2 has the same
+    columns but is a loading script, which `datasets` 4 and later refuse): open questions about COCO images.
 
     The answer is the consensus answer (multiple_choice_answer), the answer type VQAv2's own mapped to this
     library's: "yes/no" -> "yes_no", "number" -> "number", "other" -> "phrase" (keep the close-ended ones with

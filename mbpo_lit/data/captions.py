@@ -13,7 +13,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from mbpo_lit.core.answers import word_forms
-from mbpo_lit.data.sources import Record, RecordSource, Skipped, SourceError, open_image
+from mbpo_lit.data.lazy import LazyRecords, reference
+from mbpo_lit.data.sources import Record, RecordSource, Skipped, SourceError
 
 # Words that name a COCO category besides its own name (and their simple plurals), kept small: the usual
 # words for people, and short names of long categories. A caption's words are matched longest first, so "hot
@@ -119,7 +120,7 @@ class CocoChair(RecordSource):
         extra = {k: (*COCO_SYNONYMS.get(k, ()), *self.synonyms.get(k, ())) for k in {*COCO_SYNONYMS, *self.synonyms}}
         return ObjectMentions(names, extra)
 
-    def load(self) -> tuple[list[Record], list[Skipped]]:
+    def load(self) -> tuple[LazyRecords, list[Skipped]]:
         data = self._read()
         categories = {c["id"]: str(c["name"]) for c in data["categories"]}
         self._mentions = self._parser(data["categories"])
@@ -141,8 +142,8 @@ class CocoChair(RecordSource):
                 if not info.get("file_name"):
                     raise ValueError("no file_name")
                 try:
-                    image = open_image(str(info["file_name"]), root)
-                except Exception as err:  # noqa: BLE001 - any decoding failure is this record's reason
+                    image = reference(str(info["file_name"]), root, self.annotations)  # decoded when used
+                except Exception as err:  # noqa: BLE001 - any failure to open it is this record's reason
                     raise ValueError(f"unreadable image: {err}") from err
             except ValueError as err:
                 skipped.append({"index": i, "id": rid, "reason": str(err)})
@@ -161,7 +162,7 @@ class CocoChair(RecordSource):
                     objects=objects,
                 )
             )
-        return records, skipped
+        return LazyRecords(records), skipped
 
     def mentions(self, text: str) -> list[str]:
         """COCO category names mentioned in `text`, one per occurrence."""

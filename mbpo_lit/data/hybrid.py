@@ -5,7 +5,10 @@ of each, drawn deterministically from (seed, batch index), where the index count
 epoch (and rank): a resumed run continues at the checkpoint's batch and sees what the uninterrupted run saw.
 Records stay Python dicts with PIL images: the LightningModule encodes them with the policy's processor,
 because the rollout (generation) and the log-prob passes must share one encoding (left padding, same
-chat template). Online prompts and the validation set come from any `RecordSource` (see sources.py).
+chat template). Online prompts and the validation set come from any `RecordSource` (see sources.py), the
+offline pairs from a mining output read as TRL's preference format (`data/trl.Preferences`). The pools hold
+records whose images are not decoded (data/lazy.py); a batch gets copies that decode them when the module reads
+them, so memory holds a batch's images, not the dataset's.
 
 Bad records are never dropped silently: a record with a missing answer or an unreadable image is reported
 by source and index, and then skipped (`bad_records="skip"`, the list is kept in `skipped`) or raised
@@ -15,7 +18,7 @@ by source and index, and then skipped (`bad_records="skip"`, the list is kept in
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -23,69 +26,29 @@ import lightning as L
 import numpy as np
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
-from mbpo_lit.core.answers import normalize_phrase
+from mbpo_lit.data.lazy import LazyRecords, fresh, image_size
 from mbpo_lit.data.sources import RecordSource, SourceError, as_source, report_skipped
+from mbpo_lit.data.trl import Preferences
 
 
-def _checked(record: dict) -> str | None:
-    """Why a pair record cannot be used, or None if it can."""
-    if not str(record.get("question") or "").strip():
-        return "empty question"
-    if record.get("answer") is None or str(record["answer"]).strip() == "":
-        return "missing answer"
-    if not str(record.get("rejected") or "").strip():
-        return "missing rejected answer"
-    if normalize_phrase(record["rejected"]) == normalize_phrase(record["answer"]):
-        return "rejected answer equals the chosen one"  # training on it would push the right answer down
-    try:
-        image = record["image"]
-        image.load() if hasattr(image, "load") else None
-        if not hasattr(image, "size"):
-            return f"unreadable image ({type(image).__name__})"
-    except Exception as err:  # noqa: BLE001 - any decoding failure is reported with its index
-        return f"unreadable image ({err})"
-    return None
+def load_pairs(path: str) -> LazyRecords:
+    """The usable offline pairs of a mining output (`python -m mbpo_lit mine --out DIR` writes them to
+    `DIR/dataset`; either folder may be given), read by `Preferences` (TRL's preference format): records with
+    `rejected`, images decoded when used."""
+    return pairs_source(path).load()[0]
 
 
-def load_pairs(path: str) -> list[dict]:
-    """Offline pairs from a mining output, as flat records: `python -m mbpo_lit mine --out DIR` writes them to
-    `DIR/dataset`, and either folder may be given."""
-    from datasets import load_from_disk
-
-    folder = Path(path)
-    if (folder / "dataset" / "dataset_info.json").is_file() and not (folder / "dataset_info.json").is_file():
-        folder = folder / "dataset"
-    if not folder.exists():
+def pairs_source(path: str) -> Preferences:
+    """The `Preferences` source of a mining output; refuses a folder that does not exist, naming the option."""
+    if not Path(path).expanduser().exists():
         raise FileNotFoundError(f"data.pairs {path!r} does not exist (the --out folder of `python -m mbpo_lit mine`)")
-    data = load_from_disk(str(folder))
-    pairs = []
-    for i in range(len(data)):
-        try:
-            row = data[i]
-        except Exception as err:  # noqa: BLE001 - an undecodable row (corrupt image bytes) is reported
-            pairs.append({"id": f"{path}#{i}", "_error": f"unreadable record ({err})"})
-            continue
-        pairs.append(
-            {
-                "id": row.get("id", str(i)),
-                "image": (row.get("images") or [None])[0],
-                "question": row["question"],
-                "answer": row["chosen"][0]["content"][0]["text"] if row.get("chosen") else None,
-                "rejected": row["rejected"][0]["content"][0]["text"] if row.get("rejected") else None,
-                "answer_type": row.get("answer_type", "phrase"),
-                # Kept for the verifier and for re-mining (mbpo_lit/remine.py); absent from older mining outputs.
-                "choices": json.loads(row.get("choices") or "[]") or None,
-                "group": row.get("group") or "",
-                "prior_answer": row.get("prior_answer") or "",
-            }
-        )
-    return pairs
+    return Preferences(path)
 
 
 def length_key(record: dict) -> tuple[int, int]:
-    """What makes a record's sequences long: image area first (Qwen-VL's image tokens grow with it), then
-    the characters of question and answers."""
-    w, h = record["image"].size
+    """What makes a record's sequences long: image area first (Qwen-VL's image tokens grow with it, read from the
+    header when the image is not decoded yet), then the characters of question and answers."""
+    w, h = image_size(record)
     text = sum(len(str(record.get(k) or "")) for k in ("question", "answer", "rejected"))
     return w * h, text
 
@@ -126,7 +89,7 @@ class HybridBatches(Dataset):
         drawn = rng.choice(len(pool), n * self.group, replace=len(pool) < n * self.group)
         drawn = sorted(drawn, key=lambda j: length_key(pool[j]))
         k = int(rng.permutation(self.group)[slot])
-        return [pool[j] for j in drawn[k * n : (k + 1) * n]]
+        return [fresh(pool[j]) for j in drawn[k * n : (k + 1) * n]]
 
     def set_pairs(self, pairs: list[dict]) -> None:
         """Replace the offline pool: batches drawn from now on take their pairs from `pairs` (re-mining)."""
@@ -136,7 +99,10 @@ class HybridBatches(Dataset):
     def __getitem__(self, i: int) -> dict:
         if self.group <= 1:  # one generator for both streams (the batches of earlier runs, unchanged)
             rng = np.random.default_rng([self.seed, i])
-            pick = lambda pool, n: [pool[j] for j in rng.choice(len(pool), n, replace=len(pool) < n)] if n else []  # noqa: E731
+
+            def pick(pool: Sequence[dict], n: int) -> list[dict]:
+                return [fresh(pool[j]) for j in rng.choice(len(pool), n, replace=len(pool) < n)] if n else []
+
             return {"offline": pick(self.pairs, self.n_off), "online": pick(self.prompts, self.n_on)}
         return {
             "offline": self._grouped(self.pairs, self.n_off, i, 0),
@@ -234,15 +200,9 @@ class HybridDataModule(L.LightningDataModule):
         self.skipped += [{"source": str(source), **s} for s in skipped]
         return records
 
-    def read_pairs(self, path: str) -> list[dict]:
+    def read_pairs(self, path: str) -> LazyRecords:
         """The usable pairs of a mining output (`load_pairs`); the others are reported as `bad_records` says."""
-        good, skipped = [], []
-        for i, rec in enumerate(load_pairs(path)):
-            why = rec.get("_error") or _checked(rec)
-            if why is None:
-                good.append(rec)
-            else:
-                skipped.append({"index": i, "id": rec.get("id"), "reason": why})
+        good, skipped = pairs_source(path).load()
         report_skipped(skipped, path, self.bad_records)
         self.skipped += [{"source": str(path), **s} for s in skipped]
         return good
@@ -298,7 +258,7 @@ class HybridDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         stream = StepBatches(self.train_set, self.batches_per_epoch, self._position)
-        return DataLoader(stream, batch_size=None, collate_fn=lambda b: b)
+        return ResumableLoader(stream, self)
 
     def state_dict(self) -> dict:
         """Saved in every checkpoint: how many training batches this rank has consumed (see `StepBatches`)."""
@@ -307,7 +267,33 @@ class HybridDataModule(L.LightningDataModule):
         return {"batches_consumed": int(done)}
 
     def load_state_dict(self, state: dict) -> None:
+        """Restore the batches consumed from a checkpoint, and say where the training stream resumes."""
         self._resume_at = int(state.get("batches_consumed", 0))
+        if self._resume_at and (self.trainer is None or self.trainer.is_global_zero):
+            print(f"resuming: the training stream continues at batch {self._resume_at}")
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(self.val_records, batch_size=32, shuffle=False, collate_fn=lambda b: b)
+        # Copies that decode their own images: the eval set keeps its records undecoded between validations.
+        return DataLoader(self.val_records, batch_size=32, shuffle=False, collate_fn=lambda b: [fresh(r) for r in b])
+
+
+class ResumableLoader(DataLoader):
+    """The training loader, with the `state_dict` / `load_state_dict` Lightning looks for to call a loader
+    resumable (a mid-epoch checkpoint of a loader without them draws Lightning's "not resumable" warning): its
+    state is the data module's (`HybridDataModule.state_dict`: the batches consumed), which `StepBatches` starts
+    from, so a resumed run draws the batches the uninterrupted one drew."""
+
+    def __init__(self, stream: StepBatches, data: HybridDataModule):
+        super().__init__(stream, batch_size=None, collate_fn=_as_is)
+        self.data = data
+
+    def state_dict(self) -> dict:
+        return self.data.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.data._resume_at = int(state.get("batches_consumed", 0))  # the data module's, restored (and said) too
+
+
+def _as_is(batch: dict) -> dict:
+    """The collate function of the training loader: a batch is drawn whole by `HybridBatches`."""
+    return batch

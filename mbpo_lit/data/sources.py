@@ -24,26 +24,29 @@ annotations.json), `AOKVQA` (A-OKVQA as a lettered multiple-choice prompt) and `
 `data/captions.CocoChair` reads COCO's instance annotations (instances_val2014.json) as description records, whose
 captions `CocoChair.mentions` parses into COCO category names for CHAIR.
 
-Nothing is dropped silently: a record that cannot be used (no question, no answer, an unreadable image) is
-returned in the `skipped` list with its index, id and reason, and the caller reports or refuses it.
+Images are not decoded at load: `load()` returns `LazyRecords` (data/lazy.py), whose records decode their image
+when `record["image"]` is read; at load each image's header is checked, so 50,000 records take their text and
+the images' whereabouts in memory, not 50,000 photographs. A hub id with `n` (and no `spread`) streams only its
+first n rows (data/opening.py). TRL's conversational and preference formats are `data/trl.py`.
+
+Nothing is dropped silently: a record that cannot be used (no question, no answer, a missing image or one that is
+not an image) is returned in the `skipped` list with its index, id and reason, and the caller reports or refuses
+it; an image damaged past its header raises an error naming the record when it is used.
 """
 
 from __future__ import annotations
 
 import bisect
 import glob
-import io
 from pathlib import Path
 from typing import Any, ClassVar, Literal, TypedDict
 
 from PIL import Image
 
 from mbpo_lit.core.answers import CLOSED_TYPES, extract, parse_choice, parse_count
-from mbpo_lit.vlm.hub import hub_failure, looks_local
-
-
-class SourceError(ValueError):
-    """A data source that cannot be opened (missing path, unreachable hub id, unknown column)."""
+from mbpo_lit.data.lazy import LazyRecords, reference
+from mbpo_lit.data.opening import SourceError, open_dataset, open_image  # noqa: F401 - open_image re-exported
+from mbpo_lit.vlm.hub import looks_local
 
 
 class Filtered(ValueError):
@@ -87,47 +90,24 @@ class Skipped(TypedDict, total=False):
 FIELDS = ("image", "question", "answer", "answer_type", "id", "family", "group", "choices")
 # The values of Records' former `format` option -> the class that reads that layout now (data/benchmarks.py).
 FORMAT_CLASSES = {"pope": "Pope", "amber": "Amber", "aokvqa": "AOKVQA", "vqav2": "VQAv2"}
+# Columns that mark a published layout -> the class that reads it, named when `Records` cannot map a file.
+LAYOUT_HINTS = (
+    ({"question_id", "image", "text", "label"}, "Pope"),
+    ({"question", "answer", "category", "image_source"}, "Pope"),
+    ({"choices", "correct_choice_idx"}, "AOKVQA"),
+    ({"question", "multiple_choice_answer"}, "VQAv2"),
+    ({"id", "image", "query"}, "Amber"),
+    ({"index", "question", "hint", "A", "B"}, "MMBench"),
+    ({"question", "options", "answer"}, "AI2D"),
+    ({"messages"}, "Conversations"),
+    ({"chosen", "rejected"}, "Preferences"),
+)
 
 
-def open_dataset(source: str, split: str = "train", name: str | None = None):
-    """A `datasets.Dataset` from a local data file, a `save_to_disk` folder or a hub dataset id.
-
-    Raises `SourceError` with one line that says which it was: a local path that does not exist, or a hub id
-    that could not be loaded (offline, private, misspelt).
-    """
-    from datasets import DatasetDict, load_dataset, load_from_disk
-
-    if looks_local(source):
-        path = Path(source).expanduser()
-        if path.is_file():
-            fmt = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}.get(path.suffix, "json")
-            return load_dataset(fmt, data_files=str(path), split="train")
-        if not path.is_dir():
-            raise SourceError(f"data path {source!r} does not exist (a local file or save_to_disk folder was expected)")
-        data = load_from_disk(str(path))
-        if isinstance(data, DatasetDict):  # a saved DatasetDict: its splits are sub-folders
-            if split not in data:
-                raise SourceError(f"{source}: no split {split!r}; its splits are {sorted(data)}")
-            data = data[split]
-        return data
-    try:
-        return load_dataset(source, name, split=split)
-    except Exception as err:  # noqa: BLE001 - any hub failure becomes one line naming the id
-        raise SourceError(hub_failure("dataset", source, err)) from err
-
-
-def open_image(value, root: Path | None) -> Image.Image:
-    """An RGB image from a decoded image, `datasets`' {"bytes", "path"} dict, or a path (relative to `root`)."""
-    if isinstance(value, dict):
-        value = io.BytesIO(value["bytes"]) if value.get("bytes") else value.get("path")
-    if isinstance(value, str):
-        path = Path(value).expanduser()
-        value = path if path.is_absolute() or root is None else root / path
-    if isinstance(value, (str, Path, io.BytesIO)):
-        value = Image.open(value)
-    if not hasattr(value, "convert"):
-        raise ValueError(f"not an image ({type(value).__name__})")
-    return value.convert("RGB")
+def layout_hint(columns: list[str]) -> str:
+    """ "; these columns are <class>'s layout: use ..." when a file's columns match a published layout, else ""."""
+    name = next((cls for marks, cls in LAYOUT_HINTS if marks <= set(columns)), None)
+    return f"; these columns are {name}'s layout: use {name}(...) / --data {name}" if name else ""
 
 
 def refuse_removed(cls: type, options: dict[str, Any]) -> None:
@@ -206,6 +186,11 @@ class Records(RecordSource):
         spread: take every (len / n)-th record instead of the first n, so a file ordered by category (POPE's
             hub copy: adversarial, then popular, then random) gives a sample of every category.
         vocabulary: closed answer vocabulary for "color"/"phrase" answers (see `RecordSource`).
+        revision: hub revision of a hub dataset (a branch, tag or commit; "refs/convert/parquet" is the hub's
+            parquet copy of a dataset whose own files a loading script reads).
+
+    A hub id with `n` and no `spread` streams its first n rows and no more; `spread` needs every row's position,
+    so it prepares the whole split (downloaded once, memory-mapped, not held in memory).
     """
 
     # The layout read, which a benchmark's subclass overrides: record field -> candidate source columns (the
@@ -216,6 +201,7 @@ class Records(RecordSource):
     FIXED_TYPE: ClassVar[str | None] = None  # the answer type of every record
     FIXED_FAMILY: ClassVar[str | None] = None  # the family of every record without a family column
     TYPE_NAMES: ClassVar[dict[str, str]] = {}  # the source's answer-type names -> ours
+    _table: tuple[Any, int, str] = (None, 0, "")  # the row `record` reads: (image table, row, column), by `load`
 
     def __init__(
         self,
@@ -231,6 +217,7 @@ class Records(RecordSource):
         n: int | None = None,
         spread: bool = False,
         vocabulary: list[str] | None = None,
+        revision: str | None = None,
         **removed: Any,
     ):
         refuse_removed(type(self), removed)  # e.g. the former format="pope": names the class to use instead
@@ -239,7 +226,7 @@ class Records(RecordSource):
         self.path, self.split, self.name = path, split, name
         self.columns, self.image_root, self.answer_type = dict(columns or {}), image_root, answer_type
         self.answer_types, self.group, self.n, self.spread = answer_types, group, n, spread
-        self.vocabulary = vocabulary
+        self.vocabulary, self.revision = vocabulary, revision
 
     def __str__(self) -> str:
         return self.path if self.split == "train" or looks_local(self.path) else f"{self.path}[{self.split}]"
@@ -265,9 +252,10 @@ class Records(RecordSource):
         mapping = {k: c for k, c in found.items() if c is not None} | self.columns
         missing = [k for k in self.NEEDS if k not in mapping]
         if missing:
+            hint = layout_hint(available) if type(self) is Records else ""
             raise SourceError(
                 f"{self}: no column for {missing} (layout of {type(self).__name__}); its columns are "
-                f"{available}; map them with columns={{field: column}}"
+                f"{available}; map them with columns={{field: column}}{hint}"
             )
         return mapping
 
@@ -315,9 +303,9 @@ class Records(RecordSource):
         if self.answer_types is not None and answer_type not in self.answer_types:
             raise Filtered(f"answer_type {answer_type!r} not in answer_types={self.answer_types}")
         answer = typed_answer(str(answer), answer_type)
-        try:
-            image = open_image(row.get(cols["image"]), root)
-        except Exception as err:  # noqa: BLE001 - any decoding failure is this record's reason
+        try:  # the header only: the pixels are decoded when the record's image is used (data/lazy.py)
+            image = reference(row.get(cols["image"]), root, str(path or self), *self._table)
+        except Exception as err:  # noqa: BLE001 - any failure to open it is this record's reason
             raise ValueError(f"unreadable image: {err}") from err
         rid = row.get(cols["id"]) if "id" in cols else None
         out = Record(
@@ -334,31 +322,44 @@ class Records(RecordSource):
             out["choices"] = choices
         return out
 
-    def load(self) -> tuple[list[Record], list[Skipped]]:
-        paths = self._paths()
-        parts = []  # (path, dataset, column map, image root)
+    def _open_parts(self, paths: list[str]) -> list[tuple[str, Any, Any, dict[str, str], Path | None]]:
+        """Each file's (path, its rows without the image column, the image column as an undecoded arrow table,
+        column map, image root): rows are read without decoding an image."""
+        parts = []
         for path in paths:
-            data = open_dataset(path, self.split, self.name)
+            n = None if self.spread else self.n  # spread needs the whole split's length
+            data = open_dataset(path, self.split, self.name, n=n, revision=self.revision)
             local = Path(path).expanduser()
             root = Path(self.image_root) if self.image_root else (local.parent if local.is_file() else None)
-            parts.append((path, data, self._column_map(list(data.column_names)), root))
+            cols = self._column_map(list(data.column_names))
+            image = cols["image"]
+            parts.append(
+                (path, data.remove_columns([image]), data.select_columns([image]).with_format("arrow"), cols, root)
+            )
+        return parts
+
+    def load(self) -> tuple[LazyRecords, list[Skipped]]:
+        """(records, skipped): the records as `LazyRecords` (images decoded when used), every row left out listed."""
+        paths = self._paths()
+        parts = self._open_parts(paths)
         self._prepare(paths)
         starts = [0]
-        for _, data, _, _ in parts:
-            starts.append(starts[-1] + len(data))
+        for part in parts:
+            starts.append(starts[-1] + len(part[1]))
         total = starts[-1]
         records: list[Record] = []
         skipped: list[Skipped] = []
         n = total if self.n is None else min(self.n, total)
         for i in range(n) if not self.spread else sorted({k * total // n for k in range(n)}):
             part = bisect.bisect_right(starts, i) - 1
-            path, data, cols, root = parts[part]
-            prefix = f"{Path(path).stem}/" if len(parts) > 1 else ""
+            path, text, images, cols, root = parts[part]
+            j, prefix = i - starts[part], (f"{Path(path).stem}/" if len(parts) > 1 else "")
             try:
-                row = data[i - starts[part]]
-            except Exception as err:  # noqa: BLE001 - an undecodable row (e.g. corrupt image bytes)
-                skipped.append({"index": i, "id": f"{prefix}{i - starts[part]}", "reason": f"unreadable record: {err}"})
+                row = dict(text[j]) | {cols["image"]: images[j].column(0)[0].as_py()}
+            except Exception as err:  # noqa: BLE001 - an unreadable row
+                skipped.append({"index": i, "id": f"{prefix}{j}", "reason": f"unreadable record: {err}"})
                 continue
+            self._table = (images, j, cols["image"])  # where `record` finds embedded image bytes again
             try:
                 rec = self.record(row, i, cols, root, path)
                 rec["id"] = prefix + rec["id"]
@@ -367,7 +368,8 @@ class Records(RecordSource):
                 rid = row.get(cols["id"]) if "id" in cols else None
                 entry = Skipped(index=i, id=prefix + str(rid if rid is not None else i), reason=str(err))
                 skipped.append(entry | ({"filtered": True} if isinstance(err, Filtered) else {}))
-        return records, skipped
+        self._table = (None, 0, "")
+        return LazyRecords(records), skipped
 
 
 def as_source(source: RecordSource | str | None) -> RecordSource | None:
