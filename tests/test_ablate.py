@@ -171,7 +171,8 @@ def fake_runner(monkeypatch):
         seed = int(flags["--seed_everything"])
         from pathlib import Path
 
-        _fake_metrics(Path(flags["--trainer.default_root_dir"]), seed)
+        if not calls.get("no_log"):
+            _fake_metrics(Path(flags["--trainer.default_root_dir"]), seed)
         calls["fit"].append((flags["--trainer.default_root_dir"], flags["--data.pairs"]))
         if len(calls["fit"]) == calls.get("kill_at"):
             raise KeyboardInterrupt
@@ -239,6 +240,18 @@ def test_finished_runs_are_not_rerun_and_killed_ones_are(fake_runner, tmp_path):
     ablate.run_grid(cfg, select("online_only"), log=lambda m: None)
     assert len(fake_runner["fit"]) == 3  # everything finished: nothing rerun
     assert len(_read(tmp_path / "final.csv")) == 2 * 3
+
+
+def test_a_run_whose_log_cannot_be_read_is_named_and_not_marked_done(fake_runner, tmp_path, capsys):
+    """A fit that left no CSV or TensorBoard log (a W&B-only logger, say) stops the grid at that run, in one line
+    naming its directory, before its result.json marks it done; never empty curves."""
+    fake_runner["no_log"] = True
+    seed_dir = tmp_path / "runs/online_only/seed0"
+    with pytest.raises(SystemExit) as exit_:
+        ablate.main(["--variants", "online_only", "--seeds", "[0]", "--steps", "20", "--out", str(tmp_path)])
+    err = capsys.readouterr().err.strip()
+    assert exit_.value.code == 2 and err.startswith(f"error: {seed_dir}: no metrics.csv") and "\n" not in err
+    assert not (seed_dir / "result.json").exists() and not (tmp_path / "curves.csv").exists()
 
 
 def test_other_settings_in_the_same_directory_are_refused(fake_runner, tmp_path):

@@ -55,6 +55,7 @@ def tiny_config(path, pairs, root, data: dict, steps=2) -> dict:
             "num_sanity_val_steps": 0,
             "enable_progress_bar": False,
             "enable_model_summary": False,
+            "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger"},  # the tests read its metrics.csv
             "callbacks": [
                 {
                     "class_path": "mbpo_lit.train.checkpoint.AdapterCheckpoint",

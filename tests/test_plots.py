@@ -95,3 +95,10 @@ def test_empty_final_is_explained(tmp_path):
     _write(tmp_path / "final.csv", ["variant", "seed", "metric", "value"], [])
     with pytest.raises(ValueError, match="no rows"):
         plots.plot_all(tmp_path)
+
+
+def test_empty_curves_of_finished_runs_are_explained(ablation_dir):
+    """A curves.csv without rows (written before its runs' logs could be read) is refused, not silently undrawn."""
+    _write(ablation_dir / "curves.csv", ["variant", "seed", "step", "metric", "value"], [])
+    with pytest.raises(ValueError, match="curves.csv has no rows though runs finished: rerun"):
+        plots.plot_all(ablation_dir)

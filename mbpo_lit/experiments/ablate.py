@@ -10,10 +10,12 @@ distinct config, and shared by every seed of every variant that uses it: the see
 initialisation, batch order, sampling), not the offline data, which is mined once from the same base model.
 
 Output (`--out DIR`):
-  runs/VARIANT/seedS/          the fit's root dir (lightning_logs/version_0/metrics.csv, checkpoints) and
-                               result.json, the done marker: a (variant, seed) with it is never rerun
+  runs/VARIANT/seedS/          the fit's root dir (its logger's files, by default lightning_logs/version_0/
+                               metrics.csv; checkpoints) and result.json, the done marker: a (variant, seed) with
+                               it is never rerun
   variants.json                the variants of this grid: name, description, sweeps (what the plots read)
-  curves.csv                   tidy: variant, seed, step, metric, value (every logged metric of every run)
+  curves.csv                   tidy: variant, seed, step, metric, value (every logged metric of every run, read
+                               by mbpo_lit.train.logged from the CSV or TensorBoard logs of the recipe's logger)
   final.csv                    tidy: variant, seed, metric, value (final evaluation, and n_pairs)
   summary.csv                  variant, metric, n_seeds, mean, ci95_low, ci95_high (Student-t, core/stats.py)
   settings.json                the shared settings; another invocation with different ones is refused
@@ -46,6 +48,7 @@ from pathlib import Path
 
 from mbpo_lit.core.stats import summarize
 from mbpo_lit.experiments.variants import GRID, Variant, select
+from mbpo_lit.train.logged import LogFormat, read_logged
 
 FINAL_METRICS = ("in_prior_accuracy", "counter_prior_accuracy", "gap")
 # Every run starts from the embedded recipe; the runner's and the variant's options override it.
@@ -178,6 +181,7 @@ def run_one(variant: Variant, seed: int, cfg: AblationConfig, pairs: str | None)
     out.mkdir(parents=True)
     started = time.time()
     final = train_and_evaluate(fit_args(variant, seed, pairs, out, cfg), cfg.eval_n)
+    read_logged(out)  # a run whose curves cannot be read is not done: one line naming its directory, now
     n_pairs = None
     if pairs is not None:
         n_pairs = json.loads((Path(pairs).parent / "summary.json").read_text()).get("pairs")
@@ -196,17 +200,14 @@ def run_one(variant: Variant, seed: int, cfg: AblationConfig, pairs: str | None)
 
 
 # ----------------------------------------------------------------------------------------- tidy CSVs
-def curve_rows(variant: str, seed: int, metrics_csv: Path) -> list[dict]:
-    """Lightning CSVLogger rows -> tidy rows (variant, seed, step, metric, value), empty cells dropped."""
-    rows = []
-    with open(metrics_csv, newline="") as f:
-        for rec in csv.DictReader(f):
-            step = int(float(rec["step"]))
-            for metric, value in rec.items():
-                if metric in ("step", "epoch") or value in ("", None):
-                    continue
-                rows.append({"variant": variant, "seed": seed, "step": step, "metric": metric, "value": float(value)})
-    return rows
+def curve_rows(variant: str, seed: int, run_dir: str | Path, logger: LogFormat = "auto") -> list[dict]:
+    """What one run logged (`mbpo_lit.train.logged.read_logged`: its CSV logs, or else its TensorBoard event
+    files) as tidy rows (variant, seed, step, metric, value); the epoch counter is not a curve."""
+    return [
+        {"variant": variant, "seed": seed, "step": r.step, "metric": r.key, "value": r.value}
+        for r in read_logged(run_dir, logger)
+        if r.key != "epoch"
+    ]
 
 
 def write_csv(path: Path, rows: list[dict], columns: list[str]) -> None:
@@ -219,22 +220,34 @@ def write_csv(path: Path, rows: list[dict], columns: list[str]) -> None:
     os.replace(tmp, path)
 
 
+def finished_runs(out: str | Path, names: list[str]) -> list[tuple[str, int, Path, dict]]:
+    """(variant, seed, run directory, result) of every finished run of the variants `names` in the grid `out`."""
+    runs = []
+    for name in names:
+        seed_dirs = sorted((Path(out) / "runs" / name).glob("seed*"), key=lambda p: int(p.name[4:]))
+        for seed_dir in seed_dirs:
+            if (seed_dir / "result.json").is_file():
+                result = json.loads((seed_dir / "result.json").read_text())
+                runs.append((name, int(result["seed"]), seed_dir, result))
+    return runs
+
+
+def logged_curves(out: str | Path, names: list[str]) -> list[dict]:
+    """The rows of curves.csv, read afresh from what each finished run's logger wrote (`curve_rows`)."""
+    return [row for name, seed, seed_dir, _ in finished_runs(out, names) for row in curve_rows(name, seed, seed_dir)]
+
+
 def collect(cfg: AblationConfig, variants: list[Variant]) -> dict[str, Path]:
     """Rebuild curves.csv, final.csv and summary.csv from every finished run of `variants` in `cfg.out`."""
     out = Path(cfg.out)
-    curves, final = [], []
-    for v in variants:
-        for seed_dir in sorted(run_dir(cfg, v.name, 0).parent.glob("seed*"), key=lambda p: int(p.name[4:])):
-            if not (seed_dir / "result.json").is_file():
-                continue
-            result = json.loads((seed_dir / "result.json").read_text())
-            seed = int(result["seed"])
-            for metrics_csv in sorted(seed_dir.glob("lightning_logs/version_*/metrics.csv")):
-                curves += curve_rows(v.name, seed, metrics_csv)
-            metrics = dict(result["final"])
-            if result.get("n_pairs") is not None:
-                metrics["n_pairs"] = result["n_pairs"]
-            final += [{"variant": v.name, "seed": seed, "metric": k, "value": val} for k, val in metrics.items()]
+    names = [v.name for v in variants]
+    final = []
+    for name, seed, _, result in finished_runs(out, names):
+        metrics = dict(result["final"])
+        if result.get("n_pairs") is not None:
+            metrics["n_pairs"] = result["n_pairs"]
+        final += [{"variant": name, "seed": seed, "metric": k, "value": val} for k, val in metrics.items()]
+    curves = logged_curves(out, names)
     paths = {name: out / f"{name}.csv" for name in ("curves", "final", "summary")}
     write_csv(paths["curves"], curves, ["variant", "seed", "step", "metric", "value"])
     write_csv(paths["final"], final, ["variant", "seed", "metric", "value"])

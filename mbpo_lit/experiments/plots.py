@@ -1,7 +1,9 @@
 """`python -m mbpo_lit plots --directory DIR`: figures of an ablation directory (what `python -m mbpo_lit ablate`
 writes).
 
-Reads DIR/curves.csv, DIR/final.csv and DIR/variants.json and writes PNGs (headless, Agg) into DIR/figures:
+Reads DIR/curves.csv (what every run logged, read back by `ablate` with `mbpo_lit.train.logged`, whichever of
+CSVLogger or TensorBoardLogger the runs named), DIR/final.csv and DIR/variants.json and writes PNGs (headless,
+Agg) into DIR/figures:
 
   curves.png         metric vs step per variant, mean over seeds with a 95% CI band
   final.png          final metrics per variant, bars with 95% CI error bars
@@ -163,9 +165,12 @@ def plot_all(directory: str | Path, out: str | Path | None = None) -> list[Path]
     curves, final = read_rows(directory / "curves.csv"), read_rows(directory / "final.csv")
     if not final:
         raise ValueError(f"{directory / 'final.csv'} has no rows: no (variant, seed) has finished yet")
-    figures = {"final": plot_final(final)}
-    if curves:
-        figures["curves"] = plot_curves(curves)
+    if not curves:
+        raise ValueError(
+            f"{directory / 'curves.csv'} has no rows though runs finished: rerun the same `python -m mbpo_lit ablate` "
+            "command, which skips finished runs and reads their logs again"
+        )
+    figures = {"final": plot_final(final), "curves": plot_curves(curves)}
     meta = read_variants(directory)
     ran = set(_order(final))
     for sweep in dict.fromkeys(s for v in meta for s in v.get("sweeps", {})):

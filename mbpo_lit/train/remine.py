@@ -50,6 +50,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from mbpo_lit.data.hybrid import HybridDataModule
+from mbpo_lit.data.lazy import fresh
 from mbpo_lit.mining import MineConfig, Miner
 from mbpo_lit.mining.config import budget_mismatch, check
 from mbpo_lit.vlm.arch import pixel_budget
@@ -121,7 +122,9 @@ class Remine(Callback):
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         data: HybridDataModule = trainer.datamodule
-        self.records = list(data.train_set.pairs)  # set up anew each fit: data.pairs' own, not a re-mined set
+        # data.pairs' own (set up anew each fit, not a re-mined set); attacked as copies that decode their image
+        # for the chunk only, so the pool's records stay undecoded however often the pairs are re-mined
+        self.records = list(data.train_set.pairs)
         state, self._restored = self._restored, None
         if not state or not state.get("path"):
             return
@@ -181,7 +184,7 @@ class Remine(Callback):
                 miner = Miner(model, pl_module.processor, cfg, getattr(pl_module, "vocabulary", None))
                 for s in range(0, len(indices), cfg.batch_size):
                     chunk = indices[s : s + cfg.batch_size]
-                    for i, row in zip(chunk, miner.mine([self.records[i] for i in chunk], chunk[0])):
+                    for i, row in zip(chunk, miner.mine([fresh(self.records[i]) for i in chunk], chunk[0])):
                         rows.append(row | {"source_index": i})
         finally:
             for m, mode in modes:
