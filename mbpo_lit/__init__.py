@@ -9,8 +9,9 @@ Layers, each importing only the ones before it (tests/test_layout.py):
     data/         record sources (files, hub datasets, benchmark layouts) and the hybrid data module
     evaluation/   scoring, paired intervals, tables, the evaluator
     mining/       adversarial negative mining: settings, the miner, the resumable job
-    train/        the LightningModule, its settings, checkpoints, the re-mining callback
-    fit, mine, evaluate, export, clithe commands (`python -m mbpo_lit <command>`), thin wrappers
+    train/        the LightningModule, its settings, schedule and logs, checkpoints, re-mining, export
+    fit, mine, evaluate, export, cli
+                  the commands (`python -m mbpo_lit <command>`), thin wrappers
     testbed/      the synthetic world, its biased base model, tiny checkpoints, the embedded default
     experiments/  ablations, benchmarks, plots, notebook helpers
 
