@@ -1,7 +1,7 @@
 """`python -m mbpo_lit mine`: offline adversarial negative mining, MBPO's offline half (`mbpo_lit.mining`).
 
     python -m mbpo_lit mine --model Qwen/Qwen2.5-VL-7B-Instruct --out runs/mined \
-        --source VQAv2 --source.path HuggingFaceM4/VQAv2 --source.split train --n 4000 --epsilon 8 --step_size 1
+        --source VQAv2 --source.path lmms-lab/VQAv2 --source.split validation --n 4000 --epsilon 8 --step_size 1
 
 Writes OUT/dataset (the pairs, `datasets.load_from_disk`), OUT/summary.json, the shards a killed job resumes
 from and OUT/skipped.jsonl (`mining.job`); prints the summary.
