@@ -4,6 +4,7 @@ resumability (a finished (variant, seed) is not rerun; a killed one is), and min
 import csv
 import json
 import math
+from pathlib import Path
 
 import pytest
 
@@ -83,6 +84,7 @@ def test_fit_args_carry_seed_pairs_and_variant_overrides(tmp_path):
     flags = dict(zip(args[::2], args[1::2]))
     assert args[:2] == ["--config", recipe("embedded")]  # the embedded recipe first, every option overrides it
     assert flags["--seed_everything"] == "2" and flags["--data.seed"] == "2" and flags["--data.pairs"] == "null"
+    assert flags["--model.sampling.seed"] == "2"  # the fresh LoRA weights and the rollouts vary with the seed too
     assert flags["--trainer.max_steps"] == "50" and flags["--trainer.val_check_interval"] == "10"
     assert flags["--data.online"] == "null" and args[-2:] == ["--model.optim.lr", "1e-4"]  # user's options last
 
@@ -155,6 +157,18 @@ def test_mining_cache_is_keyed_by_config(tmp_path):
     assert ablate.mine_config(GRID[0], cfg, "BASE").out == dirs["full"].out  # stable key
 
 
+def test_each_seed_mines_its_own_pairs_unless_told_to_share_them(fake_runner, tmp_path):
+    full = next(v for v in GRID if v.name == "full")
+    per_seed = AblationConfig(out=str(tmp_path / "a"), mine_n=64)
+    a, b = (ablate.mine_config(full, per_seed, "BASE", seed) for seed in (0, 1))
+    assert (a.seed, b.seed) == (0, 1) and a.out != b.out
+    shared = AblationConfig(out=str(tmp_path / "b"), mine_n=64, mine_per_seed=False)
+    assert ablate.mine_config(full, shared, "BASE", 0).out == ablate.mine_config(full, shared, "BASE", 1).out
+    ablate.run_grid(AblationConfig(out=str(tmp_path / "c"), seeds=(0, 1), steps=20), [full], log=lambda m: None)
+    assert len(set(fake_runner["mine"])) == 2  # one pair set per seed
+    assert [pairs for _, pairs in fake_runner["fit"]] == [str(Path(d) / "dataset") for d in fake_runner["mine"]]
+
+
 def _fake_metrics(run_dir, seed):
     path = run_dir / "lightning_logs" / "version_0" / "metrics.csv"
     path.parent.mkdir(parents=True)
@@ -217,8 +231,8 @@ def test_grid_writes_tidy_csvs_and_summary(fake_runner, tmp_path):
     ci = mean_ci([0.0, 0.1, 0.2])
     assert cp["n_seeds"] == "3" and float(cp["mean"]) == pytest.approx(0.1)
     assert float(cp["ci95_low"]) == pytest.approx(ci.low) and float(cp["ci95_high"]) == pytest.approx(ci.high)
-    # one mining job for the three seeds of "full", none for online_only
-    assert len(fake_runner["mine"]) == 1
+    # one mining job per seed of "full" (every random source varies with the seed), none for online_only
+    assert len(set(fake_runner["mine"])) == 3
     meta = json.loads((tmp_path / "variants.json").read_text())
     assert [v["name"] for v in meta] == ["full", "online_only"] and meta[0]["sweeps"]["epsilon"] == 32.0
 

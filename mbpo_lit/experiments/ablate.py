@@ -5,9 +5,12 @@ embedded recipe, `mbpo_lit/recipes/embedded.yaml`) and a mining config (override
 the online stream only). Each (variant, seed) is one short fit of the embedded biased base model followed by a final
 evaluation (attribute questions, in-prior and counter-prior splits).
 
-Mined pair sets are cached by mining config under `--mined_root` (default `OUT/mined/`), one directory per
-distinct config, and shared by every seed of every variant that uses it: the seed varies the fit (LoRA
-initialisation, batch order, sampling), not the offline data, which is mined once from the same base model.
+A seed varies every random source of a run: the fresh LoRA weights and every step's rollouts
+(`model.sampling.seed`), the batch order (`data.seed`), anything else seeded globally (`seed_everything`), and the
+mining's random starts (`MineConfig.seed`), so the spread over seeds is the spread a user would see. Mined pair sets
+are cached by mining config (the seed included) under `--mined_root` (default `OUT/mined/`) and shared by every
+variant with the same config. `--mine_per_seed false` mines one pair set per config for all seeds: cheaper, but its
+intervals leave out the mining's randomness.
 
 Output (`--out DIR`):
   runs/VARIANT/seedS/          the fit's root dir (its logger's files, by default lightning_logs/version_0/
@@ -75,16 +78,19 @@ class AblationConfig:
     """records mined per pair set."""
     mined_root: str | None = None
     """cache of mined pair sets; None: OUT/mined."""
+    mine_per_seed: bool = True
+    """each seed mines its own pairs (MineConfig.seed = the seed); false: one pair set per config for every seed."""
     fit_args: tuple[str, ...] = ()
     """appended to every fit, after the variant's own."""
 
 
 # ---------------------------------------------------------------------------------------------- mining
-def mine_config(variant: Variant, cfg: AblationConfig, base_model: str):
-    """The `MineConfig` of a variant (None for online-only), its `out` set to the cache directory.
+def mine_config(variant: Variant, cfg: AblationConfig, base_model: str, seed: int = 0):
+    """The `MineConfig` of a variant at `seed` (None for online-only), its `out` set to the cache directory.
 
-    The embedded recipe's mining settings, `cfg.mine_n` records, then the variant's overrides; the pairs are
-    mined from the first `n` records of the world's train split, as the embedded recipe's are.
+    The embedded recipe's mining settings, `cfg.mine_n` records, the seed (with `cfg.mine_per_seed`; else the
+    recipe's), then the variant's overrides; the pairs are mined from the first `n` records of the world's train
+    split, as the embedded recipe's are.
     """
     from mbpo_lit.mining.config import MineConfig, settings_json
     from mbpo_lit.testbed.embedded import EMBEDDED_MINING
@@ -92,7 +98,7 @@ def mine_config(variant: Variant, cfg: AblationConfig, base_model: str):
 
     if variant.mine is None:
         return None
-    settings = {**EMBEDDED_MINING, "n": cfg.mine_n, **variant.mine}
+    settings = {**EMBEDDED_MINING, "n": cfg.mine_n, **({"seed": seed} if cfg.mine_per_seed else {}), **variant.mine}
     mc = MineConfig(model=base_model, source=WorldSource(["train"], settings["n"]), **settings)
     key = hashlib.sha1(settings_json(dataclasses.replace(mc, out="")).encode()).hexdigest()[:8]
     root = Path(cfg.mined_root) if cfg.mined_root else Path(cfg.out) / "mined"
@@ -141,6 +147,8 @@ def fit_args(variant: Variant, seed: int, pairs: str | None, run_dir: Path, cfg:
         "--seed_everything",
         str(seed),
         "--data.seed",
+        str(seed),
+        "--model.sampling.seed",  # the fresh LoRA weights and every step's rollouts
         str(seed),
         "--data.pairs",
         pairs or "null",
@@ -296,14 +304,14 @@ def run_grid(cfg: AblationConfig, variants: list[Variant], log: Callable[[str], 
     base = str(build_base_model(WarmStartConfig())) if any(v.mine is not None for v, _ in pending) else None
     total, i = len(variants) * len(cfg.seeds), 0
     for v in variants:
-        mc = mine_config(v, cfg, base) if base is not None and v.mine is not None else None
-        pairs = None
+        mined: dict[str, str] = {}  # cache directory -> the pairs' dataset
         for seed in cfg.seeds:
             i += 1
-            if (v, seed) in pending and mc is not None and pairs is None:
+            mc = mine_config(v, cfg, base, seed) if base is not None and v.mine is not None else None
+            if (v, seed) in pending and mc is not None and mc.out not in mined:
                 log(f"[{i}/{total}] {v.name}: mining pairs into {mc.out}")
-                pairs = mine_pairs(mc)
-            result, ran = run_one(v, seed, cfg, pairs)
+                mined[mc.out] = mine_pairs(mc)
+            result, ran = run_one(v, seed, cfg, mined.get(mc.out) if mc is not None else None)
             f = result["final"]
             scores = " ".join(f"{k}={f[k]:.3f}" for k in FINAL_METRICS)
             how = f"done in {result['seconds']:.0f}s" if ran else "already done, skipped"
@@ -332,6 +340,9 @@ class AblateConfig:
     """records mined per pair set."""
     mined_root: str | None = None
     """cache of mined pair sets (None: OUT/mined)."""
+    mine_per_seed: bool = True
+    """each seed mines its own pairs (MineConfig.seed = the seed), so every random source varies with the seed;
+    false: one pair set per mining config, shared by every seed (cheaper; intervals then leave out the mining)."""
     out: str = "runs/ablate"
     """the grid's directory; runs of other settings there are refused."""
     fit_args: str = ""
@@ -357,6 +368,7 @@ def ablate(cfg: AblateConfig) -> dict[str, Path] | None:
         eval_n=cfg.eval_n,
         mine_n=cfg.mine_n,
         mined_root=cfg.mined_root,
+        mine_per_seed=cfg.mine_per_seed,
         fit_args=tuple(shlex.split(cfg.fit_args)),
     )
     try:  # a user's mistake: one line, exit code 2
