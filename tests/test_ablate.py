@@ -26,6 +26,21 @@ def test_mean_ci_matches_hand_computation():
     assert mean_ci([]).n == 0 and math.isnan(mean_ci([float("nan")]).mean)
 
 
+def test_paired_differences_pair_by_seed_by_hand():
+    from mbpo_lit.core.stats import paired_differences
+
+    rows = [
+        {"variant": v, "seed": s, "metric": "acc", "value": x}
+        for v, s, x in [("ref", 0, 0.5), ("ref", 1, 0.7), ("ref", 2, 0.6), ("a", 0, 0.6), ("a", 1, 0.9), ("a", 3, 1.0)]
+    ]
+    (row,) = paired_differences(rows, "ref")  # seed 2 (ref only) and seed 3 (a only) have no pair
+    diffs = [0.1, 0.2]
+    ci = mean_ci(diffs)
+    assert (row["variant"], row["reference"], row["n_seeds"]) == ("a", "ref", 2)
+    assert row["mean_diff"] == pytest.approx(0.15) and row["ci95_low"] == pytest.approx(ci.low)
+    assert ci.high - 0.15 == pytest.approx(12.706 * 0.005**0.5 / 2**0.5, rel=1e-3)  # t(1) x sd / sqrt(2)
+
+
 def test_t_quantiles_table_and_expansion():
     assert t_quantile_975(4) == pytest.approx(2.7764)
     assert t_quantile_975(30) == pytest.approx(2.0423)
@@ -148,9 +163,10 @@ def test_mining_cache_is_keyed_by_config(tmp_path):
     dirs = {v.name: ablate.mine_config(v, cfg, "BASE") for v in GRID}
     assert dirs["online_only"] is None
     assert dirs["offline_only"].out == dirs["full"].out  # same mining config: one shared pair set
-    for same in ("offline_only", "remine_100", "sft"):  # full's pairs (remine_100 starts from them)
+    shared = ("offline_only", "remine_100", "sft", "separate", "dpo_offline")
+    for same in shared:  # full's pairs (remine_100 starts from them; the loss variants train on them)
         assert dirs[same].out == dirs["full"].out
-    outs = [mc.out for name, mc in dirs.items() if mc is not None and name not in ("offline_only", "remine_100", "sft")]
+    outs = [mc.out for name, mc in dirs.items() if mc is not None and name not in shared]
     assert len(set(outs)) == len(outs)  # every other mining config its own cache directory
     assert dirs["full"].n == 64 and dirs["eps_8"].epsilon == 8.0 and dirs["iig_low"].iig_filter == "low"
     assert (dirs["neg_gaussian"].method, dirs["neg_gaussian"].epsilon) == ("gaussian", dirs["full"].epsilon)
@@ -231,6 +247,10 @@ def test_grid_writes_tidy_csvs_and_summary(fake_runner, tmp_path):
     ci = mean_ci([0.0, 0.1, 0.2])
     assert cp["n_seeds"] == "3" and float(cp["mean"]) == pytest.approx(0.1)
     assert float(cp["ci95_low"]) == pytest.approx(ci.low) and float(cp["ci95_high"]) == pytest.approx(ci.high)
+    paired = _read(paths["paired"])
+    cp_diff = next(r for r in paired if r["variant"] == "full" and r["metric"] == "counter_prior_accuracy")
+    assert cp_diff["reference"] == "online_only" and float(cp_diff["mean_diff"]) == pytest.approx(0.0)
+    assert {r["variant"] for r in paired} == {"full"}
     # one mining job per seed of "full" (every random source varies with the seed), none for online_only
     assert len(set(fake_runner["mine"])) == 3
     meta = json.loads((tmp_path / "variants.json").read_text())
@@ -312,7 +332,7 @@ def test_cli_runs_the_grid_with_its_options(fake_runner, tmp_path, capsys):
             "--fit_args=--model.optim.lr 1e-4 --model.loss.beta 0.04",
         ]
     )
-    assert set(paths) == {"curves", "final", "summary"}
+    assert set(paths) == {"curves", "final", "summary", "paired"}
     settings = json.loads((tmp_path / "settings.json").read_text())
     assert settings["steps"] == 20 and settings["fit_args"] == ["--model.optim.lr", "1e-4", "--model.loss.beta", "0.04"]
     assert [d.split("/")[-1] for d, _ in fake_runner["fit"]] == ["seed1"]

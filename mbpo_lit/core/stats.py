@@ -100,3 +100,29 @@ def summarize(rows: Iterable[dict], by: Sequence[str], value: str = "value") -> 
         ci = mean_ci(values)
         out.append({**dict(zip(by, key)), "n_seeds": ci.n, "mean": ci.mean, "ci95_low": ci.low, "ci95_high": ci.high})
     return out
+
+
+def paired_differences(rows: Iterable[dict], reference: str, value: str = "value") -> list[dict]:
+    """Per variant and metric, the difference to `reference` paired by seed: the mean over the seeds both ran of
+    (variant - reference), with its Student-t 95% interval. `rows` are tidy (variant, seed, metric, value); a
+    seed only one of the two ran is left out of that pair (n_seeds says how many remained)."""
+    table: dict[tuple, float] = {}
+    order: dict[tuple, None] = {}
+    for row in rows:
+        table[(row["variant"], row["metric"], row["seed"])] = float(row[value])
+        order[(row["variant"], row["metric"])] = None
+    out = []
+    for variant, metric in order:
+        if variant == reference:
+            continue
+        diffs = [
+            x - table[(reference, metric, seed)]
+            for (v, m, seed), x in table.items()
+            if (v, m) == (variant, metric) and (reference, metric, seed) in table
+        ]
+        ci = mean_ci(diffs)
+        out.append(
+            {"variant": variant, "reference": reference, "metric": metric, "n_seeds": ci.n}
+            | {"mean_diff": ci.mean, "ci95_low": ci.low, "ci95_high": ci.high}
+        )
+    return [r for r in out if r["n_seeds"] > 0]

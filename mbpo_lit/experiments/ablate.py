@@ -21,6 +21,8 @@ Output (`--out DIR`):
                                by mbpo_lit.train.logged from the CSV or TensorBoard logs of the recipe's logger)
   final.csv                    tidy: variant, seed, metric, value (final evaluation, and n_pairs)
   summary.csv                  variant, metric, n_seeds, mean, ci95_low, ci95_high (Student-t, core/stats.py)
+  paired.csv                   variant, reference, metric, n_seeds, mean_diff, ci95_low, ci95_high: each variant
+                               minus `--reference` (online_only), paired by seed
   settings.json                the shared settings; another invocation with different ones is refused
 
 A run killed midway has no result.json; the next invocation deletes its directory and runs it again from
@@ -49,7 +51,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from mbpo_lit.core.stats import summarize
+from mbpo_lit.core.stats import paired_differences, summarize
 from mbpo_lit.experiments.variants import GRID, Variant, select
 from mbpo_lit.train.logged import LogFormat, read_logged
 
@@ -80,6 +82,8 @@ class AblationConfig:
     """cache of mined pair sets; None: OUT/mined."""
     mine_per_seed: bool = True
     """each seed mines its own pairs (MineConfig.seed = the seed); false: one pair set per config for every seed."""
+    reference: str = "online_only"
+    """the variant paired.csv compares every other one to, seed by seed."""
     fit_args: tuple[str, ...] = ()
     """appended to every fit, after the variant's own."""
 
@@ -256,13 +260,18 @@ def collect(cfg: AblationConfig, variants: list[Variant]) -> dict[str, Path]:
             metrics["n_pairs"] = result["n_pairs"]
         final += [{"variant": name, "seed": seed, "metric": k, "value": val} for k, val in metrics.items()]
     curves = logged_curves(out, names)
-    paths = {name: out / f"{name}.csv" for name in ("curves", "final", "summary")}
+    paths = {name: out / f"{name}.csv" for name in ("curves", "final", "summary", "paired")}
     write_csv(paths["curves"], curves, ["variant", "seed", "step", "metric", "value"])
     write_csv(paths["final"], final, ["variant", "seed", "metric", "value"])
     write_csv(
         paths["summary"],
         summarize(final, ("variant", "metric")),
         ["variant", "metric", "n_seeds", "mean", "ci95_low", "ci95_high"],
+    )
+    write_csv(
+        paths["paired"],
+        paired_differences(final, cfg.reference),
+        ["variant", "reference", "metric", "n_seeds", "mean_diff", "ci95_low", "ci95_high"],
     )
     return paths
 
@@ -283,7 +292,7 @@ def _print(message: str) -> None:
 def check_settings(cfg: AblationConfig) -> None:
     """Refuse to mix runs of other settings into one directory (seeds and variants may be added later)."""
     path = Path(cfg.out) / "settings.json"
-    mine = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("out", "seeds")}
+    mine = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("out", "seeds", "reference")}
     mine = json.loads(json.dumps(mine))  # tuples as lists, as they read back
     if path.is_file() and json.loads(path.read_text()) != mine:
         raise ValueError(
@@ -343,6 +352,8 @@ class AblateConfig:
     mine_per_seed: bool = True
     """each seed mines its own pairs (MineConfig.seed = the seed), so every random source varies with the seed;
     false: one pair set per mining config, shared by every seed (cheaper; intervals then leave out the mining)."""
+    reference: str = "online_only"
+    """the variant paired.csv compares every other one to (mean difference over seeds both ran, 95% CI)."""
     out: str = "runs/ablate"
     """the grid's directory; runs of other settings there are refused."""
     fit_args: str = ""
@@ -369,6 +380,7 @@ def ablate(cfg: AblateConfig) -> dict[str, Path] | None:
         mine_n=cfg.mine_n,
         mined_root=cfg.mined_root,
         mine_per_seed=cfg.mine_per_seed,
+        reference=cfg.reference,
         fit_args=tuple(shlex.split(cfg.fit_args)),
     )
     try:  # a user's mistake: one line, exit code 2

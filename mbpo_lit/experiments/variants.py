@@ -47,6 +47,7 @@ GRID: tuple[Variant, ...] = (
             "iig": "high",
             "offline_pairs": "mined once",
             "objective": "mbpo",
+            "loss_streams": "joint",
         },
     ),
     Variant("offline_only", "offline pairs only", fit_args=("--data.online", "null"), sweeps={"stream": "offline"}),
@@ -66,6 +67,18 @@ GRID: tuple[Variant, ...] = (
         "full MBPO, offline pairs re-mined from the current policy every 100 steps",
         fit_args=remine_args(100),
         sweeps={"offline_pairs": "re-mined every 100"},
+    ),
+    Variant(
+        "separate",
+        "full MBPO with the streams weighed apart: L_online + L_offline, each over its own rows",
+        fit_args=("--model.loss.streams", "separate"),
+        sweeps={"loss_streams": "separate"},
+    ),
+    Variant(
+        "dpo_offline",
+        "full MBPO, streams apart, the offline pairs through DPO's bounded term",
+        fit_args=("--model.loss.streams", "separate", "--model.loss.offline_loss", "dpo"),
+        sweeps={"loss_streams": "separate, dpo"},
     ),
     Variant(
         "sft",
