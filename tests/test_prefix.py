@@ -168,7 +168,7 @@ def training_step(m: MBPOModule, scored, weights: dict):
     with torch.no_grad():
         for name, p in params.items():
             p.copy_(weights[name])
-    opt = m.configure_optimizers()
+    opt = m.configure_optimizers()["optimizer"]
     # Adam's first step is lr * g / (sqrt(g^2) + eps), about lr * sign(g): with the default eps (1e-8) the
     # layouts' float rounding (1e-8) on gradients near 0 would become weight differences of size lr. A larger
     # eps keeps the step a smooth function of the gradient, so equal gradients give equal steps.
