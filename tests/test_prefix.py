@@ -185,7 +185,7 @@ def training_step(m: MBPOModule, scored, weights: dict):
     m.optimizers = lambda: opt
     m.manual_backward = lambda loss: loss.backward()
     m.clip_gradients = lambda *args, **kwargs: None
-    m._log_step = lambda out, scored, mask: parts.append(out)
+    m._log_step = lambda out, *rest: parts.append(out)
     m.train()
     loss = m.training_step({}, 0)
     assert len(grads) == m.loss.mu and len(parts) == 1 and torch.equal(loss, parts[0].loss.detach())
