@@ -18,6 +18,7 @@ by source and index, and then skipped (`bad_records="skip"`, the list is kept in
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Literal
@@ -29,6 +30,10 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset
 from mbpo_lit.data.lazy import LazyRecords, fresh, image_size
 from mbpo_lit.data.sources import RecordSource, SourceError, as_source, report_skipped
 from mbpo_lit.data.trl import Preferences
+
+# Lightning warns that an IterableDataset's length may be wrong under several loader workers. The training stream
+# is read by the loading process itself (no workers), where its length is exact.
+warnings.filterwarnings("ignore", message="Your `IterableDataset` has `__len__` defined")
 
 
 def load_pairs(path: str) -> LazyRecords:

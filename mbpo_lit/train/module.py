@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import re
 import time
+import warnings
 from dataclasses import replace
 from pathlib import Path
 
@@ -44,6 +45,9 @@ from mbpo_lit.vlm.sampling import SamplingRule
 # Checkpoints store the hyper-parameters, the settings dataclasses included; let Lightning's weights-only
 # loading of `--ckpt_path` accept these plain dataclasses (and nothing else of ours).
 torch.serialization.add_safe_globals([ModelConfig, LoraSettings, Sampling, Loss, Rewards, Optimization])
+# Lightning warns when modules are in eval mode as training starts (a checkpoint loads in eval mode). Every step sets
+# the mode it needs itself: eval to sample the rollout, train for the loss passes.
+warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
 
 
 class MBPOModule(L.LightningModule):
