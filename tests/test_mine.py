@@ -281,6 +281,8 @@ def test_a_job_that_failed_before_its_first_shard_blocks_no_retry(qwen_path, tmp
         ({"steps": -1}, "--steps -1"),
         ({"iig_fraction": 1.5}, "--iig_fraction 1.5 must be in"),
         ({"batch_size": 0}, "--batch_size 0"),
+        ({"pair_filter": "prior"}, "--pair_filter 'prior' is not"),
+        ({"prior_from": "blank"}, "--prior_from 'blank' is not"),
     ],
 )
 def test_out_of_range_options_are_refused_before_loading_anything(option, message, tmp_path):

@@ -63,13 +63,25 @@ class MineConfig:
     by this many logits counts as still correct without a pass on the 8-bit image (rounding moves the lead by
     about a hundredth of a logit: results/mining.md); None judges every step on the 8-bit image."""
     iig_filter: Literal["high", "low", "none"] = "high"
-    """keep the "high" or "low" Image Information Gain pairs, or "none" (no filter)."""
+    """the IIG rule: keep the "high" or "low" Image Information Gain pairs (by the score `pair_filter` names), or
+    "none" (no filter)."""
     iig_fraction: float = 0.5
     """the share of pairs the IIG filter keeps."""
     iig_threshold: float | None = None
     """an IIG cut-off (per-token mean) instead of `iig_fraction`."""
     iig_baseline: Literal["none", "neutral"] = "none"
     """IIG's side without the image: the question alone ("none") or a neutral grey image ("neutral")."""
+    pair_filter: Literal["iig", "iig_margin", "prior_conflict"] = "iig"
+    """which of the wrong-answer pairs the job keeps. "iig": the IIG rule (`iig_filter`, `iig_fraction`,
+    `iig_threshold`) on the chosen answer's Image Information Gain. "iig_margin": the same rule on IIG(chosen) -
+    IIG(rejected) (per token), so a pair whose rejected answer the image supports as much ranks low.
+    "prior_conflict": of the pairs the IIG rule keeps (`--iig_filter none`: of all), those whose rejected answer
+    is the model's answer without visual evidence (`prior_from`) and whose chosen answer is not, by the
+    verifier: the pairs that push down what the model says without looking."""
+    prior_from: Literal["grey", "no_image", "either"] = "grey"
+    """with `pair_filter` "prior_conflict", the model's answer without visual evidence: its greedy answer on a
+    uniform grey image of the record's size ("grey", the `answer_grey` column), to the question with no image
+    ("no_image", `answer_no_image`), or a pair that conflicts with either ("either")."""
     batch_size: int = 16
     """records per chunk (one shard each, attacked as one batch per image size)."""
     seed: int = 0
@@ -112,6 +124,10 @@ def check(cfg: MineConfig) -> None:
         problems.append(f"--iig_fraction {cfg.iig_fraction} must be in (0, 1]")
     if cfg.judge_margin is not None and cfg.judge_margin < 0:
         problems.append(f"--judge_margin {cfg.judge_margin} must be >= 0 (or null: judge every step on 8 bits)")
+    if cfg.pair_filter not in ("iig", "iig_margin", "prior_conflict"):
+        problems.append(f"--pair_filter {cfg.pair_filter!r} is not 'iig', 'iig_margin' or 'prior_conflict'")
+    if cfg.prior_from not in ("grey", "no_image", "either"):
+        problems.append(f"--prior_from {cfg.prior_from!r} is not 'grey', 'no_image' or 'either'")
     if cfg.bad_records not in ("skip", "error"):
         problems.append(f"--bad_records {cfg.bad_records!r} is not 'skip' or 'error'")
     problems += budget_problems(cfg.min_pixels, cfg.max_pixels, cli=True)
@@ -125,10 +141,12 @@ def settings_json(cfg: MineConfig) -> str:
     def plain(o):
         return {"class": type(o).__name__, **vars(o)} if isinstance(o, RecordSource) else str(o)
 
-    # `overwrite` is how to start over, not a property of the job's data. An unset image budget is left out, so a
-    # job started before the budget existed resumes as it was.
-    unset = {"min_pixels": None, "max_pixels": None}
-    settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "overwrite" and not (k in unset and v is None)}
+    # `overwrite` is how to start over, not a property of the job's data. An unset image budget and the default
+    # pair filter are left out, so a job started before they existed resumes as it was.
+    unset = {"min_pixels": None, "max_pixels": None, "pair_filter": "iig", "prior_from": "grey"}
+    settings = {
+        k: v for k, v in dataclasses.asdict(cfg).items() if k != "overwrite" and not (k in unset and v == unset[k])
+    }
     return json.dumps(settings, sort_keys=True, default=plain)
 
 

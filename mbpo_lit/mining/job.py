@@ -22,6 +22,7 @@ import os
 import shutil
 import time
 import warnings
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -32,7 +33,9 @@ from mbpo_lit.core.answers import CLOSED_TYPES, is_correct
 from mbpo_lit.core.errors import SettingsError
 from mbpo_lit.data.sources import Record, Records, RecordSource, SourceError, as_source, report_skipped
 from mbpo_lit.mining.config import MineConfig, check, settings_json
-from mbpo_lit.mining.miner import Miner, apply_iig_filter
+from mbpo_lit.mining.filters import apply_pair_filter
+from mbpo_lit.mining.miner import Miner
+from mbpo_lit.mining.prior import PRIOR_COLUMNS, conflicts_with_prior
 from mbpo_lit.vlm.arch import pixel_budget
 
 OUTPUTS = ("shards", "dataset", "config.json", "summary.json", "skipped.jsonl")
@@ -68,9 +71,9 @@ def mine_pairs(cfg: MineConfig, on_chunk: Callable[[int], None] | None = None, p
         started = time.time()
         mined = mine_shards(miner, records, out / "shards", on_chunk, progress)
         seconds = time.time() - started
-        candidates, dataset = write_dataset(out, cfg)
+        candidates, kept, dataset = write_dataset(out, cfg, miner.vocabulary)
     counts = {"source_records_read": read, "skipped": len(skipped), "usable_records": usable}
-    summary = summarize(cfg, candidates, len(dataset), miner.vocabulary)
+    summary = summarize(cfg, candidates, kept, miner.vocabulary)
     budget = pixel_budget(policy.processor)  # the image budget the pairs were mined under
     summary |= (
         counts
@@ -182,41 +185,63 @@ def mine_shards(
     return sum(e - s for s, e in todo)
 
 
-def write_dataset(out: Path, cfg: MineConfig):
-    """Read every shard, keep the wrong-answer pairs that pass the IIG filter, save them as `out/dataset`;
-    returns (every candidate's scalar columns as dicts, the dataset)."""
+def write_dataset(out: Path, cfg: MineConfig, vocabulary=None):
+    """Read every shard, keep the wrong-answer pairs that pass the pair filter (`apply_pair_filter`, with the
+    source's `vocabulary`), save them as `out/dataset`; returns (every candidate's scalar columns as dicts, the
+    kept ones, the dataset)."""
     from datasets import Dataset, load_dataset
 
     shards = sorted(str(p) for p in (out / "shards").glob("*.parquet"))
+    check_shard_columns(shards)
     allrows = load_dataset("parquet", data_files=shards, split="train") if shards else Dataset.from_list([])
     # Statistics and filtering read the scalar columns only; images are decoded once, when saved.
     stats = allrows.remove_columns([c for c in ("images", "perturbed_image") if c in allrows.column_names])
     candidates = [dict(r) for r in stats]
-    keep_ids = {r["source_index"] for r in apply_iig_filter([r for r in candidates if r["kept"]], cfg)}
+    kept = apply_pair_filter([r for r in candidates if r["kept"]], cfg, vocabulary)
+    keep_ids = {r["source_index"] for r in kept}
     # Only pairs whose rejected answer the verifier refuses: with none, the dataset is empty (and said so).
     dataset = allrows.filter(lambda k, i: bool(k) and i in keep_ids, input_columns=["kept", "source_index"])
     dataset.save_to_disk(str(out / "dataset.tmp"))
     if (out / "dataset").exists():
         shutil.rmtree(out / "dataset")
     os.replace(out / "dataset.tmp", out / "dataset")
-    return candidates, dataset
+    return candidates, kept, dataset
+
+
+def check_shard_columns(shards: list[str]) -> None:
+    """Refuse, naming the shard, shards of one job whose columns differ (a job resumed by a miner that records
+    more columns than the one that started it)."""
+    import pyarrow.parquet as pq
+
+    first = None
+    for shard in shards:
+        names = sorted(pq.read_schema(shard).names)
+        if first is None:
+            first = (shard, names)
+        elif names != first[1]:
+            raise SettingsError(
+                f"{shard} has other columns than {first[0]} (written by another version of the miner): "
+                f"mine again with --overwrite true"
+            )
 
 
 def _rate(rows: list[dict], key: str) -> float | None:
     return sum(bool(r[key]) for r in rows) / len(rows) if rows else None
 
 
-def summarize(cfg: MineConfig, candidates: list[dict], pairs: int, vocabulary=None) -> dict:
-    """The job's counts and rates over every candidate."""
+def summarize(cfg: MineConfig, candidates: list[dict], kept: list[dict], vocabulary=None) -> dict:
+    """The job's counts and rates over every candidate, and the kept pairs cross-tabulated (`pairs_by`)."""
     summary = {
         "method": cfg.method,
         "epsilon": cfg.epsilon,
         "candidates": len(candidates),
         "rejected_wrong": sum(bool(r["kept"]) for r in candidates),
-        "pairs": pairs,
+        "pairs": len(kept),
+        "pair_filter": cfg.pair_filter,
         "mean_logp_drop": sum(r["logp_before"] - r["logp_after"] for r in candidates) / max(1, len(candidates)),
         "max_linf": max((r["linf"] for r in candidates), default=0.0),
     }
+    summary |= prior_conflicts(candidates, vocabulary) | {"pairs_by": cross_tab(kept)}
     if any(r["prior_answer"] for r in candidates):  # only for sources that know the prior's answer
         # Counter-prior records: the prior's answer is known and wrong (a red star when stars are usually blue).
         # How often the answer from the perturbed image is the prior's, over all of them and over those the model
@@ -235,6 +260,25 @@ def summarize(cfg: MineConfig, candidates: list[dict], pairs: int, vocabulary=No
             "counter_prior_clean_correct": sum(r["clean_correct"] for r in counter),
         }
     return summary
+
+
+def prior_conflicts(candidates: list[dict], vocabulary=None) -> dict:
+    """How many wrong-answer candidates conflict with the model's answer without visual evidence, by each reading
+    of it (`prior.conflicts_with_prior`), before any IIG rule: what "prior_conflict" can keep at most. Empty for
+    shards mined before those answers were recorded."""
+    wrong = [r for r in candidates if r["kept"]]
+    if not candidates or any(c not in candidates[0] for c in PRIOR_COLUMNS["either"]):
+        return {}
+    counts = {side: sum(conflicts_with_prior(r, side, vocabulary) for r in wrong) for side in PRIOR_COLUMNS}
+    return {"prior_conflict_candidates": counts}
+
+
+def cross_tab(kept: list[dict]) -> list[dict]:
+    """The kept pairs counted by the source's group, clean correctness and, for sources that know the prior's
+    answer, whether the rejected answer is the prior's (reporting only: no filter reads these labels)."""
+    axes = ["group", "clean_correct"] + (["rejected_is_prior"] if any(r["prior_answer"] for r in kept) else [])
+    counts = Counter(tuple(r[a] for a in axes) for r in kept)
+    return [dict(zip(axes, key)) | {"pairs": n} for key, n in sorted(counts.items())]
 
 
 # summary.json's keys in the order a person reads them (the order earlier jobs wrote).

@@ -3,8 +3,9 @@
 For each (image, question, ground-truth answer): perturb the image (PGD that minimises the ground-truth
 log-likelihood, or a noise baseline at the same budget), let the model answer from the perturbed image, and
 keep the pair (chosen = ground truth, rejected = that answer) when the answer is wrong under the same verifier
-the rewards use. The Image Information Gain of the chosen answer on the clean image is recorded for the filter
-(`apply_iig_filter`).
+the rewards use. The Image Information Gain of the chosen and of the rejected answer on the clean image, and the
+model's answers without visual evidence (`prior.image_free_answers`), are recorded for the filters
+(`filters.apply_pair_filter`).
 """
 
 from __future__ import annotations
@@ -15,10 +16,11 @@ from typing import Any, TypedDict
 
 import torch
 
-from mbpo_lit.core.answers import CLOSED_TYPES, is_correct, normalize_phrase
+from mbpo_lit.core.answers import is_correct
 from mbpo_lit.core.attack import pgd, random_perturbation, to_uint8_grid
 from mbpo_lit.data.sources import Record
 from mbpo_lit.mining.config import MineConfig
+from mbpo_lit.mining.prior import accepts, image_free_answers
 from mbpo_lit.vlm.chat import answer_token_ids, append_completions, encode_prompts, take_rows, user_message
 from mbpo_lit.vlm.codec import PixelCodec, pad_stack, to_pil, unpad
 from mbpo_lit.vlm.iig import image_information_gain
@@ -52,6 +54,10 @@ class MinedRow(TypedDict):
     reason: str  # why not kept ("" if kept)
     iig_sum: float  # Image Information Gain of the chosen answer, summed over its tokens
     iig_mean: float  # ... and per token (what the filter ranks by)
+    iig_rejected_sum: float  # Image Information Gain of the rejected answer, summed over its tokens
+    iig_rejected_mean: float  # ... and per token ("iig_margin" ranks by iig_mean - iig_rejected_mean)
+    answer_grey: str  # the model's greedy answer on a uniform grey image of the record's size
+    answer_no_image: str  # ... to the question with no image
     attack_steps: int  # PGD steps this sample ran (0 for baselines)
     logp_before: float  # ground truth's log-likelihood on the clean image
     logp_after: float  # ... on the perturbed one
@@ -119,11 +125,7 @@ class Miner:
 
         An answer that is the ground truth's own text is never wrong, even where the verifier cannot parse
         either (a pair whose rejected answer equals its chosen one would push the right answer down)."""
-        if text.strip().lower() == str(rec["answer"]).strip().lower():
-            return False
-        if rec["answer_type"] in CLOSED_TYPES:
-            return not is_correct(text, rec["answer"], rec["answer_type"], self.vocabulary, **_choices(rec))
-        return normalize_phrase(text) != normalize_phrase(rec["answer"])
+        return not accepts(text, rec["answer"], rec["answer_type"], self.vocabulary, rec.get("choices") or None)
 
     def objective(
         self,
@@ -211,7 +213,8 @@ class Miner:
         torch.manual_seed(cfg.seed * 1_000_003 + start)  # sampled decoding, if chosen
         qs, answers = [r["question"] for r in records], [r["answer"] for r in records]
         images = [r["image"] for r in records]
-        prompts = encode_prompts(self.processor, qs, images, record_ids=[r["id"] for r in records])
+        ids = [r["id"] for r in records]
+        prompts = encode_prompts(self.processor, qs, images, record_ids=ids)
         raw, sizes = pad_stack(self.codec.raw_images(prompts))
         raw = to_uint8_grid(raw.to(self.device), raw.to(self.device), 0.0)
         answer_ids = answer_token_ids(self.processor, answers)
@@ -230,6 +233,12 @@ class Miner:
         iig = image_information_gain(
             self.model, self.processor, qs, answers, images, cfg.iig_baseline, batch_size=cfg.batch_size
         )
+        # The rejected answer's IIG, and what the model answers without visual evidence (a separate pass each, so
+        # the chosen answer's IIG, which the default filter ranks by, is computed exactly as before).
+        iig_rejected = image_information_gain(
+            self.model, self.processor, qs, rejected, images, cfg.iig_baseline, batch_size=cfg.batch_size
+        )
+        grey, blind = image_free_answers(self.model, self.processor, qs, images, cfg.max_new_tokens, ids)
         perturbed, raw = unpad(perturbed, sizes), unpad(raw, sizes)
         return [
             self.row(
@@ -239,7 +248,8 @@ class Miner:
                 rejected=rejected[i],
                 perturbed=perturbed[i],
                 raw=raw[i],
-                iig=(float(iig.sum[i]), float(iig.mean[i])),
+                iig=(float(iig.sum[i]), float(iig.mean[i]), float(iig_rejected.sum[i]), float(iig_rejected.mean[i])),
+                free=(grey[i], blind[i]),
                 steps=int(steps_used[i]),
                 logp=(float(before[i]), float(after[i])),
             )
@@ -263,8 +273,11 @@ class Miner:
         rounded = to_uint8_grid(perturbed, raw, bound, cfg.norm if cfg.method == "pgd" else "linf")
         return rounded, steps_used, judged
 
-    def row(self, rec: Record, source_index: int, *, clean, rejected, perturbed, raw, iig, steps, logp) -> MinedRow:
-        """One record's candidate pair, with what the summary and the filter read."""
+    def row(
+        self, rec: Record, source_index: int, *, clean, rejected, perturbed, raw, iig, free, steps, logp
+    ) -> MinedRow:
+        """One record's candidate pair, with what the summary and the filters read: `iig` is (sum, mean) of the
+        chosen then of the rejected answer, `free` the answers on a grey image and with no image."""
         wrong = self.is_wrong(rec, rejected)
         prior = rec.get("prior_answer") or ""  # the language prior's answer, where the source knows it
         return MinedRow(
@@ -289,29 +302,16 @@ class Miner:
             reason="" if wrong else "rejected answer is correct",
             iig_sum=iig[0],
             iig_mean=iig[1],
+            iig_rejected_sum=iig[2],
+            iig_rejected_mean=iig[3],
+            answer_grey=free[0],
+            answer_no_image=free[1],
             attack_steps=steps,
             logp_before=logp[0],
             logp_after=logp[1],
             linf=float(((perturbed - raw) * 255).round().abs().max()),  # whole 8-bit steps
             method=self.cfg.method,
         )
-
-
-def _choices(rec: Record) -> dict:
-    """The verifier's `choices` argument for a multiple-choice record that carries its options."""
-    return {"choices": rec["choices"]} if rec.get("choices") else {}
-
-
-def apply_iig_filter(rows: list[dict], cfg: MineConfig) -> list[dict]:
-    """Keep high-IIG, low-IIG or all pairs (by threshold if given, else by fraction)."""
-    if cfg.iig_filter == "none" or not rows:
-        return rows
-    high = cfg.iig_filter == "high"
-    if cfg.iig_threshold is not None:
-        return [r for r in rows if (r["iig_mean"] >= cfg.iig_threshold) == high]
-    ranked = sorted(rows, key=lambda r: (r["iig_mean"], r["source_index"]), reverse=high)
-    keep = {r["source_index"] for r in ranked[: max(1, round(cfg.iig_fraction * len(rows)))]}
-    return [r for r in rows if r["source_index"] in keep]
 
 
 def valid_pixels(batch: torch.Tensor, sizes: list[tuple[int, int]]) -> torch.Tensor:
