@@ -69,6 +69,12 @@ GRID: tuple[Variant, ...] = (
         sweeps={"offline_pairs": "re-mined every 100"},
     ),
     Variant(
+        "prior_conflict",
+        "full MBPO on the pairs whose rejected answer is the model's answer on a grey image (no world labels)",
+        mine={"pair_filter": "prior_conflict"},
+        sweeps={"pair_filter": "prior_conflict"},
+    ),
+    Variant(
         "separate",
         "full MBPO with the streams weighed apart: L_online + L_offline, each over its own rows",
         fit_args=("--model.loss.streams", "separate"),
