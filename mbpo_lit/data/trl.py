@@ -89,15 +89,7 @@ class Preferences(Records):
     one ("Red." for "red": training on it would push the right answer down), is listed with the reason. Records
     carry `choices` (None when the row has none) and `prior_answer` ("" when unknown). Options as `Records`."""
 
-    LAYOUT: ClassVar[dict[str, tuple[str, ...]]] = {
-        "image": ("images", "image"),
-        "question": ("_question",),
-        "answer": ("_answer",),
-        "answer_type": ("answer_type",),
-        "id": ("id",),
-        "group": ("group",),
-        "choices": ("_choices",),
-    }
+    LAYOUT: ClassVar[dict[str, tuple[str, ...]]] = Conversations.LAYOUT | {"choices": ("_choices",)}
     JOINED: ClassVar[tuple[str, ...]] = ("_question", "_answer", "_choices")
 
     def __init__(self, path: str, **kwargs: Any):
