@@ -163,7 +163,7 @@ def test_mining_cache_is_keyed_by_config(tmp_path):
     dirs = {v.name: ablate.mine_config(v, cfg, "BASE") for v in GRID}
     assert dirs["online_only"] is None
     assert dirs["offline_only"].out == dirs["full"].out  # same mining config: one shared pair set
-    shared = ("offline_only", "remine_100", "sft", "separate", "dpo_offline")
+    shared = ("offline_only", "remine_100", "sft", "separate", "dpo_offline", "mixed_groups")
     for same in shared:  # full's pairs (remine_100 starts from them; the loss variants train on them)
         assert dirs[same].out == dirs["full"].out
     outs = [mc.out for name, mc in dirs.items() if mc is not None and name not in shared]
@@ -171,6 +171,21 @@ def test_mining_cache_is_keyed_by_config(tmp_path):
     assert dirs["full"].n == 64 and dirs["eps_8"].epsilon == 8.0 and dirs["iig_low"].iig_filter == "low"
     assert (dirs["neg_gaussian"].method, dirs["neg_gaussian"].epsilon) == ("gaussian", dirs["full"].epsilon)
     assert ablate.mine_config(GRID[0], cfg, "BASE").out == dirs["full"].out  # stable key
+    # a pair filter of its own, from the same mined candidates (one mining run, `mining.refilter`)
+    parent = {name: Path(mc.out).parent for name, mc in dirs.items() if mc is not None}
+    assert parent["iig_pairs"] == parent["full"] == parent["iig_low"] and parent["eps_8"] != parent["full"]
+
+
+def test_held_out_kinds_leave_every_training_stream(tmp_path):
+    cfg = AblationConfig(out=str(tmp_path), mine_n=64, holdout_kinds=("triangle", "ring"))
+    full = next(v for v in GRID if v.name == "full")
+    args = ablate.fit_args(full, 0, "P", tmp_path / "run", cfg)
+    flags = dict(zip(args[::2], args[1::2]))
+    assert json.loads(flags["--data.online.init_args.exclude_kinds"]) == ["triangle", "ring"]  # online
+    assert ablate.mine_config(full, cfg, "BASE").source.exclude_kinds == ["triangle", "ring"]  # mined
+    plain = AblationConfig(out=str(tmp_path), mine_n=64)
+    assert "--data.online.init_args.exclude_kinds" not in ablate.fit_args(full, 0, "P", tmp_path, plain)
+    assert ablate.mine_config(full, plain, "BASE").out != ablate.mine_config(full, cfg, "BASE").out
 
 
 def test_each_seed_mines_its_own_pairs_unless_told_to_share_them(fake_runner, tmp_path):
@@ -196,7 +211,7 @@ def fake_runner(monkeypatch):
     """Replace fitting and mining by fakes that count their calls and write a CSVLogger-like metrics.csv."""
     calls = {"fit": [], "mine": []}
 
-    def train_and_evaluate(args, eval_n):
+    def train_and_evaluate(args, cfg):
         flags = dict(zip(args[::2], args[1::2]))
         seed = int(flags["--seed_everything"])
         from pathlib import Path

@@ -3,14 +3,15 @@
 A variant (experiments/variants.py) is a name, fit overrides (`python -m mbpo_lit fit` options on top of the
 embedded recipe, `mbpo_lit/recipes/embedded.yaml`) and a mining config (overrides of `MineConfig`; None trains on
 the online stream only). Each (variant, seed) is one short fit of the embedded biased base model followed by a final
-evaluation (attribute questions, in-prior and counter-prior splits).
+evaluation (`testbed.probes`: the eval set's five families, CHAIR on `--captions_n` captions, held-out
+phrasings, held-out kinds with `--holdout_kinds`, KL to the base model).
 
 A seed varies every random source of a run: the fresh LoRA weights and every step's rollouts
 (`model.sampling.seed`), the batch order (`data.seed`), anything else seeded globally (`seed_everything`), and the
-mining's random starts (`MineConfig.seed`), so the spread over seeds is the spread a user would see. Mined pair sets
-are cached by mining config (the seed included) under `--mined_root` (default `OUT/mined/`) and shared by every
-variant with the same config. `--mine_per_seed false` mines one pair set per config for all seeds: cheaper, but its
-intervals leave out the mining's randomness.
+mining's random starts (`MineConfig.seed`), so the spread over seeds is the spread a user would see. Mined
+candidates are cached by mining config (the seed included) under `--mined_root` (default `OUT/mined/`), once for
+all pair filters (`mining.refilter`), and shared by every variant with the same config. `--mine_per_seed false`
+mines one pair set per config for all seeds: cheaper, but its intervals leave out the mining's randomness.
 
 Output (`--out DIR`):
   runs/VARIANT/seedS/          the fit's root dir (its logger's files, by default lightning_logs/version_0/
@@ -55,7 +56,8 @@ from mbpo_lit.core.stats import paired_differences, summarize
 from mbpo_lit.experiments.variants import GRID, Variant, select
 from mbpo_lit.train.logged import LogFormat, read_logged
 
-FINAL_METRICS = ("in_prior_accuracy", "counter_prior_accuracy", "gap")
+# The final evaluation's headline numbers, printed per run (every metric of `testbed.probes` goes to the CSVs).
+FINAL_METRICS = ("in_prior_accuracy", "counter_prior_accuracy", "heldout_kinds_accuracy", "chair_i", "kl_to_base")
 # Every run starts from the embedded recipe; the runner's and the variant's options override it.
 RECIPE = "embedded"
 
@@ -75,7 +77,11 @@ class AblationConfig:
     val_n: int = 32
     """validation records per split (the curves)."""
     eval_n: int = 100
-    """final evaluation records per split."""
+    """final evaluation records per split and family (`testbed.probes.Probes.n`)."""
+    captions_n: int = 1500
+    """captions scored by CHAIR in the final evaluation."""
+    holdout_kinds: tuple[str, ...] = ()
+    """kinds left out of every training stream (online and mined), scored apart in the final evaluation."""
     mine_n: int = 512
     """records mined per pair set."""
     mined_root: str | None = None
@@ -94,30 +100,41 @@ def mine_config(variant: Variant, cfg: AblationConfig, base_model: str, seed: in
 
     The embedded recipe's mining settings, `cfg.mine_n` records, the seed (with `cfg.mine_per_seed`; else the
     recipe's), then the variant's overrides; the pairs are mined from the first `n` records of the world's train
-    split, as the embedded recipe's are.
+    split that ask about no held-out kind, as the embedded recipe's are. The cache directory is
+    ROOT/<candidates>/<filter>: variants that differ only in the pair filter share one mining run's candidates.
     """
     from mbpo_lit.mining.config import MineConfig, settings_json
+    from mbpo_lit.mining.refilter import candidates_key
     from mbpo_lit.testbed.embedded import EMBEDDED_MINING
     from mbpo_lit.testbed.world_source import WorldSource
 
     if variant.mine is None:
         return None
     settings = {**EMBEDDED_MINING, "n": cfg.mine_n, **({"seed": seed} if cfg.mine_per_seed else {}), **variant.mine}
-    mc = MineConfig(model=base_model, source=WorldSource(["train"], settings["n"]), **settings)
+    source = WorldSource(["train"], settings["n"], exclude_kinds=cfg.holdout_kinds)
+    mc = MineConfig(model=base_model, source=source, **settings)
+    candidates = hashlib.sha1(candidates_key(mc).encode()).hexdigest()[:8]
     key = hashlib.sha1(settings_json(dataclasses.replace(mc, out="")).encode()).hexdigest()[:8]
     root = Path(cfg.mined_root) if cfg.mined_root else Path(cfg.out) / "mined"
-    mc.out = str(root / f"{mc.method}-eps{mc.epsilon:g}-iig{mc.iig_filter}-n{mc.n}-{key}")
+    group = f"{mc.method}-eps{mc.epsilon:g}-n{mc.n}-{candidates}"
+    mc.out = str(root / group / f"{mc.pair_filter}-iig{mc.iig_filter}-{key}")
     return mc
 
 
 def mine_pairs(mc) -> str:
-    """Mine (or reuse) a pair set; returns its dataset directory. Resumable: mine_pairs continues a killed job."""
-    from mbpo_lit.mining import mine_pairs
+    """Mine (or reuse) a pair set; returns its dataset directory. The candidates are mined once into the
+    directory above `mc.out` (resumable: a killed job continues), and `mc`'s pair filter picks from them."""
+    from mbpo_lit.mining import MineConfig, mine_pairs
+    from mbpo_lit.mining.refilter import FILTER_FIELDS, refilter
 
     dataset = Path(mc.out) / "dataset"
-    if not (dataset / "dataset_info.json").is_file() or not (Path(mc.out) / "summary.json").is_file():
-        mine_pairs(mc, progress=False)
-    return str(dataset)
+    if (dataset / "dataset_info.json").is_file() and (Path(mc.out) / "summary.json").is_file():
+        return str(dataset)
+    neutral = {f.name: f.default for f in dataclasses.fields(MineConfig) if f.name in FILTER_FIELDS}
+    job = dataclasses.replace(mc, out=str(Path(mc.out).parent / "candidates"), **neutral)
+    if not (Path(job.out) / "summary.json").is_file():
+        mine_pairs(job, progress=False)
+    return str(refilter(job.out, mc))
 
 
 # -------------------------------------------------------------------------------------------- one run
@@ -160,23 +177,22 @@ def fit_args(variant: Variant, seed: int, pairs: str | None, run_dir: Path, cfg:
         "false",
         "--model.sample_table_every",
         "0",
+        *(["--data.online.init_args.exclude_kinds", json.dumps(list(cfg.holdout_kinds))] if cfg.holdout_kinds else []),
         *variant.fit_args,
         *cfg.fit_args,
     ]
 
 
-def train_and_evaluate(args: list[str], eval_n: int) -> dict[str, float]:
-    """Fit with `args`, then evaluate the trained policy: {metric: value} for FINAL_METRICS."""
+def train_and_evaluate(args: list[str], cfg: AblationConfig) -> dict[str, float]:
+    """Fit with `args`, then evaluate the trained policy on the eval set and the probes (`testbed.probes`):
+    {metric: value}."""
     from mbpo_lit.fit import main as fit_main
+    from mbpo_lit.testbed.probes import Probes, evaluate_policy
     from mbpo_lit.testbed.world import WorldConfig
-    from mbpo_lit.testbed.world_source import evaluate_world
 
-    cli = fit_main(args)
-    module = cli.model
-    summary = evaluate_world(
-        module.model, module.processor, WorldConfig(), eval_n, families=("attribute",), with_iig=False, progress=False
-    )["summary"]
-    return {k: float(summary[k]) for k in FINAL_METRICS}
+    module = fit_main(args).model
+    probes = Probes(n=cfg.eval_n, captions_n=cfg.captions_n, holdout_kinds=tuple(cfg.holdout_kinds))
+    return evaluate_policy(module.model, module.processor, WorldConfig(), probes)
 
 
 def run_dir(cfg: AblationConfig, variant: str, seed: int) -> Path:
@@ -192,7 +208,7 @@ def run_one(variant: Variant, seed: int, cfg: AblationConfig, pairs: str | None)
     shutil.rmtree(out, ignore_errors=True)  # a killed run restarts from step 0, in a clean directory
     out.mkdir(parents=True)
     started = time.time()
-    final = train_and_evaluate(fit_args(variant, seed, pairs, out, cfg), cfg.eval_n)
+    final = train_and_evaluate(fit_args(variant, seed, pairs, out, cfg), cfg)
     read_logged(out)  # a run whose curves cannot be read is not done: one line naming its directory, now
     n_pairs = None
     if pairs is not None:
@@ -322,7 +338,7 @@ def run_grid(cfg: AblationConfig, variants: list[Variant], log: Callable[[str], 
                 mined[mc.out] = mine_pairs(mc)
             result, ran = run_one(v, seed, cfg, mined.get(mc.out) if mc is not None else None)
             f = result["final"]
-            scores = " ".join(f"{k}={f[k]:.3f}" for k in FINAL_METRICS)
+            scores = " ".join(f"{k}={f[k]:.3f}" for k in FINAL_METRICS if k in f)
             how = f"done in {result['seconds']:.0f}s" if ran else "already done, skipped"
             log(f"[{i}/{total}] {v.name} seed {seed}: {how}  {scores}")
     return collect(cfg, variants)
@@ -344,7 +360,13 @@ class AblateConfig:
     val_n: int = 32
     """validation records per run (the curves)."""
     eval_n: int = 100
-    """final evaluation records per split (in-prior, counter-prior)."""
+    """final evaluation records per split and family (attribute questions in-prior and counter-prior; existence,
+    count and choice on the counter-prior split; the held-out phrasings and kinds probes)."""
+    captions_n: int = 1500
+    """captions of counter-prior scenes scored by CHAIR in the final evaluation."""
+    holdout_kinds: tuple[str, ...] = ()
+    """kinds left out of every training stream, online and mined (their questions, not their shapes), and scored
+    apart: counter-prior attribute accuracy on them (heldout_kinds_accuracy), e.g. [triangle,ring]."""
     mine_n: int = 512
     """records mined per pair set."""
     mined_root: str | None = None
@@ -377,6 +399,8 @@ def ablate(cfg: AblateConfig) -> dict[str, Path] | None:
         val_every=cfg.val_every,
         val_n=cfg.val_n,
         eval_n=cfg.eval_n,
+        captions_n=cfg.captions_n,
+        holdout_kinds=tuple(cfg.holdout_kinds),
         mine_n=cfg.mine_n,
         mined_root=cfg.mined_root,
         mine_per_seed=cfg.mine_per_seed,

@@ -39,12 +39,13 @@ def remine_args(every_n_steps: int) -> tuple[str, ...]:
 GRID: tuple[Variant, ...] = (
     Variant(
         "full",
-        "full MBPO: PGD negatives (eps 32), high-IIG filter, offline + online",
+        "the recipe: PGD negatives (eps 32), high-IIG half, prior-conflict pairs, offline + online",
         sweeps={
             "stream": "hybrid",
             "negatives": "pgd",
             "epsilon": 32.0,
             "iig": "high",
+            "pair_filter": "prior_conflict",
             "offline_pairs": "mined once",
             "objective": "mbpo",
             "loss_streams": "joint",
@@ -69,10 +70,10 @@ GRID: tuple[Variant, ...] = (
         sweeps={"offline_pairs": "re-mined every 100"},
     ),
     Variant(
-        "prior_conflict",
-        "full MBPO on the pairs whose rejected answer is the model's answer on a grey image (no world labels)",
-        mine={"pair_filter": "prior_conflict"},
-        sweeps={"pair_filter": "prior_conflict"},
+        "iig_pairs",
+        "MBPO as published: every pair of the high-IIG half, whether or not its rejected answer is the prior's",
+        mine={"pair_filter": "iig"},
+        sweeps={"pair_filter": "iig"},
     ),
     Variant(
         "separate",
@@ -91,6 +92,19 @@ GRID: tuple[Variant, ...] = (
         "supervised fine-tuning on the same data (pairs' chosen + online reference answers)",
         fit_args=("--model.loss.kind", "sft", "--model.loss.beta", "0"),  # no KL term in maximum likelihood
         sweeps={"objective": "sft"},
+    ),
+    Variant(
+        "perturbed_rollouts",
+        "online GRPO, 2 of each group's 4 samples from a PGD-perturbed copy of the image (eps 32, 4 steps)",
+        fit_args=("--model.sampling.perturbed_k", "2"),
+        mine=None,
+        sweeps={"adversary": "perturbed rollouts"},
+    ),
+    Variant(
+        "mixed_groups",
+        "each mined pair's chosen and rejected answers join an online group of its record",
+        fit_args=("--model.loss.offline_as", "mixed_groups"),
+        sweeps={"adversary": "mixed groups"},
     ),
 )
 

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 
 from mbpo_lit.data.sources import RecordSource
 from mbpo_lit.evaluation import evaluate_records
-from mbpo_lit.testbed.questions import FAMILIES, build_records, parse_mentions
+from mbpo_lit.testbed.questions import FAMILIES, build_records, make_record, parse_mentions
 from mbpo_lit.testbed.world import WorldConfig
 
 EVAL_SPLITS = ("eval_in_prior", "eval_counter_prior")
@@ -36,6 +36,11 @@ class WorldSource(RecordSource):
             Lower values give the online stream more questions the prior gets wrong: groups whose sampled
             answers disagree, where GRPO has a signal.
         world: the world's other settings (None: `WorldConfig()`, the embedded world of 112 px scenes).
+        exclude_kinds: kinds no record asks about (its `query_kind`): the held-out kinds of a generalisation
+            probe, left out of every training stream. Their shapes still appear in scenes; only the questions
+            about them are gone. Each split still has n records: record indices continue past the left-out ones.
+        only_kinds: the kinds records ask about, the others left out (the probe's side: held-out kinds only);
+            records that query no kind (counting all objects) are left out too.
     """
 
     def __init__(
@@ -45,18 +50,43 @@ class WorldSource(RecordSource):
         families: Sequence[str] = ("attribute",),
         p_color: float | None = None,
         world: WorldConfig | None = None,
+        exclude_kinds: Sequence[str] = (),
+        only_kinds: Sequence[str] | None = None,
     ):
         self.splits, self.n, self.families = list(splits), n, list(families)
         self.world = world or WorldConfig()
         if p_color is not None:
             self.world = dataclasses.replace(self.world, p_color=p_color)
         self.vocabulary = self.world.colors
+        self.exclude_kinds, self.only_kinds = list(exclude_kinds), None if only_kinds is None else list(only_kinds)
+        for option, kinds in (("exclude_kinds", self.exclude_kinds), ("only_kinds", self.only_kinds or [])):
+            if unknown := [k for k in kinds if k not in self.world.kinds]:
+                raise ValueError(f"WorldSource {option}: unknown kinds {unknown}; the world's are {self.world.kinds}")
+        if set(self.exclude_kinds) >= set(self.world.kinds) or self.only_kinds == []:
+            raise ValueError(
+                f"WorldSource: exclude_kinds={self.exclude_kinds}, only_kinds={self.only_kinds} leave no kind"
+            )
 
     def __str__(self) -> str:
         return f"world[{','.join(self.splits)}]"
 
     def load(self) -> tuple[list[dict], list[dict]]:
-        return [r for s in self.splits for r in build_records(self.world, s, self.n, tuple(self.families))], []
+        if not self.exclude_kinds and self.only_kinds is None:
+            return [r for s in self.splits for r in build_records(self.world, s, self.n, tuple(self.families))], []
+        return [r for s in self.splits for r in self._kept_records(s)], []
+
+    def _kept_records(self, split: str) -> list[dict]:
+        """The first n records of `split` that the kind filters keep (record i is record i of the unfiltered split,
+        so a filtered split is a subsequence of the unfiltered one)."""
+        out: list[dict] = []
+        for i in range(self.n * 200):  # a bound: a filter no family can satisfy ends with an error, not a hang
+            r = make_record(self.world, split, i, self.families[i % len(self.families)])
+            kind = r["query_kind"]
+            if kind not in self.exclude_kinds and (self.only_kinds is None or kind in self.only_kinds):
+                out.append(r)
+                if len(out) == self.n:
+                    return out
+        raise ValueError(f"WorldSource: the families {self.families} hold too few questions on the kinds kept")
 
     def mentions(self, text: str) -> list[str]:
         return [f"{c} {k}" if c else k for k, c in parse_mentions(text, self.world)]
