@@ -102,3 +102,31 @@ def test_empty_curves_of_finished_runs_are_explained(ablation_dir):
     _write(ablation_dir / "curves.csv", ["variant", "seed", "step", "metric", "value"], [])
     with pytest.raises(ValueError, match="curves.csv has no rows though runs finished: rerun"):
         plots.plot_all(ablation_dir)
+
+
+def test_paired_differences_are_drawn_at_their_means_with_their_intervals(ablation_dir):
+    rows = [
+        {
+            "variant": v,
+            "reference": "online_only",
+            "metric": m,
+            "n_seeds": 3,
+            "mean_diff": d,
+            "ci95_low": lo,
+            "ci95_high": hi,
+        }
+        for v, m, d, lo, hi in [
+            ("full", "counter_prior_accuracy", 0.05, -0.01, 0.12),
+            ("eps_8", "counter_prior_accuracy", -0.10, -0.18, -0.03),
+            ("full", "chair_i", 0.01, -0.02, 0.03),
+        ]
+    ]
+    _write(ablation_dir / "paired.csv", list(rows[0]), rows)
+    assert "paired.png" in {p.name for p in plots.plot_all(ablation_dir)}
+    fig = plots.plot_paired(plots.read_rows(ablation_dir / "paired.csv"), ["counter_prior_accuracy"])
+    (ax,) = fig.axes
+    assert list(ax.lines[0].get_xdata()) == pytest.approx([0.05, -0.10])  # one point per variant, grid order
+    ends = [x for seg in ax.collections[0].get_segments() for x in seg[:, 0]]  # error bars: interval low to high
+    assert ends == pytest.approx([-0.01, 0.12, -0.18, -0.03])
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["full", "eps_8"]
+    assert len(plots.plot_paired(rows).axes) == 2  # a panel per metric present

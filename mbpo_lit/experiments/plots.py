@@ -7,6 +7,8 @@ Agg) into DIR/figures:
 
   curves.png         metric vs step per variant, mean over seeds with a 95% CI band
   final.png          final metrics per variant, bars with 95% CI error bars
+  probes.png         the same for the probes (held-out phrasings and kinds, CHAIR, POPE F1, KL to base)
+  paired.png         paired.csv: each variant minus the reference, by seed, mean and 95% CI (a forest plot)
   sweep_SWEEP.png    one per sweep with two or more variants run (epsilon, iig, negatives, stream): final
                      metrics against the sweep's x (a line for numeric x, points for categories)
 
@@ -35,6 +37,9 @@ from mbpo_lit.core.stats import mean_ci
 
 CURVE_METRICS = ("val/counter_prior_accuracy", "val/in_prior_accuracy", "online/accuracy", "loss")
 FINAL_METRICS = ("counter_prior_accuracy", "in_prior_accuracy", "gap")
+# The final evaluation's probes (`testbed.probes`): what the training never saw, captions, drift from the base.
+PROBE_METRICS = ("heldout_phrasing_accuracy", "heldout_kinds_accuracy", "chair_i", "pope_f1", "kl_to_base")
+PAIRED_METRICS = ("counter_prior_accuracy", "in_prior_accuracy", *PROBE_METRICS[:-1])
 
 
 def read_rows(path: str | Path) -> list[dict]:
@@ -123,6 +128,34 @@ def plot_final(
     return fig
 
 
+def plot_paired(rows: list[dict], metrics: Sequence[str] = PAIRED_METRICS) -> Figure:
+    """paired.csv as a forest plot: one panel per metric, one row per variant, its mean difference from the
+    reference over the seeds both ran, with the 95% interval; the zero line is "no difference"."""
+    metrics = [m for m in metrics if any(r["metric"] == m for r in rows)]
+    if not metrics:
+        raise ValueError(f"none of the metrics {list(metrics)} is in the paired differences")
+    variants = _order(rows)
+    fig, axes = _grid(len(metrics), height=max(2.4, 0.45 * len(variants) + 1.2))
+    for ax, metric in zip(axes, metrics):
+        found = {r["variant"]: r for r in rows if r["metric"] == metric}
+        ys = [i for i, v in enumerate(variants) if v in found]
+        got = [found[variants[i]] for i in ys]
+        mean = [float(r["mean_diff"]) for r in got]
+        err = [
+            [m - float(r["ci95_low"]) for m, r in zip(mean, got)],
+            [float(r["ci95_high"]) - m for m, r in zip(mean, got)],
+        ]
+        ax.errorbar(mean, ys, xerr=err, fmt="o", capsize=3)
+        ax.axvline(0, color="grey", lw=1, ls="--")
+        ax.set_yticks(range(len(variants)), variants, fontsize=8)
+        ax.invert_yaxis()
+        ref = got[0]["reference"] if got else "?"
+        ax.set_title(f"{metric} - {ref} (n seeds: {min(int(r['n_seeds']) for r in got)})", fontsize=9)
+        ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
 def sweep_points(variants_meta: list[dict], sweep: str) -> list[tuple[str, float | str]]:
     """(variant, x) of a sweep, sorted by x for numeric sweeps, in grid order for categorical ones."""
     points = [(v["name"], v["sweeps"][sweep]) for v in variants_meta if sweep in v.get("sweeps", {})]
@@ -171,6 +204,11 @@ def plot_all(directory: str | Path, out: str | Path | None = None) -> list[Path]
             "command, which skips finished runs and reads their logs again"
         )
     figures = {"final": plot_final(final), "curves": plot_curves(curves)}
+    if any(r["metric"] in PROBE_METRICS for r in final):
+        figures["probes"] = plot_final(final, PROBE_METRICS)
+    paired = read_rows(directory / "paired.csv") if (directory / "paired.csv").is_file() else []
+    if paired:
+        figures["paired"] = plot_paired(paired)
     meta = read_variants(directory)
     ran = set(_order(final))
     for sweep in dict.fromkeys(s for v in meta for s in v.get("sweeps", {})):

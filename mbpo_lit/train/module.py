@@ -3,11 +3,14 @@
 `training_step` is the algorithm: roll out (sample G completions per online prompt; take chosen and
 rejected for each offline pair), score (verified rewards online, 2 / 0 offline), advantages (group-relative),
 loss (clipped surrogate + KL to the reference, the starting policy), repeated for `mu` inner iterations over the
-same rollout. The rollout samples by one rule in both layouts, and the loss scores the distribution it drew from
-(log softmax(logits / temperature); see `settings.Sampling`). By default each distinct image is encoded once per
-step and each prompt prefilled once for all its completions (`share_prefix`, see vlm/shared_prefix.py); the
-result is the same as one row per completion. `loss.kind: sft` trains the same policy on the same batches by
-maximum likelihood of the reference answers instead (`sft_step`), the supervised reference line of the ablations.
+same rollout. The rollout and the scoring are `train/rollout.py`'s, with its two ablation options: some of a
+group's samples drawn from an adversarially perturbed image (`sampling.perturbed_k`), and offline pairs joining
+online groups (`loss.offline_as: mixed_groups`). The rollout samples by one rule in both layouts, and the loss
+scores the distribution it drew from (log softmax(logits / temperature); see `settings.Sampling`). By default
+each distinct image is encoded once per step and each prompt prefilled once for all its completions
+(`share_prefix`, see vlm/shared_prefix.py); the result is the same as one row per completion. `loss.kind: sft`
+trains the same policy on the same batches by maximum likelihood of the reference answers instead (`sft_step`),
+the supervised reference line of the ablations.
 The model is built in `configure_model`, so `--help` and `--print_config` stay fast, and checkpoints hold only
 what trains (the LoRA weights) and the optimizer state.
 """
@@ -27,9 +30,10 @@ from torchmetrics import MeanMetric
 
 from mbpo_lit.core.answers import CLOSED_TYPES, is_correct
 from mbpo_lit.core.errors import SettingsError
-from mbpo_lit.core.grpo import LossParts, group_advantages, offline_pair_rewards
-from mbpo_lit.core.rewards import compose, keyed
+from mbpo_lit.core.grpo import LossParts
+from mbpo_lit.core.rewards import keyed
 from mbpo_lit.core.streams import stream_loss
+from mbpo_lit.train.rollout import Drawn, Rollout
 from mbpo_lit.train.samples import append_jsonl, format_samples, log_samples, sample_rows
 from mbpo_lit.train.schedule import LrCurve, lr_scheduler, total_optimizer_steps
 from mbpo_lit.train.scored import Scored
@@ -37,7 +41,7 @@ from mbpo_lit.train.settings import Loss, Optimization, Rewards, Sampling
 from mbpo_lit.train.step_logs import PROGRESS_BAR, gradient_norm, peak_memory_gb, step_metrics
 from mbpo_lit.vlm import sampling
 from mbpo_lit.vlm import shared_prefix as prefix
-from mbpo_lit.vlm.chat import answer_token_ids, append_completions, encode_prompts
+from mbpo_lit.vlm.chat import append_completions, encode_prompts
 from mbpo_lit.vlm.logprobs import answer_logprobs, completion_logprobs
 from mbpo_lit.vlm.policy import LoraSettings, ModelConfig, load_policy, reference_mode, trainable_parameters
 from mbpo_lit.vlm.sampling import SamplingRule
@@ -161,38 +165,19 @@ class MBPOModule(L.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": lr_scheduler(opt, curve), "interval": "step"}}
 
     # ---------------------------------------------------------------------------------------- rollout
+    def rollouts(self) -> Rollout:
+        """The step's rollout and scoring (train/rollout.py) over this module's policy and settings."""
+        pair = (self.reward_settings.chosen, self.reward_settings.rejected)
+        return Rollout(self.model, self.processor, self.sampling, self.loss, self.rewards, pair, self.device)
+
     def sampling_rule(self) -> SamplingRule:
-        """The rollout's sampling rule (`settings.Sampling`): the sampling settings and no other logits processor,
-        the image placeholders suppressed, every end id of the checkpoint."""
-        hp = self.sampling
-        return SamplingRule.of(self.model, self.processor, hp.temperature, hp.top_k, hp.top_p)
+        """The rollout's sampling rule (`Rollout.rule`)."""
+        return self.rollouts().rule()
 
-    @torch.no_grad()
-    def rollout(
-        self, online: list[dict], prompts: prefix.Prompts | None = None
-    ) -> tuple[list[dict], list[list[int]], list[str]]:
-        """G sampled completions per online prompt: (records repeated G times, token ids, texts).
-
-        With `prompts` (the online prompts, already encoded) each prompt is prefilled once for its G samples;
-        without, `generate` runs on G copies of each prompt. Same rule, same draws for the same random state.
-        """
-        if not online:
-            return [], [], []
-        g, p, hp, rule = self.sampling.group_size, self.processor, self.sampling, self.sampling_rule()
-        self.model.eval()
-        if prompts is not None:
-            completions = prefix.sample(self.model, prompts, g, hp.max_new_tokens, rule)
-        else:
-            batch = encode_prompts(
-                p,
-                [r["question"] for r in online],
-                [r["image"] for r in online],
-                record_ids=[r.get("id") for r in online],
-            ).to(self.device)
-            completions = sampling.generate(self.model, batch, g, hp.max_new_tokens, rule)
-        self.model.train()
-        texts = p.batch_decode(completions, skip_special_tokens=True)
-        return [r for r in online for _ in range(g)], completions, texts
+    def rollout(self, online: list[dict], prompts: prefix.Prompts | None = None) -> Drawn:
+        """G sampled completions per online prompt: (records repeated G times, token ids, texts); with `prompts`
+        (the prompts, already encoded) from one prefill each (`Rollout.sample`)."""
+        return self.rollouts().sample(online, prompts)
 
     def sequence_batch(self, records: list[dict], completions: list[list[int]]):
         """Prompt + completion batch for the log-prob passes (same encoding as the rollout)."""
@@ -217,47 +202,12 @@ class MBPOModule(L.LightningModule):
     # ---------------------------------------------------------------------------------------- training
     def score(self, batch: dict) -> Scored:
         """Steps 1-3 of a training step, without touching the weights: roll out, score, advantages."""
-        online, offline = batch["online"], batch["offline"]
-        g, scale_std = self.sampling.group_size, self.loss.divides_by_std
-        prompts = None
-        if self.hparams.share_prefix:  # one tokenization and one vision-tower call for the step's distinct prompts
-            records = online + offline
-            prompts = prefix.encode(
-                self.model,
-                self.processor,
-                [r["question"] for r in records],
-                [r["image"] for r in records],
-                [r.get("id") for r in records],
-            )
-        online_prompts = prompts.take(range(len(online))) if prompts is not None else None
-        on_records, on_ids, on_texts = self.rollout(online, online_prompts)
-        off_records = [r for r in offline for _ in range(2)]
-        off_texts = [t for r in offline for t in (r["answer"], r["rejected"])]
-        on_rewards, parts = (
-            ([], {})
-            if not on_records
-            else compose(self.rewards, [r["question"] for r in on_records], on_texts, on_records)
-        )
-        rewards, adv = [], []
-        if on_records:
-            r = torch.tensor(on_rewards, dtype=torch.float32).view(-1, g)
-            rewards.append(r.flatten())
-            adv.append(group_advantages(r, scale_std).flatten())
-        if offline:
-            r = offline_pair_rewards(len(offline), self.reward_settings.chosen, self.reward_settings.rejected)
-            rewards.append(r.flatten())
-            adv.append(group_advantages(r, scale_std).flatten())
-        return Scored(
-            records=on_records + off_records,
-            texts=on_texts + off_texts,
-            ids=on_ids + answer_token_ids(self.processor, off_texts),
-            rewards=torch.cat(rewards),
-            advantages=torch.cat(adv),
-            parts=parts,
-            n_online=len(on_records),
-            group_size=g,
-            prompts=prompts,
-        )
+        step = self.rollouts()
+        records = step.sampled_records(batch)  # the online prompts (and, in mixed groups, the pairs' records)
+        # One tokenization and one vision-tower call for the step's distinct prompts (share_prefix).
+        prompts = step.encode(batch["online"] + batch["offline"]) if self.hparams.share_prefix else None
+        drawn = self.rollout(records, prompts.take(range(len(records))) if prompts is not None else None)
+        return step.score(batch, drawn, prompts)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         loss, optim = self.loss, self.optim

@@ -7,14 +7,18 @@ from pathlib import Path
 
 
 def sample_rows(step: int, scored) -> list[dict]:
-    """One row per online completion of a scored step (`module.Scored`): question, answer, completion, reward,
-    advantage."""
+    """One row per online row of a scored step (`scored.Scored`): question, answer, completion, reward,
+    advantage; and, in a step whose online rows are not all samples from the clean image (`sampling.perturbed_k`,
+    `loss.offline_as: mixed_groups`), each row's kind ("clean", "perturbed", "chosen", "rejected")."""
     rows = zip(scored.records, scored.texts, scored.rewards, scored.advantages)
-    return [
+    out = [
         {"step": step, "question": r["question"], "answer": r["answer"], "completion": t}
         | {"reward": float(w), "advantage": float(a)}
         for r, t, w, a in rows
     ][: scored.n_online]
+    if any(kind != "clean" for kind in scored.kinds):
+        out = [row | {"kind": kind} for row, kind in zip(out, scored.kinds)]
+    return out
 
 
 def format_samples(rows: list[dict], limit: int = 8) -> str:

@@ -45,8 +45,18 @@ class Sampling:
     """of the module's randomness, whatever ran before in the process: the fresh LoRA weights are drawn from it,
     and batch k of the run on rank r (rollout draws, dropout) from (seed, k, r), so a resumed run draws what the
     uninterrupted one drew."""
+    perturbed_k: int = 0
+    """how many of each online prompt's G samples are drawn from an adversarially perturbed copy of its image
+    (0: off; < group_size). The copy is PGD against the current policy that pushes the ground-truth answer's
+    log-likelihood down, rounded to 8 bits; all G samples are scored alike, advantages are over the whole group,
+    and the loss reads every sample on the clean image (NoisyRollout's perturbed rollouts, with an adversary)."""
+    perturb_epsilon: float = 32.0
+    """the perturbed copy's L-inf budget, in /255 units (for perturbed_k > 0)."""
+    perturb_steps: int = 4
+    """PGD steps of the perturbed copy, each of 2.5 x perturb_epsilon / perturb_steps (for perturbed_k > 0)."""
 
     def __post_init__(self) -> None:
+        self._check_perturbation()
         if self.group_size < 2:
             raise SettingsError(
                 f"sampling.group_size={self.group_size}: must be >= 2 (every advantage of a group of "
@@ -56,6 +66,18 @@ class Sampling:
             raise SettingsError(
                 f"sampling: temperature={self.temperature} must be > 0, top_p={self.top_p} in (0, 1], "
                 f"top_k={self.top_k} >= 0, max_new_tokens={self.max_new_tokens} >= 1"
+            )
+
+    def _check_perturbation(self) -> None:
+        if not 0 <= self.perturbed_k < self.group_size:
+            raise SettingsError(
+                f"sampling.perturbed_k={self.perturbed_k}: must be >= 0 and < sampling.group_size={self.group_size} "
+                "(at least one sample of each group comes from the clean image)"
+            )
+        if not 0 < self.perturb_epsilon <= 255 or self.perturb_steps < 1:
+            raise SettingsError(
+                f"sampling: perturb_epsilon={self.perturb_epsilon} must be in (0, 255] and "
+                f"perturb_steps={self.perturb_steps} >= 1"
             )
 
 
@@ -99,6 +121,12 @@ class Loss:
     """DPO's inverse temperature, for offline_loss "dpo"."""
     offline_kl: bool = True
     """include the offline rows in the KL term (false: KL on the online rows only)."""
+    offline_as: Literal["pairs", "mixed_groups"] = "pairs"
+    """how an offline pair enters: "pairs" (MBPO: a group of two with the fixed rewards `rewards.chosen` /
+    `rewards.rejected`) or "mixed_groups": its record (question, clean image, ground truth) also gets G online
+    samples, and its chosen and rejected answers join that group; all G + 2 are scored by the online verified
+    rewards, with advantages over the whole group, and count as online rows (no offline stream remains). Needs
+    streams "joint" and offline_loss "grpo"."""
 
     def __post_init__(self) -> None:
         self._check_streams()
@@ -123,6 +151,13 @@ class Loss:
             )
 
     def _check_streams(self) -> None:
+        if self.offline_as not in ("pairs", "mixed_groups"):
+            raise SettingsError(f"loss.offline_as={self.offline_as!r}: must be pairs or mixed_groups")
+        if self.offline_as == "mixed_groups" and (self.streams != "joint" or self.offline_loss != "grpo"):
+            raise SettingsError(
+                f"loss.offline_as=mixed_groups with loss.streams={self.streams}, loss.offline_loss="
+                f"{self.offline_loss}: mixed groups leave no offline stream; use streams joint and offline_loss grpo"
+            )
         if self.streams not in ("joint", "separate") or self.offline_loss not in ("grpo", "dpo"):
             raise SettingsError(
                 f"loss.streams={self.streams!r} must be joint or separate, loss.offline_loss={self.offline_loss!r} "

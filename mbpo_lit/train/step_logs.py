@@ -8,21 +8,25 @@ from __future__ import annotations
 
 import resource
 import sys
+from collections.abc import Sequence
 
 import torch
 
 from mbpo_lit.core.grpo import LossParts
-from mbpo_lit.train.scored import Scored
+from mbpo_lit.train.scored import SAMPLED, Scored
 
 # Shown in the progress bar as well as logged: whether the policy is learning (reward, accuracy) and how far it
 # has moved from the reference (kl).
 PROGRESS_BAR = ("online/reward_mean", "online/accuracy", "kl")
 
 
-def zero_signal_share(rewards: torch.Tensor, group_size: int) -> float:
-    """The share of online groups whose rewards all tie: their advantages are all 0, so they teach nothing."""
-    groups = rewards.view(-1, group_size)
-    return (groups.max(1).values == groups.min(1).values).float().mean().item()
+def zero_signal_share(rewards: torch.Tensor, sizes: int | Sequence[int]) -> float:
+    """The share of online groups whose rewards all tie: their advantages are all 0, so they teach nothing.
+    `sizes`: each group's size, in row order, or one size for all."""
+    if isinstance(sizes, int):
+        sizes = [sizes] * (len(rewards) // sizes)
+    ties = [bool(g.max() == g.min()) for g in torch.split(rewards, list(sizes))]
+    return torch.tensor(ties).float().mean().item()
 
 
 def peak_memory_gb(device: torch.device) -> float:
@@ -46,16 +50,22 @@ def step_metrics(out: LossParts, scored: Scored, mask: torch.Tensor, seconds: fl
         "perf/step_seconds": seconds,
         "perf/completion_tokens_per_s": tokens / max(seconds, 1e-9),
     }
-    for stream, r in (("online", scored.rewards[:n]), ("offline", scored.rewards[n:])):
+    # The online rewards are the policy's own samples' (clean or perturbed image): a mixed group's pair answers
+    # are the pair's, not the policy's.
+    drawn = scored.online_rows(*SAMPLED)
+    for stream, r in (("online", scored.rewards[drawn]), ("offline", scored.rewards[n:])):
         if len(r):
             logs[f"{stream}/reward_mean"] = r.mean().item()
             logs[f"{stream}/reward_std"] = r.std().item() if len(r) > 1 else 0.0
     if n:
         for key, values in scored.parts.items():
-            logs[f"online/reward_{key}"] = sum(values) / n
+            logs[f"online/reward_{key}"] = sum(values[i] for i in drawn) / len(drawn)
         if "accuracy" in scored.parts:
             logs["online/accuracy"] = logs["online/reward_accuracy"]
-        logs["online/zero_signal_groups"] = zero_signal_share(scored.rewards[:n], scored.group_size)
+            perturbed = scored.online_rows("perturbed")
+            if perturbed:
+                logs["online/perturbed_accuracy"] = sum(scored.parts["accuracy"][i] for i in perturbed) / len(perturbed)
+        logs["online/zero_signal_groups"] = zero_signal_share(scored.rewards[:n], scored.online_sizes)
     return logs
 
 
