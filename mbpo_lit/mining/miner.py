@@ -20,10 +20,10 @@ from mbpo_lit.core.answers import is_correct
 from mbpo_lit.core.attack import pgd, random_perturbation, to_uint8_grid
 from mbpo_lit.data.sources import Record
 from mbpo_lit.mining.config import MineConfig
-from mbpo_lit.mining.prior import accepts, image_free_answers
+from mbpo_lit.mining.patch_embed import matmul_patch_embeddings
+from mbpo_lit.mining.prior import ImageFree, accepts
 from mbpo_lit.vlm.chat import answer_token_ids, append_completions, encode_prompts, take_rows, user_message
 from mbpo_lit.vlm.codec import PixelCodec, pad_stack, to_pil, unpad
-from mbpo_lit.vlm.iig import image_information_gain
 from mbpo_lit.vlm.logprobs import CompletionScores, completion_scores
 from mbpo_lit.vlm.sampling import SamplingRule, answer_texts
 
@@ -73,6 +73,7 @@ class Miner:
         self.codec = PixelCodec.from_processor(processor)
         self.device = next(model.parameters()).device
         model.requires_grad_(False)  # PGD needs gradients for the pixels only
+        self.free = ImageFree(model, processor, cfg.max_new_tokens, cfg.iig_baseline)  # shared by the job's chunks
 
     def pixels(self, images: torch.Tensor, sizes: Sizes = None, index: torch.Tensor | None = None) -> torch.Tensor:
         """The pixel inputs of raw images (the samples at `index` of a batch whose image sizes are `sizes`)."""
@@ -144,13 +145,16 @@ class Miner:
         ground truth leading every answer position by `MineConfig.judge_margin` logits or more, far beyond what
         rounding to 8 bits moves them (results/mining.md), that answer stands for the 8-bit one and nothing else
         runs. The greedy answer of each sample's last judged image is kept in the function's `answers` (batch
-        position -> text): it is the rejected answer. Without `records` (or with early_stop off) nothing is judged
-        and every sample counts as not yet successful.
+        position -> text): it is the rejected answer. Where that image was read on 8 bits, the ground truth's
+        log-likelihood there is kept in `logps` (batch position -> float): it is `logp_after`, with no pass again
+        (every successful sample's is; a sample last judged by the margin has none). Without `records` (or with
+        early_stop off) nothing is judged and every sample counts as not yet successful.
         """
         score, eps, cfg = self.scorer(prompts, answers_ids, sizes), self.cfg.epsilon / 255, self.cfg
         truths = self.processor.batch_decode(answers_ids, skip_special_tokens=True)
         fits = torch.tensor([len(ids) <= cfg.max_new_tokens for ids in answers_ids], dtype=torch.bool)
         answers: dict[int, str] = {}
+        logps: dict[int, float] = {}
 
         def value(images: torch.Tensor, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             scores = score(images, index)
@@ -160,18 +164,20 @@ class Miner:
             sure = (scores.greedy & (scores.margin >= lead)).cpu()
             sure &= fits[index.cpu()] & self.provable()
             texts = [truths[i] if s else "" for i, s in zip(index.tolist(), sure.tolist())]
+            for i in index[sure.to(index.device)].tolist():  # judged by the margin: no 8-bit value of this image
+                logps.pop(i, None)
             if not sure.all():  # the others are judged on their 8-bit images
                 unsure = (~sure).nonzero().squeeze(1).to(images.device)
                 base = raw[index[unsure]] if raw is not None else images[unsure].detach()
                 rounded = to_uint8_grid(images[unsure].detach(), base, eps, cfg.norm)
-                read = self.read(score, prompts, rounded, index[unsure], answers_ids, truths, sizes)[1]
-                for j, t in zip(unsure.tolist(), read):
-                    texts[j] = t
+                logp, read = self.read(score, prompts, rounded, index[unsure], answers_ids, truths, sizes)
+                for j, t, v in zip(unsure.tolist(), read, logp.tolist()):
+                    texts[j], logps[int(index[j])] = t, v
             answers.update(zip(index.tolist(), texts))
             correct = torch.tensor([not self.is_wrong(records[i], t) for i, t in zip(index.tolist(), texts)])
             return scores.logp.sum(1), correct
 
-        value.answers = answers
+        value.answers, value.logps = answers, logps
         return value
 
     def read(self, score, prompts, images: torch.Tensor, index: torch.Tensor, answers_ids, truths, sizes: Sizes):
@@ -207,38 +213,39 @@ class Miner:
 
         Every image the model answers from, and every score recorded, is the 8-bit one (`to_uint8_grid`): the
         saved `perturbed_image` reproduces the recorded rejected answer and `logp_after`.
+
+        The vision tower embeds patches by a matrix product while the chunk is mined (`patch_embed`: the same
+        function, its input gradient 15 times cheaper on the CPU); the model is as it was after.
         """
+        with matmul_patch_embeddings(self.model):
+            return self._mine(records, start)
+
+    def _mine(self, records: list[Record], start: int) -> list[MinedRow]:
         cfg = self.cfg
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + start)
         torch.manual_seed(cfg.seed * 1_000_003 + start)  # sampled decoding, if chosen
         qs, answers = [r["question"] for r in records], [r["answer"] for r in records]
         images = [r["image"] for r in records]
-        ids = [r["id"] for r in records]
-        prompts = encode_prompts(self.processor, qs, images, record_ids=ids)
+        prompts = encode_prompts(self.processor, qs, images, record_ids=[r["id"] for r in records])
         raw, sizes = pad_stack(self.codec.raw_images(prompts))
         raw = to_uint8_grid(raw.to(self.device), raw.to(self.device), 0.0)
         answer_ids = answer_token_ids(self.processor, answers)
         score = self.scorer(prompts, answer_ids, sizes)
         truths = self.processor.batch_decode(answer_ids, skip_special_tokens=True)
-        everyone = torch.arange(len(records))
         # the ground truth's log-likelihood on the clean image, and the clean greedy answer
-        before, clean = self.read(score, prompts, raw, everyone, answer_ids, truths, sizes)
-        perturbed, steps_used, judged = self.perturb(prompts, answer_ids, records, raw, gen, sizes)
-        with torch.no_grad():
-            after = score(perturbed)[0].sum(1).cpu()
+        before, clean = self.read(score, prompts, raw, torch.arange(len(records)), answer_ids, truths, sizes)
+        perturbed, steps_used, judged, measured = self.perturb(prompts, answer_ids, records, raw, gen, sizes)
+        after = self.unmeasured(score, perturbed, measured)
         if cfg.decode == "greedy" and len(judged) == len(records):  # PGD judged each final image: its answer
             rejected = [judged[i] for i in range(len(records))]
         else:
             rejected = self.answer(prompts, perturbed, sample=cfg.decode == "sample", sizes=sizes)
-        iig = image_information_gain(
-            self.model, self.processor, qs, answers, images, cfg.iig_baseline, batch_size=cfg.batch_size
-        )
-        # The rejected answer's IIG, and what the model answers without visual evidence (a separate pass each, so
-        # the chosen answer's IIG, which the default filter ranks by, is computed exactly as before).
-        iig_rejected = image_information_gain(
-            self.model, self.processor, qs, rejected, images, cfg.iig_baseline, batch_size=cfg.batch_size
-        )
-        grey, blind = image_free_answers(self.model, self.processor, qs, images, cfg.max_new_tokens, ids)
+        # The clean image PGD starts from is the processor's own (up to float rounding) unless rounding it to 8 bits
+        # moved it: then `before` is the chosen answer's log-likelihood with the image, as IIG reads it.
+        mine, theirs = self.pixels(raw, sizes).cpu(), prompts["pixel_values"].float()
+        same = mine.shape == theirs.shape and torch.allclose(mine, theirs, rtol=0, atol=1e-4)
+        gains = self.information_gains(prompts, qs, [answers, rejected], images, before if same else None)
+        grey, blind = self.free.answers(qs, images)
         perturbed, raw = unpad(perturbed, sizes), unpad(raw, sizes)
         return [
             self.row(
@@ -248,7 +255,7 @@ class Miner:
                 rejected=rejected[i],
                 perturbed=perturbed[i],
                 raw=raw[i],
-                iig=(float(iig.sum[i]), float(iig.mean[i]), float(iig_rejected.sum[i]), float(iig_rejected.mean[i])),
+                iig=tuple(float(g[i]) for g in gains),
                 free=(grey[i], blind[i]),
                 steps=int(steps_used[i]),
                 logp=(float(before[i]), float(after[i])),
@@ -256,22 +263,57 @@ class Miner:
             for i, rec in enumerate(records)
         ]
 
+    def unmeasured(self, score, perturbed: torch.Tensor, measured: dict[int, float]) -> torch.Tensor:
+        """The ground truth's log-likelihood on each final 8-bit image: PGD's own reading where it read that image
+        (`objective`'s `logps`), a teacher-forced pass for the others."""
+        after = torch.tensor([measured.get(i, 0.0) for i in range(len(perturbed))])
+        missing = torch.tensor([i for i in range(len(perturbed)) if i not in measured], dtype=torch.long)
+        if len(missing):
+            with torch.no_grad():
+                after[missing] = score(perturbed[missing.to(perturbed.device)], missing)[0].sum(1).float().cpu()
+        return after
+
+    def information_gains(self, prompts, questions, answers: list[list[str]], images, chosen_logp=None):
+        """(IIG sum, IIG mean) of each list of `answers` (the chosen ones, then the rejected ones) on the clean
+        images, as `iig.image_information_gain` computes them: the side with the image from the processor's
+        pixels (`prompts`), the chosen side given as `chosen_logp` where the caller holds it; the image-free side
+        once per distinct prompt of the job (`prior.ImageFree`)."""
+        texts = [a for part in answers for a in part]
+        free = self.free.baseline_logp(
+            questions * len(answers), texts, list(images) * len(answers), self.cfg.batch_size
+        )
+        out: list[torch.Tensor] = []
+        for k, part in enumerate(answers):
+            ids = answer_token_ids(self.processor, part)
+            if k == 0 and chosen_logp is not None:
+                with_image = chosen_logp.float().cpu()
+            else:
+                batch, mask = append_completions(prompts, ids, self.processor.tokenizer.pad_token_id)
+                with torch.no_grad():
+                    lp = completion_scores(self.model, batch.to(self.device), mask.to(self.device))[0]
+                with_image = lp.sum(1).float().cpu()
+            gain = with_image - free[k * len(questions) : (k + 1) * len(questions)]
+            out += [gain, gain / torch.tensor([max(1, len(i)) for i in ids], dtype=torch.float32)]
+        return out
+
     def perturb(self, prompts, answer_ids, records: list[Record], raw: torch.Tensor, gen, sizes: Sizes = None):
         """(perturbed images rounded to 8 bits, PGD steps per sample, the greedy answer PGD judged on each final
-        image by batch position: empty for the baselines and without early stop) by the configured method."""
+        image by batch position, the ground truth's log-likelihood PGD read on each final 8-bit image by batch
+        position: both empty for the baselines and without early stop) by the configured method."""
         cfg, eps, step = self.cfg, self.cfg.epsilon / 255, self.cfg.step_size / 255
         if cfg.method == "pgd":
             objective = self.objective(prompts, answer_ids, records, raw, sizes)
             valid = None if sizes is None else valid_pixels(raw, sizes)
             res = pgd(objective, raw, eps, step, cfg.steps, cfg.random_start, cfg.norm, cfg.early_stop, gen, valid)
+            measured = getattr(objective, "logps", {})  # a wrapped objective may not pass it on: then a pass
             perturbed, steps_used, judged = res.images, res.steps_used, objective.answers
         else:
             perturbed = random_perturbation(cfg.method, raw, eps, cfg.diffusion_t, gen)
-            steps_used, judged = torch.zeros(len(records), dtype=torch.long), {}
+            steps_used, judged, measured = torch.zeros(len(records), dtype=torch.long), {}, {}
         # The diffusion baseline is not bounded by epsilon: round it without projecting.
         bound = eps if cfg.method != "diffusion" else 1.0
         rounded = to_uint8_grid(perturbed, raw, bound, cfg.norm if cfg.method == "pgd" else "linf")
-        return rounded, steps_used, judged
+        return rounded, steps_used, judged, measured
 
     def row(
         self, rec: Record, source_index: int, *, clean, rejected, perturbed, raw, iig, free, steps, logp

@@ -13,14 +13,15 @@ source's own labels of the prior (`prior_answer`, reporting only).
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 
 import torch
 from PIL import Image
 
 from mbpo_lit.core.answers import CLOSED_TYPES, extract, is_correct, normalize_phrase
 from mbpo_lit.vlm.chat import encode_prompts
-from mbpo_lit.vlm.iig import neutral_image
+from mbpo_lit.vlm.iig import Baseline, neutral_image
+from mbpo_lit.vlm.logprobs import answer_logprobs
 from mbpo_lit.vlm.sampling import SamplingRule, answer_texts
 
 # `MineConfig.prior_from` -> the columns holding the model's answer without visual evidence.
@@ -54,6 +55,48 @@ def image_free_answers(
         answer_texts(model, processor, grey, max_new_tokens, rule),
         answer_texts(model, processor, blind, max_new_tokens, rule),
     )
+
+
+class ImageFree:
+    """What a model says without visual evidence, computed once per distinct prompt of a mining job.
+
+    The grey image of a record depends on its size only, and the image-free side of IIG on the question and the
+    answer only (plus the size, for the "neutral" baseline), so records that share them share the answer or the
+    log-likelihood: a job of a few question templates decodes each once, not once per record. Each distinct
+    prompt is computed as `image_free_answers` and `iig.image_information_gain` compute it, in one batch of the
+    distinct ones that a chunk adds; the values equal those of a pass per record up to float rounding (which rows
+    share a batch).
+    """
+
+    def __init__(self, model: torch.nn.Module, processor, max_new_tokens: int, baseline: Baseline = "none"):
+        self.model, self.processor, self.max_new_tokens, self.baseline = model, processor, max_new_tokens, baseline
+        self.answers_seen: dict[Hashable, tuple[str, str]] = {}  # (question, image size) -> (grey, no image)
+        self.logp_seen: dict[Hashable, float] = {}  # (question, answer[, image size]) -> log-likelihood (summed)
+
+    def answers(self, questions: Sequence[str], images: Sequence[Image.Image]) -> tuple[list[str], list[str]]:
+        """(greedy answers on a grey image of each record's size, greedy answers with no image), as
+        `image_free_answers` gives them."""
+        keys = [(q, im.size) for q, im in zip(questions, images)]
+        todo = list(dict.fromkeys(k for k in keys if k not in self.answers_seen))
+        if todo:
+            greys = [Image.new("RGB", size) for _, size in todo]  # only the size is read (`neutral_image`)
+            answers = image_free_answers(self.model, self.processor, [q for q, _ in todo], greys, self.max_new_tokens)
+            self.answers_seen.update(zip(todo, zip(*answers)))
+        return [self.answers_seen[k][0] for k in keys], [self.answers_seen[k][1] for k in keys]
+
+    def baseline_logp(
+        self, questions: Sequence[str], answers: Sequence[str], images: Sequence[Image.Image], batch_size: int
+    ) -> torch.Tensor:
+        """The image-free side of IIG: each answer's log-likelihood (summed over its tokens) given the question
+        alone ("none") or with a grey image of the record's size ("neutral"), in batches of `batch_size`."""
+        keys = [(q, a, im.size if self.baseline == "neutral" else None) for q, a, im in zip(questions, answers, images)]
+        todo = list(dict.fromkeys(k for k in keys if k not in self.logp_seen))
+        for start in range(0, len(todo), batch_size):
+            part = todo[start : start + batch_size]
+            greys = None if self.baseline == "none" else [neutral_image(Image.new("RGB", k[2])) for k in part]
+            logp, _ = answer_logprobs(self.model, self.processor, [k[0] for k in part], [k[1] for k in part], greys)
+            self.logp_seen.update(zip(part, logp.sum(1).float().cpu().tolist()))
+        return torch.tensor([self.logp_seen[k] for k in keys])
 
 
 def same_answer(text: str, other: str, answer_type: str, vocabulary=None, choices=None) -> bool:

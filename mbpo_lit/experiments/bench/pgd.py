@@ -8,6 +8,7 @@ import time
 import torch
 
 from mbpo_lit.experiments.bench.config import BenchConfig
+from mbpo_lit.mining.patch_embed import matmul_patch_embeddings
 
 
 def bench_pgd(cfg: BenchConfig, path: str) -> dict:
@@ -44,9 +45,11 @@ def bench_pgd(cfg: BenchConfig, path: str) -> dict:
         return time.perf_counter() - t
 
     # One untimed step warms up the kernels and allocator; then each is timed three times, interleaved, best kept,
-    # so that neither side pays for the other's warm-up or for a burst of background load.
-    completion_logprobs(policy.model, dict(batch, pixel_values=pixels), mask).sum().backward()
-    times = [(seconds(attack), seconds(bare)) for _ in range(3)]
+    # so that neither side pays for the other's warm-up or for a burst of background load. Both sides embed patches
+    # as `Miner.mine` does (`matmul_patch_embeddings`).
+    with matmul_patch_embeddings(policy.model):
+        completion_logprobs(policy.model, dict(batch, pixel_values=pixels), mask).sum().backward()
+        times = [(seconds(attack), seconds(bare)) for _ in range(3)]
     pgd_s, bare_s = min(t[0] for t in times), min(t[1] for t in times)
     return {
         "images_per_s": cfg.pgd_images / pgd_s,
@@ -89,7 +92,7 @@ def bench_mining(cfg: BenchConfig) -> dict:
             moved.append(int(going_on.sum()))
             return logp, going_on
 
-        step.answers = value.answers
+        step.answers, step.logps = value.answers, value.logps
         return step
 
     def timed(*args, **kwargs):
@@ -110,8 +113,9 @@ def bench_mining(cfg: BenchConfig) -> dict:
     loglik = miner.loglik(prompts, answer_token_ids(policy.processor, [r["answer"] for r in records]))
     clean = torch.stack(miner.codec.raw_images(prompts)).to(miner.device)
     start = time.perf_counter()
-    for k in batches:  # a forward+backward per executed sample-step, batched as PGD's steps were
-        loglik(clean[:k].clone().requires_grad_(True), torch.arange(k)).sum().backward()
+    with matmul_patch_embeddings(policy.model):  # the model as `Miner.mine` runs it
+        for k in batches:  # a forward+backward per executed sample-step, batched as PGD's steps were
+            loglik(clean[:k].clone().requires_grad_(True), torch.arange(k)).sum().backward()
     bare_s = time.perf_counter() - start
     needed = sum(r["attack_steps"] + 1 for r in rows)
     return {
