@@ -124,14 +124,13 @@ def mine_config(variant: Variant, cfg: AblationConfig, base_model: str, seed: in
 def mine_pairs(mc) -> str:
     """Mine (or reuse) a pair set; returns its dataset directory. The candidates are mined once into the
     directory above `mc.out` (resumable: a killed job continues), and `mc`'s pair filter picks from them."""
-    from mbpo_lit.mining import MineConfig, mine_pairs
-    from mbpo_lit.mining.refilter import FILTER_FIELDS, refilter
+    from mbpo_lit.mining import mine_pairs
+    from mbpo_lit.mining.refilter import candidates_job, refilter
 
     dataset = Path(mc.out) / "dataset"
     if (dataset / "dataset_info.json").is_file() and (Path(mc.out) / "summary.json").is_file():
         return str(dataset)
-    neutral = {f.name: f.default for f in dataclasses.fields(MineConfig) if f.name in FILTER_FIELDS}
-    job = dataclasses.replace(mc, out=str(Path(mc.out).parent / "candidates"), **neutral)
+    job = candidates_job(mc, out=str(Path(mc.out).parent / "candidates"))
     if not (Path(job.out) / "summary.json").is_file():
         mine_pairs(job, progress=False)
     return str(refilter(job.out, mc))

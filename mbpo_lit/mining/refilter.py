@@ -21,10 +21,20 @@ from mbpo_lit.mining.job import job_source, summarize, summary_order, write_data
 FILTER_FIELDS = ("pair_filter", "prior_from", "iig_filter", "iig_fraction", "iig_threshold")
 
 
+def candidates_job(cfg: MineConfig, out: str = "") -> MineConfig:
+    """The job that mines `cfg`'s candidates into `out`: `cfg` with the filter's settings at their defaults."""
+    neutral = {f.name: f.default for f in dataclasses.fields(MineConfig) if f.name in FILTER_FIELDS}
+    return dataclasses.replace(cfg, out=out, **neutral)
+
+
 def candidates_key(cfg: MineConfig) -> str:
     """The settings that decide a job's candidates (all but the filter's and the output folder), as JSON."""
-    neutral = {f.name: f.default for f in dataclasses.fields(MineConfig) if f.name in FILTER_FIELDS}
-    return settings_json(dataclasses.replace(cfg, out="", **neutral))
+    return settings_json(candidates_job(cfg))
+
+
+def _candidate_settings(settings: dict) -> dict:
+    """A job's settings (its config.json) less the filter's and the output folder."""
+    return {k: v for k, v in settings.items() if k not in FILTER_FIELDS and k != "out"}
 
 
 def refilter(mined: str | Path, cfg: MineConfig) -> Path:
@@ -34,10 +44,8 @@ def refilter(mined: str | Path, cfg: MineConfig) -> Path:
     config = mined / "config.json"
     if not config.is_file() or not (mined / "summary.json").is_file():
         raise SettingsError(f"refilter: {mined} holds no finished mining job (no config.json / summary.json)")
-    job = json.loads(config.read_text())
-    ours = json.loads(candidates_key(cfg))
-    theirs = {k: v for k, v in job.items() if k not in FILTER_FIELDS and k != "out"}
-    ours = {k: v for k, v in ours.items() if k not in FILTER_FIELDS and k != "out"}
+    theirs = _candidate_settings(json.loads(config.read_text()))
+    ours = _candidate_settings(json.loads(candidates_key(cfg)))
     if differs := sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k)):
         raise SettingsError(f"refilter: {mined} was mined with other settings than the pair filter's ({differs})")
     out.mkdir(parents=True, exist_ok=True)
