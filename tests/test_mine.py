@@ -333,3 +333,30 @@ def test_a_step_proven_correct_by_the_forward_pass_is_not_decoded_and_changes_no
         assert [r[key] for r in proven] == [r[key] for r in always], key
     assert sum(r["attack_steps"] for r in always) > len(records)  # the attack took steps: there was work to skip
     assert with_proof < sum(decoded) / 2
+
+
+def test_a_shard_is_the_file_datasets_writes_for_the_rows(tmp_path, photos):
+    """`write_shard` writes what `Dataset.from_list(rows).to_parquet` writes (same schema, features and rows,
+    photographs of mixed sizes included), atomically: no temporary file is left."""
+    import pyarrow.parquet as pq
+    from datasets import Dataset
+
+    from mbpo_lit.mining.job import write_shard
+
+    rows = [
+        {
+            "id": f"p{i}",
+            "rejected": [{"role": "assistant", "content": [{"type": "text", "text": "Yes, there is a cat."}]}],
+            "images": [photo],
+            "perturbed_image": photo.rotate(90, expand=True),
+            "iig_mean": float(i) / 3,
+            "kept": i % 2 == 0,
+            "choices": json.dumps(["a cat", "a dog"]),
+        }
+        for i, photo in enumerate(photos)
+    ]
+    write_shard(rows, tmp_path / "ours.parquet")
+    Dataset.from_list(rows).to_parquet(str(tmp_path / "theirs.parquet"))
+    ours, theirs = pq.read_table(tmp_path / "ours.parquet"), pq.read_table(tmp_path / "theirs.parquet")
+    assert ours.schema.equals(theirs.schema, check_metadata=True) and ours.equals(theirs)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ours.parquet", "theirs.parquet"]

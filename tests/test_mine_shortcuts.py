@@ -1,13 +1,14 @@
 """What the miner skips or computes another way, for speed, and that each gives the values of the long way: patch
-embeddings as a matrix product, the answers and IIG side without visual evidence once per distinct prompt, the
-chosen answer's IIG from the clean pass, and `logp_after` from PGD's own 8-bit reading."""
+embeddings as a matrix product, windowed vision attention in one batched call, the answers and IIG side without
+visual evidence once per distinct prompt, the chosen answer's IIG from the clean pass, and `logp_after` from PGD's
+own 8-bit reading."""
 
 import pytest
 import torch
 
 from mbpo_lit.mining import MineConfig, Miner
 from mbpo_lit.mining import prior as prior_module
-from mbpo_lit.mining.patch_embed import is_patch_conv, matmul_patch_embeddings
+from mbpo_lit.mining.fast_vision import fast_vision, is_patch_conv, is_window_attention, matmul_patch_embeddings
 from mbpo_lit.mining.prior import ImageFree
 from mbpo_lit.testbed.tiny import ensure_tiny_checkpoint
 from mbpo_lit.testbed.world_source import WorldSource
@@ -69,6 +70,32 @@ def test_patch_embeddings_as_a_matrix_product_equal_the_convolution_and_are_undo
         assert torch.allclose(wide(one), torch.nn.functional.conv2d(one, wide.weight, wide.bias, stride=4), atol=1e-5)
 
 
+@pytest.mark.parametrize("arch", ["qwen2_5_vl", "qwen2_vl"])
+def test_windowed_attention_batched_equals_the_models_loop_and_is_undone_after(arch, tiny_root, photos, monkeypatch):
+    """Photographs of one size: every window has one length and the model's own attention loop never runs, yet
+    forward values and pixel gradients through the whole model agree to float rounding. Photographs of mixed sizes
+    keep the model's loop. Both Qwen-VL generations; no instance `forward` is left after."""
+    path = str(ensure_tiny_checkpoint(arch, tiny_root))
+    policy = load_policy(ModelConfig(path, precision="fp32", quantization="none", lora=None, device="cpu"))
+    policy.model.requires_grad_(False)
+    attns = [m for m in policy.model.modules() if is_window_attention(m)]
+    assert attns
+    own = type(attns[0]).forward
+    looped: list[int] = []
+    monkeypatch.setattr(type(attns[0]), "forward", lambda *a, **k: looped.append(1) or own(*a, **k))
+    square = [p.resize((112, 112)) for p in photos]
+    for images, batched in [(square, True), (photos, False)]:
+        loop_logp, loop_grad = scores_and_pixel_gradient(policy, images)
+        looped.clear()
+        with fast_vision(policy.model) as (_, swapped):
+            assert swapped == len(attns)
+            fast_logp, fast_grad = scores_and_pixel_gradient(policy, images)
+        assert (not looped) == batched, (arch, batched, len(looped))
+        assert torch.allclose(fast_logp, loop_logp, atol=1e-4) and torch.allclose(fast_grad, loop_grad, atol=1e-5)
+        assert loop_grad.abs().max() > 1e-3
+    assert all("forward" not in vars(m) for m in attns)
+
+
 def test_image_free_answers_and_log_likelihoods_are_computed_once_per_distinct_prompt(qwen, photos, monkeypatch):
     """Grey-image and no-image answers equal `image_free_answers` record by record, and IIG's image-free side
     equals `image_information_gain`'s, for both baselines; each distinct (question, image size) is decoded once
@@ -100,9 +127,9 @@ def test_image_free_answers_and_log_likelihoods_are_computed_once_per_distinct_p
 
 def test_mined_iig_and_logp_after_equal_the_passes_they_replace(biased, monkeypatch):
     """On the default config's records (the clean image is the processor's): each row's IIG of the chosen and of
-    the rejected answer is `image_information_gain`'s, and `logp_after` (read by PGD on each successful sample's
-    final 8-bit image) is a fresh pass on the saved picture; only the samples PGD did not read there are scored
-    again after the attack."""
+    the rejected answer is `image_information_gain`'s, and `logp_after` (read by PGD on a sample's final 8-bit
+    image where it read that image) is a fresh pass on the saved picture; only the samples PGD did not read there are scored
+    again after the attack, in one pass."""
     source = WorldSource(["train"], 16)
     records = source.load()[0]
     cfg = MineConfig(model="biased", source=source, n=16, batch_size=16, iig_filter="none")
@@ -119,32 +146,50 @@ def test_mined_iig_and_logp_after_equal_the_passes_they_replace(biased, monkeypa
     other = image_information_gain(biased.model, biased.processor, qs, rejected, images)
     for key, want in [("iig_sum", chosen.sum), ("iig_mean", chosen.mean), ("iig_rejected_mean", other.mean)]:
         assert torch.allclose(torch.tensor([r[key] for r in rows]), want, atol=1e-4), key
-    # every successful sample was read on its final 8-bit image: only failed ones, if any, are scored again
-    assert sum(r["kept"] for r in rows) >= 8 and len(rescored) == 1 and rescored[0] <= sum(not r["kept"] for r in rows)
+    # the samples PGD did not read on their final 8-bit image are scored again, in one pass
+    assert sum(r["kept"] for r in rows) >= 8 and len(rescored) == 1
     prompts = encode_prompts(biased.processor, qs, images)
     saved = torch.stack([to_raw(r["perturbed_image"]) for r in rows])
     fresh = miner.loglik(prompts, answer_token_ids(biased.processor, [r["answer"] for r in records]))(saved)
     assert torch.allclose(torch.tensor([r["logp_after"] for r in rows]), fresh.detach(), atol=1e-4)
 
 
-def test_a_reading_of_an_earlier_image_is_never_kept_for_a_sample_judged_by_the_margin(biased):
-    """PGD's objective keeps the 8-bit log-likelihood of each sample's last judged image only: a sample read on
-    8 bits at one step and judged by the margin at the next has none (its image has moved since)."""
+def test_the_margin_judges_both_ways_and_only_the_samples_within_it_are_read_on_8_bits(biased, monkeypatch):
+    """PGD's objective reads a sample's 8-bit image with a teacher-forced pass only when its differentiable pass
+    leaves the answer open: the ground truth leading every position by less than `judge_margin`, and no other
+    token leading any position by as much. A sample whose ground truth leads is correct with no pass; one where
+    another token leads is decoded straight away (its answer is the 8-bit greedy one all the same). Only the samples
+    read keep an 8-bit log-likelihood, and a reading of an earlier image is dropped once a sample is judged by the
+    margin."""
     source = WorldSource(["train"], 32)
     records = source.load()[0]
     cfg = MineConfig(model="biased", source=source, n=32, judge_margin=None)
     miner = Miner(biased.model, biased.processor, cfg, source.vocabulary)
+    read: list[int] = []
+    scorer = Miner.scorer
+
+    def counting(self, *args, **kwargs):
+        score = scorer(self, *args, **kwargs)
+        return lambda images, index=None: (
+            read.extend([] if torch.is_grad_enabled() else index.tolist()) or score(images, index)
+        )
+
+    monkeypatch.setattr(Miner, "scorer", counting)
     qs, images = [r["question"] for r in records], [r["image"] for r in records]
     prompts = encode_prompts(biased.processor, qs, images)
     ids = answer_token_ids(biased.processor, [r["answer"] for r in records])
-    raw = torch.stack(miner.codec.raw_images(prompts))
+    raw = torch.stack(miner.codec.raw_images(prompts))  # 8-bit already: the rounded image is the image
     objective = miner.objective(prompts, ids, records, raw)
     everyone = torch.arange(len(records))
     objective(raw.clone().requires_grad_(True), everyone)  # judge_margin None: every sample read on 8 bits
-    assert sorted(objective.logps) == everyone.tolist()
-    miner.cfg.judge_margin = 0.0  # now every sample whose ground truth is the greedy answer is judged by the margin
-    scores = miner.scorer(prompts, ids)(raw)
+    assert sorted(objective.logps) == sorted(read) == everyone.tolist()
+    scores = miner.scorer(prompts, ids)(raw, everyone)
+    lead = float(scores.margin.abs().median())  # samples on both sides of the margin, and within it
+    right, wrong = scores.greedy & (scores.margin >= lead), scores.margin <= -lead
+    within = [i for i in everyone.tolist() if not right[i] and not wrong[i]]
+    assert right.any() and wrong.any() and within, (lead, scores.margin)
+    miner.cfg.judge_margin, read[:] = lead, []
     objective(raw.clone().requires_grad_(True), everyone)
-    by_margin = scores.greedy.tolist()
-    assert any(by_margin) and not all(by_margin)
-    assert sorted(objective.logps) == [i for i, g in enumerate(by_margin) if not g]
+    assert sorted(read) == sorted(objective.logps) == within
+    decoded = miner.answer(prompts, raw)
+    assert all(objective.answers[i] == decoded[i] for i in wrong.nonzero().squeeze(1).tolist())

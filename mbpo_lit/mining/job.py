@@ -34,7 +34,7 @@ from mbpo_lit.core.errors import SettingsError
 from mbpo_lit.data.sources import Record, Records, RecordSource, SourceError, as_source, report_skipped
 from mbpo_lit.mining.config import MineConfig, check, settings_json
 from mbpo_lit.mining.filters import apply_pair_filter
-from mbpo_lit.mining.miner import Miner
+from mbpo_lit.mining.miner import MinedRow, Miner
 from mbpo_lit.mining.prior import PRIOR_COLUMNS, conflicts_with_prior
 from mbpo_lit.vlm.arch import pixel_budget
 
@@ -161,8 +161,6 @@ def mine_shards(
     progress: bool = True,
 ) -> int:
     """Mine every chunk of `records` that has no shard in `shards` yet; returns how many records it mined."""
-    from datasets import Dataset
-
     size = miner.cfg.batch_size
     done = {p.name for p in shards.glob("*.parquet")}
     chunks = [(s, min(s + size, len(records))) for s in range(0, len(records), size)]
@@ -175,14 +173,25 @@ def mine_shards(
         rows = miner.mine(chunk, s)
         for r, rec in zip(rows, chunk):
             r["source_index"] = rec.get("source_index", r["source_index"])
-        tmp = shards / (shard_name(s, e) + ".tmp")
-        Dataset.from_list(rows).to_parquet(str(tmp))
-        os.replace(tmp, shards / shard_name(s, e))  # atomic: a shard is whole or absent
+        write_shard(rows, shards / shard_name(s, e))
         bar.update(e - s)
         if on_chunk:
             on_chunk(s)
     bar.close()
     return sum(e - s for s, e in todo)
+
+
+def write_shard(rows: list[MinedRow], path: Path) -> None:
+    """One chunk's rows as a Parquet file, atomically (a shard is whole or absent): the file
+    `Dataset.from_list(rows).to_parquet` writes (same columns, types and features), by the writer `datasets`
+    itself uses, without building an in-memory dataset (whose fingerprint hashes every image of the chunk)."""
+    from datasets.arrow_writer import ParquetWriter
+
+    tmp = path.with_name(path.name + ".tmp")
+    with ParquetWriter(path=str(tmp)) as writer:
+        writer.write_batch({k: [r[k] for r in rows] for k in rows[0]})
+        writer.finalize()
+    os.replace(tmp, path)
 
 
 def write_dataset(out: Path, cfg: MineConfig, vocabulary=None):

@@ -20,7 +20,7 @@ from mbpo_lit.core.answers import is_correct
 from mbpo_lit.core.attack import pgd, random_perturbation, to_uint8_grid
 from mbpo_lit.data.sources import Record
 from mbpo_lit.mining.config import MineConfig
-from mbpo_lit.mining.patch_embed import matmul_patch_embeddings
+from mbpo_lit.mining.fast_vision import fast_vision
 from mbpo_lit.mining.prior import ImageFree, accepts
 from mbpo_lit.vlm.chat import answer_token_ids, append_completions, encode_prompts, take_rows, user_message
 from mbpo_lit.vlm.codec import PixelCodec, pad_stack, to_pil, unpad
@@ -141,13 +141,15 @@ class Miner:
 
         "Still correct" is the verifier's judgement of the greedy answer from the images rounded to 8 bits inside
         the ball around `raw` (the picture that will be saved, `read`), so an answer worded unlike the ground truth
-        ("Yes." for "yes") is not mistaken for a successful attack. Where the differentiable pass itself shows the
-        ground truth leading every answer position by `MineConfig.judge_margin` logits or more, far beyond what
-        rounding to 8 bits moves them (results/mining.md), that answer stands for the 8-bit one and nothing else
-        runs. The greedy answer of each sample's last judged image is kept in the function's `answers` (batch
-        position -> text): it is the rejected answer. Where that image was read on 8 bits, the ground truth's
-        log-likelihood there is kept in `logps` (batch position -> float): it is `logp_after`, with no pass again
-        (every successful sample's is; a sample last judged by the margin has none). Without `records` (or with
+        ("Yes." for "yes") is not mistaken for a successful attack. The differentiable pass settles what it can,
+        as long as its lead is `MineConfig.judge_margin` logits or more, far beyond what rounding to 8 bits moves
+        it (results/mining.md): where the ground truth leads every answer position by that much, that answer
+        stands for the 8-bit one and nothing else runs; where another token leads some answer position by that
+        much, the 8-bit greedy answer is not the ground truth, so it is decoded with no teacher-forced pass on the
+        8-bit image. The greedy answer of each sample's last judged image is kept in the function's `answers`
+        (batch position -> text): it is the rejected answer. Where that image was read by a teacher-forced pass on
+        8 bits, the ground truth's log-likelihood there is kept in `logps` (batch position -> float): it is
+        `logp_after`, with no pass again (a sample last judged otherwise has none). Without `records` (or with
         early_stop off) nothing is judged and every sample counts as not yet successful.
         """
         score, eps, cfg = self.scorer(prompts, answers_ids, sizes), self.cfg.epsilon / 255, self.cfg
@@ -163,16 +165,18 @@ class Miner:
             lead = float("inf") if cfg.judge_margin is None else cfg.judge_margin
             sure = (scores.greedy & (scores.margin >= lead)).cpu()
             sure &= fits[index.cpu()] & self.provable()
+            # another token leads some position by the margin: decode with no 8-bit teacher-forced pass
+            wrong = ((scores.margin <= -lead) & (scores.margin < 0)).cpu() & self.provable()
             texts = [truths[i] if s else "" for i, s in zip(index.tolist(), sure.tolist())]
-            for i in index[sure.to(index.device)].tolist():  # judged by the margin: no 8-bit value of this image
-                logps.pop(i, None)
             if not sure.all():  # the others are judged on their 8-bit images
                 unsure = (~sure).nonzero().squeeze(1).to(images.device)
                 base = raw[index[unsure]] if raw is not None else images[unsure].detach()
                 rounded = to_uint8_grid(images[unsure].detach(), base, eps, cfg.norm)
-                logp, read = self.read(score, prompts, rounded, index[unsure], answers_ids, truths, sizes)
+                logp, read = self.read(score, prompts, rounded, index[unsure], answers_ids, truths, sizes, wrong[~sure])
                 for j, t, v in zip(unsure.tolist(), read, logp.tolist()):
                     texts[j], logps[int(index[j])] = t, v
+            for i in index[(sure | wrong).to(index.device)].tolist():  # no 8-bit reading of this image
+                logps.pop(i, None)
             answers.update(zip(index.tolist(), texts))
             correct = torch.tensor([not self.is_wrong(records[i], t) for i, t in zip(index.tolist(), texts)])
             return scores.logp.sum(1), correct
@@ -180,17 +184,34 @@ class Miner:
         value.answers, value.logps = answers, logps
         return value
 
-    def read(self, score, prompts, images: torch.Tensor, index: torch.Tensor, answers_ids, truths, sizes: Sizes):
+    def read(
+        self,
+        score,
+        prompts,
+        images: torch.Tensor,
+        index: torch.Tensor,
+        answers_ids,
+        truths,
+        sizes: Sizes,
+        not_greedy: torch.Tensor | None = None,
+    ):
         """(ground-truth log-likelihood, greedy answer) of the samples at `index` given 8-bit `images`.
 
         One teacher-forced pass gives both the log-likelihood and, where every ground-truth token (the end token
         included) is the argmax given the ones before it, the greedy answer itself: decoding would reproduce the
         ground truth's tokens (`truths`, decoded as `answer_texts` decodes), as long as they fit in
-        `max_new_tokens`. Only the other samples are decoded (`answer`)."""
-        with torch.no_grad():
-            logp, greedy, _ = score(images, index)
-        fits = [len(answers_ids[i]) <= self.cfg.max_new_tokens for i in index.tolist()]
-        proven = [bool(g) and f and self.provable() for g, f in zip(greedy.tolist(), fits)]
+        `max_new_tokens`. Only the other samples are decoded (`answer`). Samples flagged in `not_greedy` (the
+        caller has shown the ground truth is not their greedy answer) are decoded without that pass, and their
+        log-likelihood is NaN."""
+        skip = torch.zeros(len(index), dtype=torch.bool) if not_greedy is None else not_greedy.cpu()
+        logp, proven = torch.full((len(index),), float("nan")), [False] * len(index)
+        if not skip.all():
+            scored = (~skip).nonzero().squeeze(1)
+            with torch.no_grad():
+                lp, greedy, _ = score(images[scored.to(images.device)], index[scored.to(index.device)])
+            logp[scored] = lp.sum(1).float().cpu()
+            for j, g in zip(scored.tolist(), greedy.tolist()):
+                proven[j] = bool(g) and len(answers_ids[int(index[j])]) <= self.cfg.max_new_tokens and self.provable()
         texts = [truths[i] if p else "" for i, p in zip(index.tolist(), proven)]
         todo = [j for j, p in enumerate(proven) if not p]
         if todo:
@@ -198,7 +219,7 @@ class Miner:
             decoded = self.answer(prompts, images[picked], index=index[picked.to(index.device)], sizes=sizes)
             for j, t in zip(todo, decoded):
                 texts[j] = t
-        return logp.sum(1), texts
+        return logp, texts
 
     def provable(self) -> bool:
         """Whether a teacher-forced pass may stand for a greedy decode (`read`, `objective`); False decodes every
@@ -214,10 +235,11 @@ class Miner:
         Every image the model answers from, and every score recorded, is the 8-bit one (`to_uint8_grid`): the
         saved `perturbed_image` reproduces the recorded rejected answer and `logp_after`.
 
-        The vision tower embeds patches by a matrix product while the chunk is mined (`patch_embed`: the same
-        function, its input gradient 15 times cheaper on the CPU); the model is as it was after.
+        While the chunk is mined, the vision tower embeds patches by a matrix product and attends within its
+        windows in one batched call (`fast_vision`: the same functions, cheaper on the CPU); the model is as it was
+        after.
         """
-        with matmul_patch_embeddings(self.model):
+        with fast_vision(self.model):
             return self._mine(records, start)
 
     def _mine(self, records: list[Record], start: int) -> list[MinedRow]:
