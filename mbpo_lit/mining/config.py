@@ -60,8 +60,9 @@ class MineConfig:
     """longest rejected answer decoded from the perturbed image."""
     judge_margin: float | None = 0.5
     """with early_stop, a PGD step whose differentiable pass shows the ground truth leading every answer position
-    by this many logits counts as still correct without a pass on the 8-bit image (rounding moves the lead by
-    about a hundredth of a logit: results/mining.md); None judges every step on the 8-bit image."""
+    by this many logits counts as still correct without a pass on the 8-bit image, and one where another token
+    leads an answer position by as much is decoded without that pass (rounding moves a lead by about a hundredth
+    of a logit: results/mining.md); None judges every step on the 8-bit image."""
     iig_filter: Literal["high", "low", "none"] = "high"
     """the IIG rule: keep the "high" or "low" Image Information Gain pairs (by the score `pair_filter` names), or
     "none" (no filter)."""

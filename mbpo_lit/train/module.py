@@ -52,6 +52,9 @@ torch.serialization.add_safe_globals([ModelConfig, LoraSettings, Sampling, Loss,
 # Lightning warns when modules are in eval mode as training starts (a checkpoint loads in eval mode). Every step sets
 # the mode it needs itself: eval to sample the rollout, train for the loss passes.
 warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
+# Lightning's pytree helper (`lightning.pytorch.utilities._pytree`) builds a torch `LeafSpec`, deprecated by torch: a
+# FutureWarning about Lightning's internals, at every fit, that a user cannot act on.
+warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning)
 
 
 class MBPOModule(L.LightningModule):

@@ -89,7 +89,11 @@ def checkpointing(model: PreTrainedModel | PeftModel) -> bool:
     """Whether gradient checkpointing is active now: transformers' checkpointed layers recompute in the backward
     and drop a KV cache unless allowed to keep it (`_layers_keep_the_cache`)."""
     base = unwrap(model)
-    return base.is_gradient_checkpointing and base.training and torch.is_grad_enabled()
+    if not (base.training and torch.is_grad_enabled()):
+        return False
+    # transformers 5.25 renamed the property; the old name still answers, with a FutureWarning on every call
+    modern = hasattr(type(base), "is_activation_checkpointing")
+    return base.is_activation_checkpointing if modern else base.is_gradient_checkpointing
 
 
 def check_frozen_vision(model: torch.nn.Module, arch: Arch) -> None:

@@ -125,7 +125,8 @@ def bench_mbpo(cfg: BenchConfig, path: str, share_prefix: bool = True, trainer_p
     stats = step_stats(timer.times, cfg.warmup)
     out = step_results(cfg, stats, tokens[0], calls, peak_memory_mb(module.device))
     return out | {
-        "gradient_checkpointing": module.model.get_base_model().is_gradient_checkpointing,
+        # read from the model, not the settings: whether the layers did checkpoint
+        "gradient_checkpointing": any(getattr(m, "gradient_checkpointing", False) for m in module.model.modules()),
         "trainer_precision": trainer_precision,
         "trainable_dtypes": sorted({str(p.dtype) for p in module.model.parameters() if p.requires_grad}),
     }
