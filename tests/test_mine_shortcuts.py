@@ -128,8 +128,8 @@ def test_image_free_answers_and_log_likelihoods_are_computed_once_per_distinct_p
 def test_mined_iig_and_logp_after_equal_the_passes_they_replace(biased, monkeypatch):
     """On the default config's records (the clean image is the processor's): each row's IIG of the chosen and of
     the rejected answer is `image_information_gain`'s, and `logp_after` (read by PGD on a sample's final 8-bit
-    image where it read that image) is a fresh pass on the saved picture; only the samples PGD did not read there are scored
-    again after the attack, in one pass."""
+    image where it read that image) is a fresh pass on the saved picture; only the samples PGD did not read there
+    are scored again after the attack, in one pass."""
     source = WorldSource(["train"], 16)
     records = source.load()[0]
     cfg = MineConfig(model="biased", source=source, n=16, batch_size=16, iig_filter="none")
