@@ -1,6 +1,7 @@
 """The evaluator: scoring against hand-made records, free-form answers, POPE files, the world, the CLI."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -83,6 +84,22 @@ def test_paired_change_is_exact_on_the_full_set_and_its_interval_pairs_the_recor
     assert change_column(c)["accuracy"].startswith("+0.050 [")
     table = format_table({"before": {"accuracy": 0.5}, "change [95% CI]": change_column(c)})
     assert "+0.050 [" in table.splitlines()[1]
+
+
+def test_a_change_the_bootstrap_gives_no_interval_says_so_in_the_console_and_the_model_card():
+    """One counting question among 30: most resamples draw it, some do not, so its metric has no interval (NaN).
+    The console table and the exported model card say "no interval", not "[+nan, +nan]"."""
+    from mbpo_lit.train.card import before_after_table
+
+    records = [rec("yes", "yes_no", "existence") | {"id": i} for i in range(29)] + [rec("3", "number", "count")]
+    before, after = ["yes"] * 29 + ["2"], ["yes"] * 29 + ["3"]
+    c = paired_change(records, before, after, n_boot=200)
+    assert math.isnan(c["count_accuracy"]["ci95_low"]) and c["count_accuracy"]["change"] == 1.0
+    assert change_column(c)["count_accuracy"] == "+1.000 [no interval]"
+    assert change_column(c)["accuracy"].startswith("+0.033 [+")
+    facts = {"before": {"summary": {k: v["before"] for k, v in c.items()}}, "after": {"summary": {}}, "change": c}
+    card = before_after_table(facts)
+    assert "| count_accuracy | 0.000 | - | +1.000 [no interval] |" in card and "nan" not in card
 
 
 def test_paired_change_recomputes_chair_per_resample_and_refuses_unequal_lengths():

@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 
+def format_change(c: dict[str, float]) -> str:
+    """One metric of `paired_change`: "+0.008 [+0.003, +0.013]", or "+0.008 [no interval]" where the bootstrap
+    gave none (some resamples held no record the metric is computed on, so its interval is NaN)."""
+    low, high = c["ci95_low"], c["ci95_high"]
+    if math.isnan(low) or math.isnan(high):
+        return f"{c['change']:+.3f} [no interval]"
+    return f"{c['change']:+.3f} [{low:+.3f}, {high:+.3f}]"
+
+
 def change_column(change: dict[str, dict[str, float]]) -> dict[str, str]:
-    """`paired_change` as a table column: "+0.008 [+0.003, +0.013]" per metric."""
-    return {k: f"{c['change']:+.3f} [{c['ci95_low']:+.3f}, {c['ci95_high']:+.3f}]" for k, c in change.items()}
+    """`paired_change` as a table column: `format_change` per metric."""
+    return {k: format_change(c) for k, c in change.items()}
 
 
 def format_table(columns: dict[str, dict], metrics: Sequence[str] | None = None) -> str:

@@ -16,6 +16,7 @@ from pathlib import Path
 import yaml
 from huggingface_hub import HfApi, ModelCard, ModelCardData
 
+from mbpo_lit.evaluation.tables import format_change
 from mbpo_lit.vlm.hub import looks_local
 
 TAGS = ["mbpo", "mbpo_lit", "preference-optimization", "grpo", "lora", "merged", "vision-language"]
@@ -87,7 +88,7 @@ def before_after_table(results: dict) -> str:
     lines = ["| metric | before | after | change [95% CI] |", "| --- | --- | --- | --- |"]
     for metric in dict.fromkeys([*before, *after]):
         c = change.get(metric)
-        delta = f"{c['change']:+.3f} [{c['ci95_low']:+.3f}, {c['ci95_high']:+.3f}]" if c else "-"
+        delta = format_change(c) if c else "-"
         lines.append(f"| {metric} | {_cell(before.get(metric, '-'))} | {_cell(after.get(metric, '-'))} | {delta} |")
     return "\n".join(lines)
 
