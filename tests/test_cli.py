@@ -153,3 +153,47 @@ def test_the_command_reference_lists_every_option(command, monkeypatch, capsys):
     assert run_entry([command, "--help"], monkeypatch) in (0, None)
     options = set(re.findall(r"^  (--[\w.+-]+)", capsys.readouterr().out, re.M))
     assert options and not {o for o in options if o not in reference}, f"regenerate the reference for `{command}`"
+
+
+@pytest.mark.parametrize("command", ["mine", "evaluate", "export"])
+def test_a_pinned_hub_revision_reaches_the_hub(command, tmp_path, monkeypatch):
+    """`--revision` of mine and evaluate, and for export the recipe's `model.model.revision` (the fit pinned it),
+    is the revision the base model's hub files are asked for; the export's model card names it."""
+    import yaml
+
+    from mbpo_lit.evaluation import EvalConfig, evaluate_model
+    from mbpo_lit.mining import MineConfig, mine_pairs
+    from mbpo_lit.testbed.world_source import WorldSource
+    from mbpo_lit.train.card import CardFacts, model_card
+    from mbpo_lit.train.export import ExportConfig, export_model
+    from mbpo_lit.vlm import policy
+
+    asked = []
+
+    class Hub:  # the hub, as AutoConfig reaches it: record what is asked for, then be unreachable
+        @staticmethod
+        def from_pretrained(name, **kwargs):
+            asked.append((name, kwargs.get("revision")))
+            raise OSError("offline")
+
+    monkeypatch.setattr(policy, "AutoConfig", Hub)
+    if command == "mine":
+        cfg = MineConfig(
+            model="someone/vlm", revision="abc123", source=WorldSource(["train"], 2), n=2, out=str(tmp_path)
+        )
+        run = lambda: mine_pairs(cfg, progress=False)  # noqa: E731
+    elif command == "evaluate":
+        cfg = EvalConfig(model="someone/vlm", revision="abc123", data=WorldSource(["eval_in_prior"], 2))
+        run = lambda: evaluate_model(cfg)  # noqa: E731
+    else:
+        (tmp_path / "adapter").mkdir()
+        (tmp_path / "adapter" / "adapter_config.json").write_text("{}")
+        recipe = {"model": {"model": {"name_or_path": "someone/vlm", "revision": "abc123"}}}
+        (tmp_path / "logs").mkdir()
+        (tmp_path / "logs" / "config.yaml").write_text(yaml.safe_dump(recipe))
+        run = lambda: export_model(ExportConfig(run=str(tmp_path)))  # noqa: E731
+    with pytest.raises(FileNotFoundError, match="someone/vlm"):
+        run()
+    assert asked == [("someone/vlm", "abc123")]
+    card = str(model_card(CardFacts("someone/vlm", "adapter", "bf16", revision="abc123")))
+    assert "- base model: `someone/vlm` at revision `abc123`" in card

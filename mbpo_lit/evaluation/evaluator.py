@@ -154,6 +154,8 @@ class EvalConfig:
     `--data Pope --data.path FILE --data.image_root val2014/`, or any `RecordSource` class_path."""
     adapter: str | None = None
     """a LoRA adapter folder (peft format) to apply on top of `model`."""
+    revision: str | None = None
+    """hub revision (branch, tag or commit) of `model` where it is a hub id."""
     batch_size: int = 32
     """prompts per generation batch."""
     max_new_tokens: int = 24
@@ -193,6 +195,7 @@ def evaluate_model(cfg: EvalConfig) -> dict:
             quantization=cfg.quantization,
             lora=None,
             adapter_path=cfg.adapter,
+            revision=cfg.revision,
             min_pixels=cfg.min_pixels,
             max_pixels=cfg.max_pixels,
         )

@@ -27,6 +27,9 @@ class MineConfig:
     """output directory (shards, skipped.jsonl, dataset/, summary.json); a killed job resumes in it."""
     adapter: str | None = None
     """a LoRA adapter (peft format) on top of `model`."""
+    revision: str | None = None
+    """hub revision (branch, tag or commit) of `model` where it is a hub id: pin it to mine on the weights the fit
+    trains (`model.model.revision`)."""
     n: int = 256
     """how many usable source records to mine (the first n the source gives); a source without an `n` of its
     own reads only n records."""
@@ -142,9 +145,9 @@ def settings_json(cfg: MineConfig) -> str:
     def plain(o):
         return {"class": type(o).__name__, **vars(o)} if isinstance(o, RecordSource) else str(o)
 
-    # `overwrite` is how to start over, not a property of the job's data. An unset image budget and the default
-    # pair filter are left out, so a job started before they existed resumes as it was.
-    unset = {"min_pixels": None, "max_pixels": None, "pair_filter": "iig", "prior_from": "grey"}
+    # `overwrite` is how to start over, not a property of the job's data. An unset image budget or revision and the
+    # default pair filter are left out, so a job started before they existed resumes as it was.
+    unset = {"min_pixels": None, "max_pixels": None, "pair_filter": "iig", "prior_from": "grey", "revision": None}
     settings = {
         k: v for k, v in dataclasses.asdict(cfg).items() if k != "overwrite" and not (k in unset and v == unset[k])
     }

@@ -62,6 +62,7 @@ def mine_pairs(cfg: MineConfig, on_chunk: Callable[[int], None] | None = None, p
             quantization=cfg.quantization,
             lora=None,
             adapter_path=cfg.adapter,
+            revision=cfg.revision,
             min_pixels=cfg.min_pixels,
             max_pixels=cfg.max_pixels,
         )

@@ -35,6 +35,7 @@ class CardFacts:
     recipe_path: Path | None = None
     before_after: dict | None = None
     check: dict = field(default_factory=dict)
+    revision: str | None = None  # the base model's hub revision, where one was pinned
 
 
 def find_recipe(run: Path) -> Path | None:
@@ -51,6 +52,11 @@ def read_recipe(path: Path | None) -> dict | None:
 def recipe_model(recipe: dict | None) -> str | None:
     """The base model a recipe trained (`model.model.name_or_path`)."""
     return ((recipe or {}).get("model") or {}).get("model", {}).get("name_or_path")
+
+
+def recipe_revision(recipe: dict | None) -> str | None:
+    """The hub revision of the base model a recipe trained (`model.model.revision`), if it pinned one."""
+    return ((recipe or {}).get("model") or {}).get("model", {}).get("revision")
 
 
 def describe_source(value) -> str:
@@ -117,7 +123,7 @@ def _body(facts: CardFacts, version: str) -> list[str]:
         "",
         "## Provenance",
         "",
-        f"- base model: `{facts.base_model}`",
+        f"- base model: `{facts.base_model}`" + (f" at revision `{facts.revision}`" if facts.revision else ""),
         f"- adapter: `{facts.adapter}`",
         f"- library: mbpo_lit {version}",
     ]

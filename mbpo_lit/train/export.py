@@ -38,6 +38,9 @@ class ExportConfig:
     before/after table (`before_after.json`) unless given below."""
     model: str | None = None
     """the base model, hub id or checkpoint directory (default: the run's recipe's `model.model.name_or_path`)."""
+    revision: str | None = None
+    """hub revision (branch, tag or commit) of the base model where it is a hub id (default: the recipe's
+    `model.model.revision` when the base model is the recipe's)."""
     adapter: str | None = None
     """the peft adapter folder to merge (default: `<run>/adapter`; a checkpoint's is `<ckpt>-adapter`)."""
     out: str | None = None
@@ -67,6 +70,7 @@ class Inputs:
     """What an export reads, resolved from `--run` and the explicit options."""
 
     model: str
+    revision: str | None
     adapter: str
     out: Path
     recipe: dict | None
@@ -105,7 +109,8 @@ def resolve(cfg: ExportConfig) -> Inputs:
         raise SettingsError(f"--out {str(out)!r} exists; give another folder or --overwrite true")
     found = run / "before_after.json" if run else None
     before_after = json.loads(found.read_text()) if found and found.is_file() else None
-    return Inputs(model, adapter, out, recipe, recipe_path, before_after)
+    revision = cfg.revision or (card.recipe_revision(recipe) if cfg.model is None else None)
+    return Inputs(model, revision, adapter, out, recipe, recipe_path, before_after)
 
 
 def source_of(value) -> RecordSource | None:
@@ -176,7 +181,14 @@ def export_model(cfg: ExportConfig) -> dict:
     budget = recipe_budget(inputs.recipe)  # the deployed processor keeps the image budget the fit trained under
     policy = load_policy(
         ModelConfig(
-            inputs.model, cfg.precision, "none", lora=None, adapter_path=inputs.adapter, device=cfg.device, **budget
+            inputs.model,
+            cfg.precision,
+            "none",
+            lora=None,
+            adapter_path=inputs.adapter,
+            device=cfg.device,
+            revision=inputs.revision,
+            **budget,
         )
     )
     expected, base = adapter_answers(policy, records, cfg.check_max_new_tokens)
@@ -188,7 +200,14 @@ def export_model(cfg: ExportConfig) -> dict:
         changed = sum(a != b for a, b in zip(expected, base))
         check = {"records": len(records), "source": where, "changed_by_adapter": changed} if records else {}
         facts = card.CardFacts(
-            inputs.model, inputs.adapter, cfg.precision, inputs.recipe, inputs.recipe_path, inputs.before_after, check
+            inputs.model,
+            inputs.adapter,
+            cfg.precision,
+            inputs.recipe,
+            inputs.recipe_path,
+            inputs.before_after,
+            check,
+            inputs.revision,
         )
         card.model_card(facts).save(tmp / "README.md")
         write_folder(tmp, inputs.out)
