@@ -133,6 +133,23 @@ def test_pairs_mined_under_another_budget_are_named_and_remining_uses_the_fits(t
         Remine(every_n_steps=1).config(SimpleNamespace(model_config=ModelConfig(path), processor=None), pairs, 1)
 
 
+def test_a_fit_whose_pairs_were_mined_under_another_budget_warns_as_the_model_loads(tiny_pairs):
+    """The fit's processor resizes the pairs' images to its own budget: a fit names the mismatch as its model
+    loads (before any step), and says nothing when the budgets agree."""
+    from test_module import module
+
+    path, pairs = tiny_pairs
+    for max_pixels, warns in [(4 * 56 * 56, True), (None, False)]:
+        fit = module(path)
+        fit.model_config = dataclasses.replace(fit.model_config, max_pixels=max_pixels)
+        fit._trainer = SimpleNamespace(datamodule=SimpleNamespace(pairs_path=pairs))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            fit.configure_model()
+        said = [str(w.message) for w in caught if str(w.message).startswith("data.pairs: ")]
+        assert len(said) == warns and all("were mined under the image budget" in m for m in said), said
+
+
 @pytest.mark.parametrize(
     "budget, message",
     [

@@ -20,8 +20,9 @@ from test_module import datamodule, module
 from mbpo_lit.core.answers import is_correct
 from mbpo_lit.data.hybrid import HybridDataModule
 from mbpo_lit.mining import Miner
+from mbpo_lit.mining.config import mining_folder
 from mbpo_lit.testbed.world import WorldConfig
-from mbpo_lit.train.remine import Remine, mining_folder
+from mbpo_lit.train.remine import Remine
 from mbpo_lit.vlm.chat import encode_prompts
 from mbpo_lit.vlm.codec import to_raw
 from mbpo_lit.vlm.policy import reference_mode, trainable_parameters

@@ -154,6 +154,12 @@ def settings_json(cfg: MineConfig) -> str:
     return json.dumps(settings, sort_keys=True, default=plain)
 
 
+def mining_folder(pairs_path: str) -> Path:
+    """The `--out` folder of the mining job behind `data.pairs` (given as that folder or its `dataset/`)."""
+    path = Path(pairs_path)
+    return path.parent if path.name == "dataset" and not (path / "config.json").is_file() else path
+
+
 def budget_mismatch(folder: str | Path, budget: dict[str, int]) -> str | None:
     """How the image budget the pairs in a mining output `folder` were mined under (its summary.json) differs
     from `budget` (`vlm.arch.pixel_budget` of the processor in use), in one line; None when the same, or when the

@@ -33,6 +33,7 @@ from mbpo_lit.core.errors import SettingsError
 from mbpo_lit.core.grpo import LossParts
 from mbpo_lit.core.rewards import keyed
 from mbpo_lit.core.streams import stream_loss
+from mbpo_lit.mining.config import budget_mismatch, mining_folder
 from mbpo_lit.train.rollout import Drawn, Rollout
 from mbpo_lit.train.samples import append_jsonl, format_samples, log_samples, sample_rows
 from mbpo_lit.train.schedule import LrCurve, lr_scheduler, total_optimizer_steps
@@ -41,6 +42,7 @@ from mbpo_lit.train.settings import Loss, Optimization, Rewards, Sampling
 from mbpo_lit.train.step_logs import PROGRESS_BAR, gradient_norm, peak_memory_gb, step_metrics
 from mbpo_lit.vlm import sampling
 from mbpo_lit.vlm import shared_prefix as prefix
+from mbpo_lit.vlm.arch import pixel_budget
 from mbpo_lit.vlm.chat import append_completions, encode_prompts
 from mbpo_lit.vlm.logprobs import answer_logprobs, completion_logprobs
 from mbpo_lit.vlm.policy import LoraSettings, ModelConfig, load_policy, reference_mode, trainable_parameters
@@ -130,6 +132,10 @@ class MBPOModule(L.LightningModule):
         self.model = self.policy.model  # registered as a submodule, so Lightning moves and saves it
         if self.hparams.share_prefix:
             prefix.check_frozen_vision(self.model, self.policy.arch)
+        # Pairs mined under another image budget are resized again: no longer the pictures that were attacked.
+        pairs = getattr(getattr(self._trainer, "datamodule", None), "pairs_path", None)
+        if pairs and (note := budget_mismatch(mining_folder(pairs), pixel_budget(self.processor))):
+            warnings.warn(f"data.pairs: {note}", stacklevel=2)
 
     @property
     def processor(self):

@@ -52,7 +52,7 @@ from lightning.pytorch.callbacks import Callback
 from mbpo_lit.data.hybrid import HybridDataModule
 from mbpo_lit.data.lazy import fresh
 from mbpo_lit.mining import MineConfig, Miner
-from mbpo_lit.mining.config import budget_mismatch, check
+from mbpo_lit.mining.config import budget_mismatch, check, mining_folder
 from mbpo_lit.vlm.arch import pixel_budget
 
 # The MineConfig fields that define the attack (the rest name the job: model, source, out, n, ...).
@@ -71,12 +71,6 @@ ATTACK_FIELDS = (
     "batch_size",
     "seed",
 )
-
-
-def mining_folder(pairs_path: str) -> Path:
-    """The `--out` folder of the mining job behind `data.pairs` (given as that folder or its `dataset/`)."""
-    path = Path(pairs_path)
-    return path.parent if path.name == "dataset" and not (path / "config.json").is_file() else path
 
 
 class Remine(Callback):
