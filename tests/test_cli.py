@@ -155,10 +155,11 @@ def test_the_command_reference_lists_every_option(command, monkeypatch, capsys):
     assert options and not {o for o in options if o not in reference}, f"regenerate the reference for `{command}`"
 
 
-@pytest.mark.parametrize("command", ["mine", "evaluate", "export"])
+@pytest.mark.parametrize("command", ["mine", "evaluate", "export", "export --model"])
 def test_a_pinned_hub_revision_reaches_the_hub(command, tmp_path, monkeypatch):
-    """`--revision` of mine and evaluate, and for export the recipe's `model.model.revision` (the fit pinned it),
-    is the revision the base model's hub files are asked for; the export's model card names it."""
+    """`--revision` of mine and evaluate, and for export the recipe's `model.model.revision` (the fit pinned it;
+    with `--model` naming the recipe's model too), is the revision the base model's hub files are asked for; a
+    model card names a pinned revision."""
     import yaml
 
     from mbpo_lit.evaluation import EvalConfig, evaluate_model
@@ -191,7 +192,8 @@ def test_a_pinned_hub_revision_reaches_the_hub(command, tmp_path, monkeypatch):
         recipe = {"model": {"model": {"name_or_path": "someone/vlm", "revision": "abc123"}}}
         (tmp_path / "logs").mkdir()
         (tmp_path / "logs" / "config.yaml").write_text(yaml.safe_dump(recipe))
-        run = lambda: export_model(ExportConfig(run=str(tmp_path)))  # noqa: E731
+        model = "someone/vlm" if command == "export --model" else None
+        run = lambda: export_model(ExportConfig(run=str(tmp_path), model=model))  # noqa: E731
     with pytest.raises(FileNotFoundError, match="someone/vlm"):
         run()
     assert asked == [("someone/vlm", "abc123")]

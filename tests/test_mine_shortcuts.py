@@ -8,7 +8,13 @@ import torch
 
 from mbpo_lit.mining import MineConfig, Miner
 from mbpo_lit.mining import prior as prior_module
-from mbpo_lit.mining.fast_vision import fast_vision, is_patch_conv, is_window_attention, matmul_patch_embeddings
+from mbpo_lit.mining.fast_vision import (
+    batched_window_attention,
+    fast_vision,
+    is_patch_conv,
+    is_window_attention,
+    matmul_patch_embeddings,
+)
 from mbpo_lit.mining.prior import ImageFree
 from mbpo_lit.testbed.tiny import ensure_tiny_checkpoint
 from mbpo_lit.testbed.world_source import WorldSource
@@ -74,7 +80,9 @@ def test_patch_embeddings_as_a_matrix_product_equal_the_convolution_and_are_undo
 def test_windowed_attention_batched_equals_the_models_loop_and_is_undone_after(arch, tiny_root, photos, monkeypatch):
     """Photographs of one size: every window has one length and the model's own attention loop never runs, yet
     forward values and pixel gradients through the whole model agree to float rounding. Photographs of mixed sizes
-    keep the model's loop. Both Qwen-VL generations; no instance `forward` is left after."""
+    keep the model's loop. On the attention itself: six windows of one length equal the loop, values and
+    gradients; windows all of different lengths keep it. Both Qwen-VL generations; no instance `forward` is left
+    after."""
     path = str(ensure_tiny_checkpoint(arch, tiny_root))
     policy = load_policy(ModelConfig(path, precision="fp32", quantization="none", lora=None, device="cpu"))
     policy.model.requires_grad_(False)
@@ -94,6 +102,19 @@ def test_windowed_attention_batched_equals_the_models_loop_and_is_undone_after(a
         assert torch.allclose(fast_logp, loop_logp, atol=1e-4) and torch.allclose(fast_grad, loop_grad, atol=1e-5)
         assert loop_grad.abs().max() > 1e-3
     assert all("forward" not in vars(m) for m in attns)
+    attn, dim = attns[0], attns[0].qkv.in_features  # several windows of one length, and windows all different
+    for lengths, batched in [([5] * 6, True), ([3, 5], False)]:
+        cu = torch.tensor([0, *lengths]).cumsum(0).to(torch.int32)
+        hidden = torch.randn(sum(lengths), dim, requires_grad=True)
+        angles = torch.randn(sum(lengths), dim // attn.num_heads)
+        rotary = (angles.cos(), angles.sin())
+        want = own(attn, hidden, cu, rotary)
+        (want_grad,) = torch.autograd.grad(want.square().sum(), hidden)
+        looped.clear()
+        got = batched_window_attention(attn, hidden, cu, rotary)
+        (got_grad,) = torch.autograd.grad(got.square().sum(), hidden)
+        assert (not looped) == batched and torch.allclose(got, want, atol=1e-5)
+        assert torch.allclose(got_grad, want_grad, atol=1e-4)
 
 
 def test_image_free_answers_and_log_likelihoods_are_computed_once_per_distinct_prompt(qwen, photos, monkeypatch):
@@ -125,20 +146,28 @@ def test_image_free_answers_and_log_likelihoods_are_computed_once_per_distinct_p
         assert len(free.logp_seen) == want < len(questions)
 
 
-def test_mined_iig_and_logp_after_equal_the_passes_they_replace(biased, monkeypatch):
+@pytest.mark.parametrize("judge_margin", [0.5, None])
+def test_mined_iig_and_logp_after_equal_the_passes_they_replace(judge_margin, biased, monkeypatch):
     """On the default config's records (the clean image is the processor's): each row's IIG of the chosen and of
     the rejected answer is `image_information_gain`'s, and `logp_after` (read by PGD on a sample's final 8-bit
-    image where it read that image) is a fresh pass on the saved picture; only the samples PGD did not read there
-    are scored again after the attack, in one pass."""
+    image where it read that image) is a fresh pass on the saved picture. After the attack, one pass scores
+    exactly the samples PGD did not read there: with every step read on 8 bits (`judge_margin` None), only
+    samples whose attack failed."""
     source = WorldSource(["train"], 16)
     records = source.load()[0]
-    cfg = MineConfig(model="biased", source=source, n=16, batch_size=16, iig_filter="none")
+    cfg = MineConfig(model="biased", source=source, n=16, batch_size=16, iig_filter="none", judge_margin=judge_margin)
     miner = Miner(biased.model, biased.processor, cfg, source.vocabulary)
-    rescored: list[int] = []
+    rescored: list[tuple[int, int]] = []  # (rows scored, samples PGD did not read) per pass after the attack
     unmeasured = Miner.unmeasured
-    monkeypatch.setattr(
-        Miner, "unmeasured", lambda self, s, p, m: rescored.append(len(p) - len(m)) or unmeasured(self, s, p, m)
-    )
+
+    def counting(self, score, perturbed, measured):
+        def counted(images, index):
+            rescored.append((len(index), len(perturbed) - len(measured)))
+            return score(images, index)
+
+        return unmeasured(self, counted, perturbed, measured)
+
+    monkeypatch.setattr(Miner, "unmeasured", counting)
     rows = miner.mine(records, 0)
     qs, images = [r["question"] for r in records], [r["image"] for r in records]
     chosen = image_information_gain(biased.model, biased.processor, qs, [r["answer"] for r in records], images)
@@ -146,8 +175,10 @@ def test_mined_iig_and_logp_after_equal_the_passes_they_replace(biased, monkeypa
     other = image_information_gain(biased.model, biased.processor, qs, rejected, images)
     for key, want in [("iig_sum", chosen.sum), ("iig_mean", chosen.mean), ("iig_rejected_mean", other.mean)]:
         assert torch.allclose(torch.tensor([r[key] for r in rows]), want, atol=1e-4), key
-    # the samples PGD did not read on their final 8-bit image are scored again, in one pass
-    assert sum(r["kept"] for r in rows) >= 8 and len(rescored) == 1
+    assert sum(r["kept"] for r in rows) >= 8 and len(rescored) <= 1
+    assert all(scored == unread for scored, unread in rescored)
+    if judge_margin is None:
+        assert sum(scored for scored, _ in rescored) <= sum(not r["kept"] for r in rows)
     prompts = encode_prompts(biased.processor, qs, images)
     saved = torch.stack([to_raw(r["perturbed_image"]) for r in rows])
     fresh = miner.loglik(prompts, answer_token_ids(biased.processor, [r["answer"] for r in records]))(saved)

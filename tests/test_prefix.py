@@ -239,7 +239,7 @@ def test_shared_prefix_over_mixed_prompt_lengths_and_image_sizes_gives_the_numbe
 
 def test_gradient_checkpointing_in_4bit_after_an_optimizer_step_gives_the_numbers_of_one_row_per_completion(tiny_path):
     m = seeded_module(tiny_path, "4bit", gc=True, loss={"mu": 2}, optim={"lr": 0.05})
-    assert m.model.get_base_model().is_activation_checkpointing
+    assert any(getattr(layer, "gradient_checkpointing", False) for layer in m.model.modules())
     recs, pairs = records()
     check_training_step(m, {"online": recs[:2], "offline": pairs[:1]})
 

@@ -25,7 +25,6 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-from transformers.utils.generic import is_flash_attention_requested
 
 
 def is_patch_conv(module: nn.Module) -> bool:
@@ -75,16 +74,17 @@ def batched_window_attention(
     """The vision attention's forward with windows of one length attended as one batch ([windows, heads, length,
     head_dim]); other inputs, and flash attention (one varlen call already), go to the module's own forward."""
     lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).tolist()
-    if len(set(lengths)) != 1 or is_flash_attention_requested(attn.config) or position_embeddings is None:
-        return type(attn).forward(attn, hidden_states, cu_seqlens, position_embeddings, **kwargs)
+    flash = "flash" in (attn.config._attn_implementation or "")  # transformers' own test: one varlen call already
+    if len(set(lengths)) != 1 or flash or position_embeddings is None:
+        return type(attn).forward(attn, hidden_states, cu_seqlens, position_embeddings=position_embeddings, **kwargs)
     n, length = hidden_states.shape[0], lengths[0]
     q, k, v = attn.qkv(hidden_states).reshape(n, 3, attn.num_heads, -1).permute(1, 0, 2, 3).unbind(0)
     modeling = sys.modules[type(attn).__module__]  # the model's own rotary embedding and eager attention
     q, k = modeling.apply_rotary_pos_emb_vision(q, k, *position_embeddings)
     q, k, v = (t.reshape(n // length, length, attn.num_heads, -1).transpose(1, 2) for t in (q, k, v))
-    attention = ALL_ATTENTION_FUNCTIONS.get_interface(
-        attn.config._attn_implementation, modeling.eager_attention_forward
-    )
+    implementation = attn.config._attn_implementation
+    eager = implementation in (None, "eager")
+    attention = modeling.eager_attention_forward if eager else ALL_ATTENTION_FUNCTIONS[implementation]
     out = attention(attn, q, k, v, attention_mask=None, scaling=attn.scaling, dropout=0.0, is_causal=False)[0]
     return attn.proj(out.reshape(n, -1))  # [windows, length, heads, head_dim]: the packed order
 

@@ -183,9 +183,10 @@ def mine_shards(
 
 
 def write_shard(rows: list[MinedRow], path: Path) -> None:
-    """One chunk's rows as a Parquet file, atomically (a shard is whole or absent): the file
-    `Dataset.from_list(rows).to_parquet` writes (same columns, types and features), by the writer `datasets`
-    itself uses, without building an in-memory dataset (whose fingerprint hashes every image of the chunk)."""
+    """One chunk's rows as a Parquet file, atomically (a shard is whole or absent): the table
+    `Dataset.from_list(rows).to_parquet` writes (same schema, features and rows; row groups may differ), by the
+    writer `datasets`' builders use, without building an in-memory dataset (whose fingerprint hashes every image
+    of the chunk)."""
     from datasets.arrow_writer import ParquetWriter
 
     tmp = path.with_name(path.name + ".tmp")

@@ -145,11 +145,12 @@ class Miner:
         as long as its lead is `MineConfig.judge_margin` logits or more, far beyond what rounding to 8 bits moves
         it (results/mining.md): where the ground truth leads every answer position by that much, that answer
         stands for the 8-bit one and nothing else runs; where another token leads some answer position by that
-        much, the 8-bit greedy answer is not the ground truth, so it is decoded with no teacher-forced pass on the
-        8-bit image. The greedy answer of each sample's last judged image is kept in the function's `answers`
-        (batch position -> text): it is the rejected answer. Where that image was read by a teacher-forced pass on
-        8 bits, the ground truth's log-likelihood there is kept in `logps` (batch position -> float): it is
-        `logp_after`, with no pass again (a sample last judged otherwise has none). Without `records` (or with
+        much, a teacher-forced pass on the 8-bit image could not prove the ground truth greedy, so the answer is
+        decoded with no such pass (the decoded answer decides, as always). The greedy answer of each sample's last
+        judged image is kept in the function's `answers` (batch position -> text): it is the rejected answer. Where
+        that image was read by a teacher-forced pass on 8 bits, the ground truth's log-likelihood there is kept in
+        `logps` (batch position -> float): it is `logp_after`, with no pass again (a sample last judged otherwise
+        has none). Without `records` (or with
         early_stop off) nothing is judged and every sample counts as not yet successful.
         """
         score, eps, cfg = self.scorer(prompts, answers_ids, sizes), self.cfg.epsilon / 255, self.cfg
@@ -167,14 +168,15 @@ class Miner:
             sure &= fits[index.cpu()] & self.provable()
             # another token leads some position by the margin: decode with no 8-bit teacher-forced pass
             wrong = ((scores.margin <= -lead) & (scores.margin < 0)).cpu() & self.provable()
-            texts = [truths[i] if s else "" for i, s in zip(index.tolist(), sure.tolist())]
+            positions = index.tolist()  # once: `index` may live on the GPU
+            texts = [truths[i] if s else "" for i, s in zip(positions, sure.tolist())]
             if not sure.all():  # the others are judged on their 8-bit images
                 unsure = (~sure).nonzero().squeeze(1).to(images.device)
                 base = raw[index[unsure]] if raw is not None else images[unsure].detach()
                 rounded = to_uint8_grid(images[unsure].detach(), base, eps, cfg.norm)
                 logp, read = self.read(score, prompts, rounded, index[unsure], answers_ids, truths, sizes, wrong[~sure])
                 for j, t, v in zip(unsure.tolist(), read, logp.tolist()):
-                    texts[j], logps[int(index[j])] = t, v
+                    texts[j], logps[positions[j]] = t, v
             for i in index[(sure | wrong).to(index.device)].tolist():  # no 8-bit reading of this image
                 logps.pop(i, None)
             answers.update(zip(index.tolist(), texts))
@@ -204,6 +206,7 @@ class Miner:
         caller has shown the ground truth is not their greedy answer) are decoded without that pass, and their
         log-likelihood is NaN."""
         skip = torch.zeros(len(index), dtype=torch.bool) if not_greedy is None else not_greedy.cpu()
+        positions = index.tolist()  # once: `index` may live on the GPU
         logp, proven = torch.full((len(index),), float("nan")), [False] * len(index)
         if not skip.all():
             scored = (~skip).nonzero().squeeze(1)
@@ -211,8 +214,8 @@ class Miner:
                 lp, greedy, _ = score(images[scored.to(images.device)], index[scored.to(index.device)])
             logp[scored] = lp.sum(1).float().cpu()
             for j, g in zip(scored.tolist(), greedy.tolist()):
-                proven[j] = bool(g) and len(answers_ids[int(index[j])]) <= self.cfg.max_new_tokens and self.provable()
-        texts = [truths[i] if p else "" for i, p in zip(index.tolist(), proven)]
+                proven[j] = bool(g) and len(answers_ids[positions[j]]) <= self.cfg.max_new_tokens and self.provable()
+        texts = [truths[i] if p else "" for i, p in zip(positions, proven)]
         todo = [j for j, p in enumerate(proven) if not p]
         if todo:
             picked = torch.tensor(todo, device=images.device)
@@ -222,8 +225,9 @@ class Miner:
         return logp, texts
 
     def provable(self) -> bool:
-        """Whether a teacher-forced pass may stand for a greedy decode (`read`, `objective`); False decodes every
-        answer, the reference the tests compare to."""
+        """Whether a teacher-forced pass may stand for a greedy decode, and the differentiable pass's margin for an
+        8-bit one (`read`, `objective`); False reads and decodes every answer on 8 bits, the reference the tests
+        compare to."""
         return True
 
     def mine(self, records: list[Record], start: int) -> list[MinedRow]:

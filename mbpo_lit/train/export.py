@@ -109,7 +109,8 @@ def resolve(cfg: ExportConfig) -> Inputs:
         raise SettingsError(f"--out {str(out)!r} exists; give another folder or --overwrite true")
     found = run / "before_after.json" if run else None
     before_after = json.loads(found.read_text()) if found and found.is_file() else None
-    revision = cfg.revision or (card.recipe_revision(recipe) if cfg.model is None else None)
+    # The recipe's pinned revision goes with the recipe's model, named by --model or not.
+    revision = cfg.revision or (card.recipe_revision(recipe) if model == card.recipe_model(recipe) else None)
     return Inputs(model, revision, adapter, out, recipe, recipe_path, before_after)
 
 

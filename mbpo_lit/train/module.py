@@ -26,6 +26,7 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torchmetrics import MeanMetric
 
 from mbpo_lit.core.answers import CLOSED_TYPES, is_correct
@@ -135,7 +136,7 @@ class MBPOModule(L.LightningModule):
         # Pairs mined under another image budget are resized again: no longer the pictures that were attacked.
         pairs = getattr(getattr(self._trainer, "datamodule", None), "pairs_path", None)
         if pairs and (note := budget_mismatch(mining_folder(pairs), pixel_budget(self.processor))):
-            warnings.warn(f"data.pairs: {note}", stacklevel=2)
+            rank_zero_warn(f"data.pairs: {note}")
 
     @property
     def processor(self):

@@ -64,9 +64,10 @@ def bench_mining(cfg: BenchConfig) -> dict:
     (shipped, unpacked in seconds): `Miner.mine` on `cfg.pgd_images` train records as one chunk, timed whole (best
     of three rounds); the sample-steps PGD executed against those the samples needed (each sample's steps until it
     succeeded, plus the step that saw it succeed); and PGD's time per executed sample-step against a bare
-    forward+backward per sample-step, batched as PGD's steps were: what PGD adds is judging each step's answer (on
-    the 8-bit image where the differentiable pass does not decide it, and decoding where a teacher-forced pass does
-    not either) and the projection. `moved_sample_steps` counts the sample-steps that took a gradient step."""
+    forward+backward per sample-step, batched as PGD's steps were: what PGD adds is judging each step's answer (a
+    teacher-forced pass on the 8-bit image where the differentiable pass leaves it open, decoding where neither
+    proves the ground truth greedy) and the projection. `moved_sample_steps` counts the sample-steps that took a
+    gradient step."""
     from mbpo_lit.mining import MineConfig, Miner
     from mbpo_lit.testbed.base_model import WarmStartConfig, build_base_model
     from mbpo_lit.testbed.embedded import EMBEDDED_MINING
