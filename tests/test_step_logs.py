@@ -12,7 +12,7 @@ from test_fit import tiny_config, world, write_config
 
 from mbpo_lit.fit import main
 from mbpo_lit.train.samples import log_samples
-from mbpo_lit.train.step_logs import PROGRESS_BAR, gradient_norm, zero_signal_share
+from mbpo_lit.train.step_logs import PROGRESS_BAR, gradient_norm, loss_scale, zero_signal_share
 
 ROWS = [
     {"step": 3, "question": "What colour is the ball?", "answer": "red", "completion": "red | blue", "reward": 1.5},
@@ -31,6 +31,45 @@ def test_gradient_norm_is_the_total_norm_of_the_gradients_that_exist():
     a.grad, b.grad = torch.tensor([3.0, 0.0]), torch.tensor([0.0, 4.0])
     assert gradient_norm([a, b, c]) == pytest.approx(5.0)
     assert gradient_norm([c]) == 0.0
+
+
+@pytest.mark.parametrize("scale", [1.0, 1024.0])
+def test_under_a_loss_scale_the_step_logs_and_clips_the_true_gradients(scale, tiny_pairs):
+    """fp16-mixed's gradient scaler leaves the gradients multiplied by its scale until the optimizer step unscales
+    them, after the module's manual clip (a CPU cannot run fp16-mixed, so its plugin is built by hand around a
+    CPU scaler). Gradients of true norm 5 are logged as 5 and clipped to `max_grad_norm` 1 in true units, as
+    without a scaler; clipping the scaled ones to 1 would shrink the step by the scale."""
+    from types import SimpleNamespace
+
+    from lightning.pytorch.plugins.precision import MixedPrecision
+    from test_module import module
+
+    from mbpo_lit.vlm.policy import trainable_parameters
+
+    scaler = torch.amp.GradScaler("cpu", init_scale=scale, enabled=scale != 1.0)
+    plugin = MixedPrecision("16-mixed", "cpu", scaler=scaler)
+    assert loss_scale(SimpleNamespace(precision_plugin=plugin)) == scale and loss_scale(None) == 1.0
+    m = module(tiny_pairs[0])
+    m.configure_model()
+    m._trainer = SimpleNamespace(
+        precision_plugin=plugin, gradient_clip_val=None, gradient_clip_algorithm=None, lr_scheduler_configs=[]
+    )
+    params = list(trainable_parameters(m).values())
+    true = [torch.randn_like(p) for p in params]
+    norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in true]))
+    for p, g in zip(params, true):
+        p.grad = g * (5.0 / norm) * scale  # true norm 5, as the scaler leaves them
+
+    stepped: list[torch.Tensor] = []
+    opt = SimpleNamespace(
+        param_groups=[{"params": params, "lr": 0.1}],
+        step=lambda: stepped.extend(p.grad / scale for p in params),  # the step unscales
+        zero_grad=lambda: None,
+    )
+    m._optimizer_step(opt)
+    assert m._last_grad_norm == pytest.approx(5.0, rel=1e-4)
+    clipped = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in stepped]))
+    assert clipped.item() == pytest.approx(m.optim.max_grad_norm, rel=1e-3)
 
 
 def test_the_sample_table_reaches_tensorboard(tmp_path):

@@ -40,7 +40,7 @@ from mbpo_lit.train.samples import append_jsonl, format_samples, log_samples, sa
 from mbpo_lit.train.schedule import LrCurve, lr_scheduler, total_optimizer_steps
 from mbpo_lit.train.scored import Scored
 from mbpo_lit.train.settings import Loss, Optimization, Rewards, Sampling
-from mbpo_lit.train.step_logs import PROGRESS_BAR, gradient_norm, peak_memory_gb, step_metrics
+from mbpo_lit.train.step_logs import PROGRESS_BAR, gradient_norm, loss_scale, peak_memory_gb, step_metrics
 from mbpo_lit.vlm import sampling
 from mbpo_lit.vlm import shared_prefix as prefix
 from mbpo_lit.vlm.arch import pixel_budget
@@ -325,8 +325,12 @@ class MBPOModule(L.LightningModule):
                 if p.grad is not None:
                     p.grad.mul_(scale)
         params = list(trainable_parameters(self).values())
-        self._last_grad_norm = gradient_norm(params)  # before clipping: how far the step wanted to go
-        self.clip_gradients(opt, gradient_clip_val=self.optim.max_grad_norm, gradient_clip_algorithm="norm")
+        # Under fp16-mixed the gradients are still multiplied by the loss scale here (the optimizer step unscales
+        # them, after this manual clip): norm and threshold are taken in those units, so the clip acts on the
+        # true gradients.
+        scale = loss_scale(self._trainer)
+        self._last_grad_norm = gradient_norm(params) / scale  # before clipping: how far the step wanted to go
+        self.clip_gradients(opt, gradient_clip_val=self.optim.max_grad_norm * scale, gradient_clip_algorithm="norm")
         self._last_lr = opt.param_groups[0]["lr"]  # the rate this step used (the scheduler moves it next)
         opt.step()
         opt.zero_grad()

@@ -69,9 +69,16 @@ def step_metrics(out: LossParts, scored: Scored, mask: torch.Tensor, seconds: fl
     return logs
 
 
+def loss_scale(trainer) -> float:
+    """The factor fp16-mixed's gradient scaler multiplies the loss, and so the gradients, by until the optimizer
+    step unscales them; 1.0 under every other precision (and without a trainer)."""
+    scaler = getattr(getattr(trainer, "precision_plugin", None), "scaler", None)
+    return float(scaler.get_scale()) if scaler is not None and scaler.is_enabled() else 1.0
+
+
 def gradient_norm(parameters: list[torch.nn.Parameter]) -> float:
-    """The total 2-norm of the parameters' gradients (before clipping; 0 when none has a gradient). Under
-    fp16-mixed these are the loss-scaled gradients; under FSDP, this rank's shard."""
+    """The total 2-norm of the parameters' gradients as they are (before clipping; 0 when none has a gradient):
+    under fp16-mixed, the loss-scaled ones (divide by `loss_scale`); under FSDP, this rank's shard."""
     grads = [p.grad for p in parameters if p.grad is not None]
     if not grads:
         return 0.0
