@@ -150,8 +150,8 @@ class Miner:
         judged image is kept in the function's `answers` (batch position -> text): it is the rejected answer. Where
         that image was read by a teacher-forced pass on 8 bits, the ground truth's log-likelihood there is kept in
         `logps` (batch position -> float): it is `logp_after`, with no pass again (a sample last judged otherwise
-        has none). Without `records` (or with
-        early_stop off) nothing is judged and every sample counts as not yet successful.
+        has none). Without `records` (or with early_stop off) nothing is judged and every sample counts as not yet
+        successful.
         """
         score, eps, cfg = self.scorer(prompts, answers_ids, sizes), self.cfg.epsilon / 255, self.cfg
         truths = self.processor.batch_decode(answers_ids, skip_special_tokens=True)
@@ -177,10 +177,11 @@ class Miner:
                 logp, read = self.read(score, prompts, rounded, index[unsure], answers_ids, truths, sizes, wrong[~sure])
                 for j, t, v in zip(unsure.tolist(), read, logp.tolist()):
                     texts[j], logps[positions[j]] = t, v
-            for i in index[(sure | wrong).to(index.device)].tolist():  # no 8-bit reading of this image
-                logps.pop(i, None)
-            answers.update(zip(index.tolist(), texts))
-            correct = torch.tensor([not self.is_wrong(records[i], t) for i, t in zip(index.tolist(), texts)])
+            for i, unread in zip(positions, (sure | wrong).tolist()):  # no 8-bit reading of this image
+                if unread:
+                    logps.pop(i, None)
+            answers.update(zip(positions, texts))
+            correct = torch.tensor([not self.is_wrong(records[i], t) for i, t in zip(positions, texts)])
             return scores.logp.sum(1), correct
 
         value.answers, value.logps = answers, logps

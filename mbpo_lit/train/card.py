@@ -49,14 +49,19 @@ def read_recipe(path: Path | None) -> dict | None:
     return yaml.safe_load(path.read_text()) if path else None
 
 
+def recipe_model_settings(recipe: dict | None) -> dict:
+    """A recipe's model settings (`model.model`: name_or_path, revision, image budget, ...), {} if none."""
+    return ((recipe or {}).get("model") or {}).get("model") or {}
+
+
 def recipe_model(recipe: dict | None) -> str | None:
     """The base model a recipe trained (`model.model.name_or_path`)."""
-    return ((recipe or {}).get("model") or {}).get("model", {}).get("name_or_path")
+    return recipe_model_settings(recipe).get("name_or_path")
 
 
 def recipe_revision(recipe: dict | None) -> str | None:
     """The hub revision of the base model a recipe trained (`model.model.revision`), if it pinned one."""
-    return ((recipe or {}).get("model") or {}).get("model", {}).get("revision")
+    return recipe_model_settings(recipe).get("revision")
 
 
 def describe_source(value) -> str:

@@ -135,7 +135,7 @@ def check_set(cfg: ExportConfig, recipe: dict | None) -> tuple[list[Record], str
 
 def recipe_budget(recipe: dict | None) -> dict[str, int]:
     """The image budget a fit's recipe set (`model.model.min_pixels` / `max_pixels`), if any."""
-    model = ((recipe or {}).get("model") or {}).get("model") or {}
+    model = card.recipe_model_settings(recipe)
     return {k: model[k] for k in ("min_pixels", "max_pixels") if model.get(k) is not None}
 
 
